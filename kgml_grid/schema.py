@@ -26,7 +26,6 @@ precip             P_F                  mm d-1               none
 gpp_sat            GPP_NT_VUT_REF       gC m-2 d-1           none (tower-partitioned GPP
                                                              stands in for satellite GPP)
 soil_moisture      SWC_F_MDS_1          %                    x 0.01 -> m3 m-3 (optional)
-tsoil              TS_F_MDS_1           deg C                none (optional)
 nee                NEE_VUT_REF          gC m-2 d-1           none (positive = source)
 reco               RECO_NT_VUT_REF      gC m-2 d-1           none
 gpp                GPP_NT_VUT_REF       gC m-2 d-1           none

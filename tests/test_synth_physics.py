@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kgml_grid import schema
@@ -109,5 +109,5 @@ def test_crop_rotation_alternates_and_keeps_other_fixed():
     assert 0.2 < other.mean() < 0.4
     assert ((c == 0) == other).all()
     crop = ~other
-    assert ((c[0][crop] != c[1][crop])).all()  # corn <-> soybean every year
+    assert (c[0][crop] != c[1][crop]).all()  # corn <-> soybean every year
     assert (c[0][crop] == c[2][crop]).all()
