@@ -28,7 +28,8 @@ def _cmd_synth(a: argparse.Namespace) -> int:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from kgml_grid.pipeline import run_demo
 
-    res = run_demo(a.out, preset=a.preset, seed=a.seed, progress=not a.quiet)
+    res = run_demo(a.out, preset=a.preset, seed=a.seed, fluxnet=a.fluxnet or (),
+                   train_minutes=a.train_minutes, train=not a.no_train, progress=not a.quiet)  # fmt: skip
     print(res.summary)
     print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in res.timings.items()))
     return 0
@@ -61,6 +62,57 @@ def _cmd_fluxnet(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(a: argparse.Namespace) -> int:
+    from kgml_grid.samples import SplitSpec
+    from kgml_grid.train import TrainConfig, pretrain
+
+    cfg = TrainConfig(
+        arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
+        seed=a.seed, device=a.device, max_minutes=a.max_minutes,
+        split=SplitSpec(max_train_pixels=a.max_train_pixels, holdout_years=a.holdout_years),
+    )  # fmt: skip
+    res = pretrain(a.catalog, a.out, cfg, progress=not a.quiet)
+    print(res.summary())
+    print(f"learning curve: {res.curve_png}")
+    return 0
+
+
+def _cmd_finetune(a: argparse.Namespace) -> int:
+    from kgml_grid.train import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(epochs_heads=a.epochs_heads, epochs_all=a.epochs, seed=a.seed,
+                         device=a.device, qc_threshold=a.qc, max_minutes=a.max_minutes)  # fmt: skip
+    res = finetune(a.model, a.fluxnet, a.out, cfg, site_meta=a.site_meta, progress=not a.quiet)
+    print(res.summary())
+    print(f"learning curve: {res.curve_png}")
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from kgml_grid.evaluate import evaluate, format_report
+
+    if a.catalog is None and not a.fluxnet:
+        raise ValueError("give --catalog CAT and/or --fluxnet CSV... to evaluate against")
+    rep = evaluate(a.model, a.out, catalog=a.catalog, fluxnet=a.fluxnet or (),
+                   site_meta=a.site_meta, baseline=a.baseline)  # fmt: skip
+    print(format_report(rep))
+    print(f"report: {a.out}/report.json")
+    return 0
+
+
+def _cmd_transfer(a: argparse.Namespace) -> int:
+    from kgml_grid.experiments import format_transfer, transfer_experiment
+    from kgml_grid.samples import SplitSpec
+    from kgml_grid.train import FinetuneConfig, TrainConfig
+
+    train = TrainConfig(epochs=a.epochs, max_minutes=a.max_minutes, hidden=a.hidden, batch_size=64,
+                        lr=2e-3, seed=a.seed, split=SplitSpec(max_train_pixels=a.max_train_pixels))  # fmt: skip
+    res = transfer_experiment(a.out, preset=a.preset, seed=a.seed, n_towers=a.towers, train=train,
+                              tune=FinetuneConfig(seed=a.seed), progress=not a.quiet)  # fmt: skip
+    print(format_transfer(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kgml-grid", description=__doc__)
     p.add_argument("--version", action="version", version=_version())
@@ -80,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"])
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--fluxnet", nargs="*", metavar="CSV", help="real FLUXNET DD files to fine-tune on")
+    d.add_argument("--train-minutes", type=float, default=3.5, help="pre-training budget")
+    d.add_argument("--no-train", action="store_true", help="stop after generating and opening the data")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
@@ -87,11 +142,68 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("catalog")
     c.set_defaults(func=_cmd_catalog)
 
+    t = sub.add_parser("train", help="pre-train a model on a synthetic world's truth cube")
+    t.add_argument("--catalog", required=True)
+    t.add_argument("--out", required=True, help="model directory (safetensors + JSON)")
+    t.add_argument("--arch", default="kgml", choices=["kgml", "gru"])
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--hidden", type=int, default=64)
+    t.add_argument("--max-train-pixels", type=int, default=600)
+    t.add_argument("--holdout-years", type=int, default=2)
+    t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    ft = sub.add_parser("finetune", help="fine-tune a model on FLUXNET DD files")
+    ft.add_argument("--model", required=True)
+    ft.add_argument("--fluxnet", required=True, nargs="+", metavar="CSV")
+    ft.add_argument("--site-meta", default=None, help="site metadata JSON (required for unknown sites)")
+    ft.add_argument("--out", required=True)
+    ft.add_argument("--epochs", type=int, default=40, help="epochs of the all-modules stage")
+    ft.add_argument("--epochs-heads", type=int, default=15, help="epochs of the heads-only stage")
+    ft.add_argument("--qc", type=float, default=0.5, help="minimum daily NEE QC fraction of a target day")
+    ft.add_argument("--max-minutes", type=float, default=None)
+    ft.add_argument("--device", default="auto")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--quiet", action="store_true")
+    ft.set_defaults(func=_cmd_finetune)
+
+    ev = sub.add_parser("evaluate", help="R2/RMSE/bias on held-out pixels, years and towers")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--catalog", default=None)
+    ev.add_argument("--fluxnet", nargs="*", metavar="CSV")
+    ev.add_argument("--site-meta", default=None)
+    ev.add_argument("--baseline", default=None, help="another model to compare on the towers")
+    ev.add_argument("--out", required=True, help="report directory")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    ex = sub.add_parser("experiment", help="experiments (the KGML-vs-GRU transfer experiment)")
+    exs = ex.add_subparsers(dest="experiment", required=True)
+    tr = exs.add_parser("transfer", help="pre-train on world A, fine-tune on towers of a perturbed world B")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"])
+    tr.add_argument("--towers", type=int, default=4, help="towers of world B used for fine-tuning")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--max-minutes", type=float, default=None, help="budget of each pre-training")
+    tr.add_argument("--hidden", type=int, default=64)
+    tr.add_argument("--max-train-pixels", type=int, default=600)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=_cmd_transfer)
+
     f = sub.add_parser("fluxnet", help="read FLUXNET2015 DD files and summarise them")
     f.add_argument("csv", nargs="+")
     f.add_argument("--qc", type=float, default=None, help="QC threshold (0-1)")
     f.add_argument("--site-meta", default=None, help="site metadata JSON")
     f.set_defaults(func=_cmd_fluxnet)
+    from kgml_grid.ingest.commands import add_parser as _add_ingest
+    _add_ingest(sub)
+    from kgml_grid.upscale_commands import add_parser as _add_upscale
+    _add_upscale(sub)
     return p
 
 

@@ -154,7 +154,7 @@ def test_towers_are_fluxnet_dd_files_with_sidecars(tiny_world):
 
     assert len(tiny_world.towers) == 3
     for path, meta in zip(tiny_world.towers, tiny_world.site_meta, strict=True):
-        assert re.fullmatch(r"FLX_SY-A0\d_FLUXNET2015_SUBSET_DD_2010-2012_1-4\.csv", path.name)
+        assert re.fullmatch(r"FLX_SY-A0\d_FLUXNET2015_SUBSET_DD_2009-2012_1-4\.csv", path.name)
         assert meta.name == path.name.split("_")[1] + "_site.json"
         header = path.read_text().splitlines()[0].split(",")
         for col in ("TIMESTAMP", "TA_F", "TA_F_QC", "SW_IN_F", "VPD_F", "P_F", "NEE_VUT_REF",

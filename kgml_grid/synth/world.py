@@ -41,7 +41,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", 20, 24, 500.0, 4, (2010, 2012), 3, (365, 20, 24), "seconds; for tests"),
+    "tiny": Preset("tiny", 20, 24, 500.0, 4, (2009, 2012), 3, (365, 20, 24), "seconds; for tests"),
     "demo": Preset("demo", 96, 96, 500.0, 8, (2008, 2015), 6, (365, 48, 48),
                    "the main job's default: 48 km x 48 km at 500 m, 8 years"),
     "bench": Preset("bench", 320, 320, 500.0, 8, (2012, 2015), 8, (365, 64, 64),

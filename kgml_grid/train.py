@@ -1,0 +1,568 @@
+"""Pre-training on the synthetic truth and fine-tuning on FLUXNET towers.
+
+Pre-training (:func:`pretrain`) reads samples from the cubes through the catalog
+(:mod:`kgml_grid.samples`), minimises the weighted MSE of Ra, Rh, NEE and GPP plus the
+mass-balance, non-negativity, yield and response penalties, with Adam, step decay and
+early stopping on held-out years. Fine-tuning (:func:`finetune`) starts from a
+checkpoint and fits towers where only NEE, Reco (and the partitioned GPP) are
+observed: outside the growing season observed Reco is matched by Rh alone, inside it
+by Ra + Rh; modules are unfrozen in stages with per-module learning rates (Rh lowest),
+and Rh's response curves are kept close to the pre-trained model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kgml_grid import losses, schema
+from kgml_grid.checkpoint import (
+    Checkpoint,
+    Normalizer,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
+from kgml_grid.features import FEATURE_INDEX, year_end_mask
+from kgml_grid.model import DAILY_TARGETS, ModelConfig, build_model, module_groups
+from kgml_grid.samples import (
+    Batches,
+    Series,
+    Split,
+    SplitSpec,
+    compute_norm,
+    grid_series,
+    make_split,
+    windows,
+)
+
+I_RA, I_RH, I_NEE, I_GPP = (DAILY_TARGETS.index(v) for v in ("ra", "rh", "nee", "gpp"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a pre-training run."""
+
+    arch: str = "kgml"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_step: int = 10  # epochs between learning-rate decays
+    lr_gamma: float = 0.5
+    patience: int = 5  # epochs without validation improvement before stopping
+    hidden: int = 64
+    dropout: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    flux_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.5)  # ra, rh, nee, gpp
+    w_mass_balance: float = 0.5
+    w_nonneg: float = 1.0
+    w_yield: float = 0.2
+    w_response: float = 0.1
+    response_every: int = 4  # steps between response-penalty evaluations
+    max_minutes: float | None = None  # wall-clock budget; training stops early and says so
+    split: SplitSpec = field(default_factory=SplitSpec)
+    threads: int | None = None
+
+
+@dataclass
+class TrainResult:
+    """A finished training run."""
+
+    model_dir: Path
+    history: list[dict[str, float]]
+    best_epoch: int
+    stopped: str
+    seconds: float
+    curve_png: Path | None = None
+
+    def summary(self) -> str:
+        last = self.history[self.best_epoch] if self.history else {}
+        return (
+            f"model {self.model_dir}: best epoch {self.best_epoch + 1}/{len(self.history)} "
+            f"(val loss {last.get('val', float('nan')):.4f}), stopped: {self.stopped}, "
+            f"{self.seconds:.0f} s"
+        )
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def _denorm(norm: Normalizer, y: torch.Tensor) -> torch.Tensor:
+    return norm.denormalize_outputs(y)  # type: ignore[return-value]
+
+
+def grid_loss(
+    model: torch.nn.Module, b: Mapping[str, torch.Tensor], norm: Normalizer, cfg: TrainConfig, step: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Pre-training loss on a batch of synthetic-truth windows."""
+    out, _ = model(b["x"], year_end=b["year_end"])
+    pred = out["daily"]
+    loss_mask = b["loss"]
+    l_flux = losses.weighted_flux_mse(pred, b["y"], loss_mask, weights=cfg.flux_weights)
+    phys = _denorm(norm, pred)
+    ra, rh, nee, gpp = phys[..., I_RA], phys[..., I_RH], phys[..., I_NEE], phys[..., I_GPP]
+    reco = ra + rh
+    l_mb = losses.mass_balance_penalty(gpp, reco, nee, mask=loss_mask)
+    l_neg = losses.masked_mean(torch.relu(-ra) + torch.relu(-rh) + torch.relu(-gpp), loss_mask)
+    ye = b["year_end"] & loss_mask
+    l_yield = losses.masked_mse(out["yield"], b["yield"], ye)
+    season = losses.season_sum(torch.relu(gpp) * loss_mask, b["year_end"])
+    ypred = norm.denormalize_yield(out["yield"])
+    l_yb = losses.yield_bounds_penalty(ypred, season, mask=ye)
+    total = l_flux + cfg.w_mass_balance * l_mb + cfg.w_nonneg * l_neg + cfg.w_yield * (l_yield + 0.01 * l_yb)
+    parts = {"flux": l_flux.item(), "mass_balance": l_mb.item(), "yield": l_yield.item()}
+    if cfg.w_response > 0 and step % cfg.response_every == 0:
+        sub = b["x"][:4]
+        l_resp = losses.response_penalty(
+            lambda x: model(x)[0]["daily"][..., I_RH], sub,
+            [FEATURE_INDEX["soc"], FEATURE_INDEX["gpp_sat"]], delta=0.5, mask=loss_mask[:4],
+        )  # fmt: skip
+        total = total + cfg.w_response * l_resp
+        parts["response"] = l_resp.item()
+    return total, parts
+
+
+def _learning_curve(history: Sequence[Mapping[str, float]], path: Path, title: str) -> Path:
+    from kgml_grid.plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    ep = np.arange(1, len(history) + 1)
+    ax.plot(ep, [h["train"] for h in history], "o-", label="training loss")
+    ax.plot(ep, [h["val"] for h in history], "s-", label="validation loss (held-out years)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def fit(
+    model: torch.nn.Module,
+    loss_fn: Callable[[Mapping[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]],
+    train: Batches,
+    val: Batches,
+    *,
+    param_groups: list[dict[str, Any]],
+    epochs: int,
+    patience: int,
+    lr_step: int,
+    lr_gamma: float,
+    max_minutes: float | None = None,
+    progress: bool = True,
+    desc: str = "training",
+    grad_clip: float = 1.0,
+) -> tuple[list[dict[str, float]], int, str]:
+    """Generic loop: Adam, step decay, early stopping on ``val``; restores the best weights."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.Adam(param_groups)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(lr_step, 1), gamma=lr_gamma)
+    history: list[dict[str, float]] = []
+    best, best_epoch, bad = math.inf, 0, 0
+    best_state = copy.deepcopy(model.state_dict())
+    t0 = time.perf_counter()
+    stopped = f"ran all {epochs} epochs"
+    step = 0
+    bar = tqdm(total=epochs * len(train), desc=desc, disable=not progress, unit="batch")
+    for epoch in range(epochs):
+        model.train()
+        tot, n = 0.0, 0
+        for b in train:
+            if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+                break  # out of time: validate what we have, then stop below
+            loss, parts = loss_fn(b, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            step += 1
+            tot += loss.item()
+            n += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
+        sched.step()
+        model.eval()
+        with torch.no_grad():
+            vl = [loss_fn(b, 1)[0].item() for b in val]
+        v = float(np.mean(vl)) if vl else tot / max(n, 1)
+        history.append({"epoch": epoch + 1, "train": tot / n if n else float("nan"), "val": v,
+                        "seconds": time.perf_counter() - t0})  # fmt: skip
+        bar.set_description(f"{desc} epoch {epoch + 1}/{epochs} val {v:.4f}")
+        if v < best - 1e-5:
+            best, best_epoch, bad = v, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= patience:
+                stopped = f"early stopping after epoch {epoch + 1} (no improvement for {patience} epochs)"
+                break
+        if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            stopped = f"time budget of {max_minutes:g} min reached after epoch {epoch + 1}"
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return history, best_epoch, stopped
+
+
+def pretrain(
+    catalog: str | Path,
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+) -> TrainResult:
+    """Pre-train a model on the truth cube of a catalog and save a checkpoint in ``out``.
+
+    Raises
+    ------
+    ValueError
+        If the catalog has no truth layer or too few years or crop pixels.
+    """
+    from kgml_grid.catalog import open_catalog
+
+    t0 = time.perf_counter()
+    if config.arch not in ("kgml", "gru"):
+        raise ValueError(f"--arch must be 'kgml' or 'gru', got {config.arch!r}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _seed_all(config.seed)
+    device = resolve_device(config.device)
+    cat = open_catalog(catalog)
+    if "truth" not in {e.layer for e in cat.entries.values()}:
+        raise ValueError(f"{cat.path}: pre-training needs a 'truth' layer (a synthetic world's catalog)")
+    layers = cat.open_all()
+    split = make_split(layers, replace(config.split, seed=config.seed))
+    norm_stats = compute_norm(layers)
+    norm = Normalizer(norm_stats)
+    series = grid_series(layers, split.train_pixels)
+    sp = split.spec.spinup_days
+    train_items = [(i, w) for i in range(series.n) for w in windows(series.time, split.train_years, sp)]
+    val_pix = np.random.default_rng(config.seed).permutation(series.n)[: max(1, series.n // 4)]
+    val_items = [(int(i), w) for i in val_pix for w in windows(series.time, split.holdout_years, sp)]
+    if not train_items or not val_items:
+        raise ValueError(
+            f"no training windows: years {split.train_years} / held-out {split.holdout_years} with "
+            f"{sp} spin-up days do not fit the series {series.time[0].date()}..{series.time[-1].date()}"
+        )
+    mcfg = ModelConfig(arch=config.arch, n_features=len(schema.FEATURES), hidden=config.hidden,  # type: ignore[arg-type]
+                       dropout=config.dropout)  # fmt: skip
+    model = build_model(mcfg).to(device)
+    train = Batches(series, train_items, norm, batch_size=config.batch_size, seed=config.seed, device=device)
+    val = Batches(series, val_items, norm, batch_size=config.batch_size * 2, shuffle=False, device=device)
+    history, best_epoch, stopped = fit(
+        model, lambda b, s: grid_loss(model, b, norm, config, s), train, val,
+        param_groups=[{"params": list(model.parameters()), "lr": config.lr}],
+        epochs=config.epochs, patience=config.patience, lr_step=config.lr_step,
+        lr_gamma=config.lr_gamma, max_minutes=config.max_minutes, progress=progress,
+        desc=f"pre-training {config.arch}",
+    )  # fmt: skip
+    out = Path(out)
+    prov = {
+        "stage": "pretrain",
+        "catalog": str(cat.path),
+        "world": dict(cat.meta),
+        "train_config": _jsonable(asdict(config)),
+        "split": split.to_dict(),
+        "history": history,
+        "best_epoch": best_epoch + 1,
+        "stopped": stopped,
+        "train_windows": len(train_items),
+        "device": str(device),
+        "seconds": time.perf_counter() - t0,
+    }
+    save_checkpoint(model.cpu(), out, config=mcfg, features=schema.FEATURES,
+                    units=schema.feature_units(), norm=norm_stats, provenance=prov)  # fmt: skip
+    png = _learning_curve(history, out / "learning_curve.png", f"pre-training {config.arch} on {cat.path.parent.name}")
+    return TrainResult(out, history, best_epoch, stopped, time.perf_counter() - t0, png)
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+# --------------------------------------------------------------------------------------
+# fine-tuning on towers
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of a fine-tuning run on towers."""
+
+    epochs_heads: int = 15  # stage 1: only the NEE/GPP heads (KGML) or the output head (GRU)
+    epochs_all: int = 40  # stage 2: every module, per-module learning rates
+    lr_heads: float = 1e-3
+    lr_modules: Mapping[str, float] = field(default_factory=lambda: {
+        "basis": 1e-4, "gpp": 3e-4, "ra": 2e-4, "rh": 5e-5, "nee": 5e-4, "yield": 1e-4,
+        "gru": 1e-4, "head": 5e-4,
+    })  # fmt: skip
+    patience: int = 8
+    holdout_years: int = 2  # the last full years of each tower, never trained on
+    val_years: int = 1  # the years before those, for early stopping
+    spinup_days: int = 122
+    qc_threshold: float = 0.5  # daily QC fraction below which NEE/Reco are not used as targets
+    reco_weight: float = 1.0
+    nee_weight: float = 1.0
+    gpp_weight: float = 0.3
+    w_mass_balance: float = 0.5
+    w_drift: float = 1.0
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"
+    max_minutes: float | None = None
+    threads: int | None = None
+
+
+def tower_years(series: Series, holdout: int, val: int) -> tuple[list[int], list[int], list[int]]:
+    """Train, validation and held-out years: the last ``holdout`` *full* years are held out."""
+    t = series.time
+    full = [int(y) for y in sorted(set(t.year)) if ((t.year == y).sum() >= 365)]
+    if len(full) < holdout + val + 1:
+        raise ValueError(
+            f"towers cover {len(full)} full years ({full}); fine-tuning needs more than "
+            f"{holdout + val} (held-out {holdout} + validation {val})"
+        )
+    test = full[len(full) - holdout :]
+    valy = full[len(full) - holdout - val : len(full) - holdout]
+    train = [y for y in sorted(set(t.year)) if y < valy[0]]
+    return train, valy, test
+
+
+def tower_loss_fn(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    norm: Normalizer,
+    cfg: FinetuneConfig,
+) -> Callable[[Mapping[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]:
+    """Loss on tower windows: only Reco, NEE and the partitioned GPP are observed."""
+
+    def fn(b: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        out, _ = model(b["x"], year_end=b["year_end"])
+        phys = _denorm(norm, out["daily"])
+        ra, rh, nee, gpp = phys[..., I_RA], phys[..., I_RH], phys[..., I_NEE], phys[..., I_GPP]
+        m = b["loss"]
+        reco_obs, nee_obs, gpp_obs = b["reco"], b["y_phys"][..., I_NEE], b["y_phys"][..., I_GPP]
+        season = losses.growing_season_mask(b["doy"])
+        l_t = losses.tower_loss(
+            ra, rh, nee, reco_obs, nee_obs, season,
+            reco_mask=m & torch.isfinite(reco_obs), nee_mask=m & torch.isfinite(nee_obs),
+            weights=(cfg.reco_weight, cfg.nee_weight),
+        )  # fmt: skip
+        l_g = losses.masked_mse(gpp, gpp_obs, m)
+        l_mb = losses.mass_balance_penalty(gpp, ra + rh, nee, mask=m)
+        l_neg = losses.masked_mean(torch.relu(-ra) + torch.relu(-rh), m)
+        total = l_t + cfg.gpp_weight * l_g + cfg.w_mass_balance * l_mb + l_neg
+        parts = {"tower": l_t.item(), "gpp": l_g.item(), "mass_balance": l_mb.item()}
+        if reference is not None and cfg.w_drift > 0 and model.training:
+            l_d = losses.response_drift_penalty(
+                lambda x: model(x)[0]["daily"][..., I_RH], lambda x: reference(x)[0]["daily"][..., I_RH],
+                b["x"][:2], [FEATURE_INDEX["soc"], FEATURE_INDEX["tair"]], deltas=(-1.0, 1.0), mask=m[:2],
+            )  # fmt: skip
+            total = total + cfg.w_drift * l_d
+            parts["drift"] = l_d.item()
+        return total, parts
+
+    return fn
+
+
+def finetune_series(
+    model: torch.nn.Module,
+    norm: Normalizer,
+    series: Series,
+    cfg: FinetuneConfig,
+    *,
+    reference: torch.nn.Module | None = None,
+    progress: bool = True,
+    from_scratch: bool = False,
+) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Fit ``model`` to tower observations in ``series`` (in place). Returns history and split."""
+    device = next(model.parameters()).device
+    train_y, val_y, test_y = tower_years(series, cfg.holdout_years, cfg.val_years)
+    sp = cfg.spinup_days
+    tr = [(i, w) for i in range(series.n) for w in windows(series.time, train_y, sp)]
+    va = [(i, w) for i in range(series.n) for w in windows(series.time, val_y, sp)]
+    if not tr or not va:
+        raise ValueError(f"no tower windows for training years {train_y} / validation {val_y}")
+    train = Batches(series, tr, norm, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
+    val = Batches(series, va, norm, batch_size=cfg.batch_size, shuffle=False, device=device)
+    loss_fn = tower_loss_fn(model, reference, norm, cfg)
+    groups = module_groups(model)
+    history: list[dict[str, float]] = []
+    stages = []
+    if not from_scratch:
+        heads = ("nee", "gpp") if "nee" in groups else ("head",)
+        for name, params in groups.items():
+            for p in params:
+                p.requires_grad_(name in heads)
+        h1, _, s1 = fit(
+            model, loss_fn, train, val,
+            param_groups=[{"params": [p for n in heads for p in groups[n]], "lr": cfg.lr_heads}],
+            epochs=cfg.epochs_heads, patience=cfg.patience, lr_step=10**6, lr_gamma=1.0,
+            max_minutes=cfg.max_minutes, progress=progress, desc="fine-tuning heads",
+        )  # fmt: skip
+        history += [{**h, "stage": 1} for h in h1]
+        stages.append(s1)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    pg = [{"params": ps, "lr": (cfg.lr_heads if from_scratch else cfg.lr_modules.get(n, 1e-4))}
+          for n, ps in groups.items()]  # fmt: skip
+    h2, _, s2 = fit(
+        model, loss_fn, train, val, param_groups=pg,
+        epochs=cfg.epochs_all * (3 if from_scratch else 1), patience=cfg.patience, lr_step=15,
+        lr_gamma=0.5, max_minutes=cfg.max_minutes, progress=progress,
+        desc="training on towers" if from_scratch else "fine-tuning all modules",
+    )  # fmt: skip
+    history += [{**h, "stage": 2} for h in h2]
+    stages.append(s2)
+    return history, {"train_years": train_y, "val_years": val_y, "holdout_years": test_y,
+                     "train_windows": len(tr), "stopped": stages}  # fmt: skip
+
+
+def load_towers(paths: Sequence[str | Path], site_meta: str | Path | None = None) -> list[Any]:
+    """Read FLUXNET DD files with their site metadata (required)."""
+    from kgml_grid.fluxnet import read_fluxnet_dd
+    from kgml_grid.sites import SiteMetadataError, find_site_meta, load_site_meta
+
+    out = []
+    for p in paths:
+        p = Path(p)
+        if site_meta is not None:
+            meta = load_site_meta(site_meta)
+        else:
+            from kgml_grid.fluxnet import parse_fluxnet_filename
+
+            sid = parse_fluxnet_filename(p).site_id
+            try:
+                meta = find_site_meta(sid, search_dirs=(p.parent,))
+            except SiteMetadataError as e:
+                raise SiteMetadataError(f"{p}: {e}") from None
+        out.append(read_fluxnet_dd(p, site_meta=meta))
+    return out
+
+
+def mask_low_quality(ds: Any, threshold: float) -> Any:
+    """Targets (NEE, Reco, GPP) set to NaN on days whose NEE QC fraction is below ``threshold``."""
+    if "nee_qc" not in ds or threshold <= 0:
+        return ds
+    bad = ds["nee_qc"] < threshold
+    ds = ds.copy()
+    for v in ("nee", "reco", "gpp"):
+        ds[v] = ds[v].where(~bad)
+    return ds
+
+
+def finetune(
+    model_dir: str | Path,
+    fluxnet: Sequence[str | Path],
+    out: str | Path,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    site_meta: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune a checkpoint on FLUXNET DD files and save the result in ``out``.
+
+    Raises
+    ------
+    ValueError
+        For a checkpoint whose features or units differ from the schema, a tower
+        without site metadata (``--site-meta FILE`` required), or too few years.
+    """
+    t0 = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _seed_all(config.seed)
+    device = resolve_device(config.device)
+    ck = load_checkpoint(model_dir, device=device, check_schema=True)
+    towers = [mask_low_quality(ds, config.qc_threshold) for ds in load_towers(fluxnet, site_meta)]
+    from kgml_grid.samples import tower_series
+
+    series = tower_series(towers)
+    model = ck.model
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    history, split = finetune_series(model, ck.normalizer, series, config, reference=reference, progress=progress)
+    prov = {
+        **{k: v for k, v in ck.provenance.items() if k not in ("history",)},
+        "stage": "finetune",
+        "pretrained_from": str(Path(model_dir).resolve()),
+        "pretrained_hash": ck.hash,
+        "towers": [str(Path(p).resolve()) for p in fluxnet],
+        "sites": series.names,
+        "finetune_config": _jsonable(asdict(config)),
+        "tower_split": split,
+        "history": history,
+        "seconds": time.perf_counter() - t0,
+    }
+    out = Path(out)
+    save_checkpoint(model.cpu(), out, config=ck.config, features=ck.features, units=ck.units,
+                    norm=ck.norm, provenance=prov)  # fmt: skip
+    png = _learning_curve(history, out / "learning_curve.png", f"fine-tuning on {', '.join(series.names)}")
+    best = int(np.argmin([h["val"] for h in history])) if history else 0
+    return TrainResult(out, history, best, "; ".join(split["stopped"]), time.perf_counter() - t0, png)
+
+
+# --------------------------------------------------------------------------------------
+# inference on series
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, norm: Normalizer, series: Series, *, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Run the model over whole series from a zero state.
+
+    Returns
+    -------
+    daily : ndarray ``[n, T, 4]`` physical (ra, rh, nee, gpp), Ra and Rh clamped at 0
+    yld : ndarray ``[n, T]`` physical yield at year ends, NaN elsewhere
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    ye = torch.as_tensor(year_end_mask(series.time), device=device)
+    outs, ys = [], []
+    for i in range(0, series.n, batch):
+        x = torch.as_tensor(norm.normalize_features(series.x[i : i + batch]), device=device)
+        out, _ = model(x, year_end=ye.expand(x.shape[0], -1))
+        d = norm.denormalize_outputs(out["daily"]).cpu().numpy()
+        d[..., I_RA] = np.maximum(d[..., I_RA], 0)
+        d[..., I_RH] = np.maximum(d[..., I_RH], 0)
+        outs.append(d)
+        ys.append(norm.denormalize_yield(out["yield"]).cpu().numpy())
+    return np.concatenate(outs), np.concatenate(ys)
+
+
+def load_for_eval(model_dir: str | Path, device: str = "cpu") -> Checkpoint:
+    """A checkpoint checked against the schema, for evaluation and upscaling."""
+    return load_checkpoint(model_dir, device=resolve_device(device), check_schema=True)
+
+
+__all__ = [
+    "FinetuneConfig",
+    "Split",
+    "TrainConfig",
+    "TrainResult",
+    "finetune",
+    "finetune_series",
+    "fit",
+    "grid_loss",
+    "load_towers",
+    "predict",
+    "pretrain",
+]
