@@ -151,7 +151,11 @@ def pixel_inputs(
     sat = layers["satellite"]
     if time is not None:
         sat = sat.sel(time=time)
-    tindex = pd.DatetimeIndex(sat["time"].values)
+    # the period both daily inputs cover (a longer satellite or weather record is cut)
+    tindex = pd.DatetimeIndex(sat["time"].values).intersection(pd.DatetimeIndex(layers["weather"]["time"].values))
+    if len(tindex) == 0:
+        raise ValueError("the satellite and weather cubes share no day")
+    sat = sat.sel(time=tindex)
     rows = np.asarray(rows)
     cols = np.asarray(cols)
     if weather_index is None:

@@ -372,7 +372,7 @@ def tower_loss_fn(
         if reference is not None and cfg.w_drift > 0 and model.training:
             l_d = losses.response_drift_penalty(
                 lambda x: model(x)[0]["daily"][..., I_RH], lambda x: reference(x)[0]["daily"][..., I_RH],
-                b["x"][:2], [FEATURE_INDEX["soc"], FEATURE_INDEX["tair"]], deltas=(-1.0, 1.0), mask=m[:2],
+                b["x"][:2], [FEATURE_INDEX["soc"], FEATURE_INDEX["tair"]], deltas=(1.0,), mask=m[:2],
             )  # fmt: skip
             total = total + cfg.w_drift * l_d
             parts["drift"] = l_d.item()

@@ -1,0 +1,361 @@
+"""One client factory for every cluster the upscaling runs on (DESIGN section 6).
+
+:func:`make_client` takes a *spec*:
+
+* ``'local'`` (default): a ``LocalCluster`` of worker *processes*, one thread each
+  (one worker per GPU when the machine has GPUs, else one per core, at most 8);
+* ``'tcp://host:port'``: an existing scheduler;
+* a scheduler file (``*.json``, as written by ``dask scheduler --scheduler-file``);
+* a YAML file (``cluster/*.yaml``), parsed with ``yaml.safe_load``, whose ``kind`` is
+  ``local``, ``address``, ``scheduler_file``, ``slurm`` (dask-jobqueue) or
+  ``kubernetes`` (the Dask Kubernetes operator); every other key is passed to the
+  cluster class (see ``cluster/README.md``).
+
+The scheduler and the dashboard bind to 127.0.0.1 unless the configuration says
+otherwise (``host``/``interface``/``dashboard_address``); the dashboard link is
+printed. :func:`process_cluster` starts real ``dask scheduler`` / ``dask worker``
+processes on 127.0.0.1 (what the tests run against).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "KINDS",
+    "ClusterConfigError",
+    "close_client",
+    "kubernetes_cluster",
+    "load_cluster_config",
+    "local_cluster",
+    "make_client",
+    "process_cluster",
+    "slurm_cluster",
+    "worker_memory_limit",
+]
+
+KINDS = ("local", "address", "scheduler_file", "slurm", "kubernetes")
+LOCALHOST = "127.0.0.1"
+DASHBOARD = f"{LOCALHOST}:8787"
+REPO_CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
+
+_OWNED: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+class ClusterConfigError(ValueError):
+    """A cluster specification cannot be understood."""
+
+
+# --------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------
+
+
+def load_cluster_config(spec: str | os.PathLike[str] | Mapping[str, Any] | None = "local") -> dict[str, Any]:
+    """Normalise a cluster spec into a dict with a ``kind``.
+
+    ``'local'``/None -> ``{'kind': 'local'}``; ``'tcp://...'`` -> address; an existing
+    ``*.json`` -> scheduler file; an existing ``*.yaml``/``*.yml`` -> its content; a bare
+    name such as ``'slurm'`` -> ``cluster/slurm.yaml`` of this repository when present.
+
+    Raises
+    ------
+    ClusterConfigError
+        For an unknown kind, a missing file or invalid YAML, naming it.
+    """
+    if spec is None:
+        return {"kind": "local"}
+    if isinstance(spec, Mapping):
+        cfg = dict(spec)
+    else:
+        s = str(spec).strip()
+        if s == "local":
+            return {"kind": "local"}
+        if "://" in s:
+            return {"kind": "address", "address": s}
+        path = Path(s).expanduser()
+        if not path.exists() and (REPO_CLUSTER_DIR / f"{s}.yaml").exists():
+            path = REPO_CLUSTER_DIR / f"{s}.yaml"
+        if not path.exists():
+            raise ClusterConfigError(
+                f"--cluster {s!r}: not 'local', not an address (tcp://host:port) and no such "
+                "file (a scheduler file *.json or a cluster/*.yaml)"
+            )
+        if path.suffix == ".json":
+            return {"kind": "scheduler_file", "scheduler_file": str(path)}
+        if path.suffix not in (".yaml", ".yml"):
+            raise ClusterConfigError(f"--cluster {s!r}: expected a .yaml or .json file")
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ClusterConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(cfg, dict):
+            raise ClusterConfigError(f"{path}: a cluster file must be a YAML mapping with 'kind:'")
+        cfg.setdefault("_source", str(path))
+    kind = cfg.get("kind")
+    if kind not in KINDS:
+        raise ClusterConfigError(
+            f"{cfg.get('_source', 'cluster config')}: kind {kind!r}; expected one of {', '.join(KINDS)}"
+        )
+    return cfg
+
+
+def _count_gpus() -> int:
+    """GPUs visible to this machine, without initialising CUDA in this process."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+        return len(ids)
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    try:
+        r = subprocess.run([smi, "--list-gpus"], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in r.stdout.splitlines() if line.startswith("GPU "))
+
+
+# --------------------------------------------------------------------------------------
+# clusters
+# --------------------------------------------------------------------------------------
+
+
+def local_cluster(cfg: Mapping[str, Any] | None = None) -> Any:
+    """A ``LocalCluster`` of worker processes, bound to 127.0.0.1 by default."""
+    from distributed import LocalCluster
+
+    opts = {k: v for k, v in dict(cfg or {}).items() if k not in ("kind", "_source")}
+    gpus = opts.pop("gpus", "auto")
+    n_gpus = _count_gpus() if gpus == "auto" else int(gpus or 0)
+    if opts.get("n_workers") is None:
+        opts["n_workers"] = n_gpus if n_gpus else max(1, min(os.cpu_count() or 1, 8))
+    opts.setdefault("threads_per_worker", 1)
+    opts.setdefault("processes", True)
+    opts.setdefault("host", LOCALHOST)
+    opts.setdefault("dashboard_address", DASHBOARD)
+    return LocalCluster(**opts)
+
+
+def slurm_cluster(cfg: Mapping[str, Any]) -> Any:
+    """A ``dask_jobqueue.SLURMCluster`` from a ``kind: slurm`` config (no job submitted).
+
+    ``jobs`` (submit this many jobs) and ``adapt`` (``{minimum, maximum}`` jobs) are
+    read by :func:`make_client`; every other key goes to ``SLURMCluster``. Unless the
+    config sets ``interface`` or ``scheduler_options.host``, the scheduler binds to
+    127.0.0.1 (fine on one node; set ``interface`` so that compute nodes reach it).
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ImportError("kind: slurm needs dask-jobqueue: pip install dask-jobqueue") from None
+    opts = {k: v for k, v in dict(cfg).items() if k not in ("kind", "_source", "jobs", "adapt")}
+    sched = dict(opts.pop("scheduler_options", None) or {})
+    if not opts.get("interface") and "host" not in sched:
+        sched["host"] = LOCALHOST
+    sched.setdefault("dashboard_address", DASHBOARD)
+    opts["scheduler_options"] = sched
+    return SLURMCluster(**opts)
+
+
+def kubernetes_cluster(cfg: Mapping[str, Any]) -> Any:
+    """A ``dask_kubernetes.operator.KubeCluster`` from a ``kind: kubernetes`` config.
+
+    Raises
+    ------
+    ImportError
+        When dask-kubernetes is not installed, saying what to install.
+    """
+    try:
+        from dask_kubernetes.operator import KubeCluster
+    except ImportError:
+        raise ImportError(
+            "kind: kubernetes needs the Dask Kubernetes operator's client: "
+            "pip install dask-kubernetes (and the operator installed in the Kubernetes "
+            "cluster: helm install --repo https://helm.dask.org --create-namespace -n "
+            "dask-operator --generate-name dask-kubernetes-operator); see cluster/README.md"
+        ) from None
+    opts = {k: v for k, v in dict(cfg).items() if k not in ("kind", "_source", "adapt")}
+    return KubeCluster(**opts)
+
+
+def make_client(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | None = "local",
+    *,
+    n_workers: int | None = None,
+    verbose: bool = True,
+    timeout: float = 120,
+) -> Any:
+    """A ``distributed.Client`` for ``spec`` (see the module docstring).
+
+    Parameters
+    ----------
+    n_workers : int, optional
+        Workers of a local cluster (or jobs of a SLURM cluster, pods on Kubernetes).
+    verbose : bool
+        Print the dashboard link.
+    timeout : float
+        Seconds to wait for the first worker.
+
+    Notes
+    -----
+    Close it with :func:`close_client`, which also closes a cluster made here.
+    """
+    from distributed import Client
+
+    cfg = load_cluster_config(spec)
+    kind = cfg["kind"]
+    cluster = None
+    if kind == "local":
+        if n_workers is not None:
+            cfg["n_workers"] = n_workers
+        cluster = local_cluster(cfg)
+        client = Client(cluster)
+    elif kind == "address":
+        if "address" not in cfg:
+            raise ClusterConfigError(f"{cfg.get('_source', 'config')}: kind address needs 'address:'")
+        client = Client(str(cfg["address"]), timeout=timeout)
+    elif kind == "scheduler_file":
+        path = cfg.get("scheduler_file") or cfg.get("path")
+        if not path or not Path(path).exists():
+            raise ClusterConfigError(f"{cfg.get('_source', 'config')}: scheduler file {path!r} does not exist")
+        client = Client(scheduler_file=str(path), timeout=timeout)
+    elif kind == "slurm":
+        cluster = slurm_cluster(cfg)
+        adapt = cfg.get("adapt")
+        if adapt:
+            cluster.adapt(**dict(adapt))
+        else:
+            cluster.scale(jobs=int(n_workers or cfg.get("jobs", 1)))
+        client = Client(cluster)
+    else:
+        if n_workers is not None:
+            cfg["n_workers"] = n_workers
+        cluster = kubernetes_cluster(cfg)
+        if cfg.get("adapt"):
+            cluster.adapt(**dict(cfg["adapt"]))
+        client = Client(cluster)
+    if cluster is not None:
+        _OWNED[client] = cluster
+    if kind in ("local", "slurm", "kubernetes") and not cfg.get("adapt"):
+        with contextlib.suppress(Exception):
+            client.wait_for_workers(1, timeout=timeout)
+    if verbose:
+        from kgml_grid.execute import dashboard_link
+
+        link = dashboard_link(client)
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        print(f"dask cluster ({kind}): {n} workers; dashboard: {link or 'none'}", file=sys.stderr)
+    return client
+
+
+def close_client(client: Any) -> None:
+    """Close a client and the cluster :func:`make_client` made for it (if any)."""
+    cluster = _OWNED.pop(client, None)
+    with contextlib.suppress(Exception):
+        client.close()
+    if cluster is not None:
+        with contextlib.suppress(Exception):
+            cluster.close()
+
+
+def worker_memory_limit(client: Any) -> int | None:
+    """The smallest memory limit among the client's workers (bytes), None if unlimited."""
+    info = client.scheduler_info(n_workers=-1)
+    limits = [int(w.get("memory_limit") or 0) for w in info.get("workers", {}).values()]
+    limits = [v for v in limits if v > 0]
+    return min(limits) if limits else None
+
+
+# --------------------------------------------------------------------------------------
+# real scheduler and worker processes on 127.0.0.1
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def process_cluster(
+    n_workers: int = 2,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+    memory_limit: str = "4GiB",
+    nthreads: int = 1,
+    timeout: float = 90,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Path]:
+    """Start ``dask scheduler`` and ``n_workers`` ``dask worker`` processes on 127.0.0.1.
+
+    Yields the scheduler file (pass it as ``--cluster FILE``); stops every process on
+    exit. Worker ``i`` is named ``worker-i``; each has one process and ``nthreads``
+    threads.
+    """
+    from distributed import Client
+
+    tmp = None
+    if directory is None:
+        tmp = tempfile.mkdtemp(prefix="kgml-dask-")
+        directory = tmp
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    sched_file = d / "scheduler.json"
+    sched_file.unlink(missing_ok=True)
+    penv = {**os.environ, **dict(env or {})}
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
+
+    def _start(args: list[str], name: str) -> None:
+        log = open(d / f"{name}.log", "wb")
+        logs.append(log)
+        procs.append(subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log,
+                                      stderr=subprocess.STDOUT, env=penv, cwd=d,
+                                      start_new_session=True))  # fmt: skip
+
+    try:
+        # --no-dashboard still serves /health and /metrics: bind that to localhost too
+        _start(["scheduler", "--host", LOCALHOST, "--port", "0", "--scheduler-file",
+                str(sched_file), "--no-dashboard", "--dashboard-address", f"{LOCALHOST}:0"],
+               "scheduler")  # fmt: skip
+        t_end = time.monotonic() + timeout
+        while not sched_file.exists() or not sched_file.read_text().strip():
+            if procs[0].poll() is not None or time.monotonic() > t_end:
+                raise RuntimeError(f"dask scheduler did not start; see {d / 'scheduler.log'}")
+            time.sleep(0.1)
+        json.loads(sched_file.read_text())
+        for i in range(n_workers):
+            _start(["worker", "--scheduler-file", str(sched_file), "--nthreads", str(nthreads),
+                    "--nworkers", "1", "--memory-limit", str(memory_limit), "--name", f"worker-{i}",
+                    "--host", LOCALHOST, "--no-dashboard", "--dashboard-address", f"{LOCALHOST}:0",
+                    "--local-directory", str(d / f"w{i}")],
+                   f"worker-{i}")  # fmt: skip
+        with Client(scheduler_file=str(sched_file), timeout=timeout) as c:
+            c.wait_for_workers(n_workers, timeout=timeout)
+        yield sched_file
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=5)
+        for log in logs:
+            log.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

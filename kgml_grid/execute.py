@@ -1,0 +1,1024 @@
+"""Executors of an upscaling :class:`~kgml_grid.plan.Plan` (DESIGN section 6).
+
+Two executors run the same block function, the way rechunker keeps a tiny serial
+executor as the reference the others are tested against:
+
+* :class:`SerialExecutor`: in this process, block after block; writes the same store
+  (or, with ``out=None``, returns the result in memory);
+* :class:`DaskExecutor`: on a Dask cluster. For each time chunk, one map of
+  :func:`run_block` over the space tiles; each task takes its input block and the
+  previous time chunk's state (a task result, never sent to the client) and returns
+  the new state. The model lives on the workers (:mod:`kgml_grid.worker`).
+
+One block (:func:`run_block`) reads the tile's satellite GPP for the time chunk, the
+coarse weather cells covering the tile (mapped to the fine pixels with the tile's
+index from the plan: no fine weather cube is made), the soil tile and the crop types
+of the run's years; assembles the features with :func:`kgml_grid.features.assemble`
+(gap-fill state carried like the GRU state); normalises them with the checkpoint's
+:class:`~kgml_grid.checkpoint.Normalizer`; runs the model on the crop pixels only (a
+pixel is crop when its crop type is > 0 in any year of the run; the others stay NaN),
+in batches under ``torch.inference_mode``; and writes ra, rh (clamped at >= 0),
+reco = ra + rh, nee, the model's gpp, and the yield at year ends.
+
+Resumable output
+----------------
+Each block writes its region of the output store as soon as it is done, then its
+state (``state/y<ty>_x<tx>/t<chunk>.npz``), then its completion record
+(``done/<block>.json``), all in the records folder next to the store
+(``OUT.zarr.kgml_blocks/``: kept out of the Zarr hierarchy so that Zarr and xarray see
+a clean store), and finally removes the tile's state of two chunks back (the last two
+are kept: a block that a killed client left running on a worker may still finish while
+a resumed run starts from the one before it; both write the same values). A rerun with
+``resume=True`` restarts every tile after its last recorded block from that block's
+state and redoes only what is missing; the store is marked complete
+(:func:`kgml_grid.cubes.mark_complete`) only after every block is recorded. Do not run
+two upscalings into the same store at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import threading
+import time as _time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from kgml_grid import cubes
+from kgml_grid.features import WEATHER_FEATURES, assemble, year_end_mask
+from kgml_grid.plan import (
+    DAILY_VARS,
+    BlockKey,
+    Plan,
+    PlanError,
+    TileSpec,
+    make_plan,
+)
+
+__all__ = [
+    "BlockError",
+    "DaskExecutor",
+    "RunConfig",
+    "SerialExecutor",
+    "UpscaleGraph",
+    "UpscaleResult",
+    "build_graph",
+    "completed_blocks",
+    "direct_run",
+    "records_dir",
+    "run_block",
+    "upscale",
+]
+
+RECORDS_SUFFIX = ".kgml_blocks"
+
+
+class BlockError(RuntimeError):
+    """A block failed on a worker; completed blocks stay recorded for ``--resume``."""
+
+
+# --------------------------------------------------------------------------------------
+# run-wide configuration and per-block state
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every task of a run shares (small; shipped once per tile)."""
+
+    paths: Mapping[str, str]
+    checkpoint: str
+    checkpoint_hash: str
+    out: str | None
+    records: str | None
+    start: str
+    sat_t0: int
+    wx_t0: int
+    years: tuple[int, ...]
+    crop_index: tuple[int, ...]
+    partial_first_season: bool
+    has_yield: bool
+    batch_pixels: int
+    run_id: str
+
+    @classmethod
+    def from_plan(cls, plan: Plan, out: str | Path | None, run_id: str) -> RunConfig:
+        return cls(
+            paths=dict(plan.paths),
+            checkpoint=plan.checkpoint,
+            checkpoint_hash=plan.checkpoint_hash,
+            out=None if out is None else str(out),
+            records=None if out is None else str(records_dir(out)),
+            start=str(plan.start.date()),
+            sat_t0=plan.sat_t0,
+            wx_t0=plan.wx_t0,
+            years=tuple(plan.years),
+            crop_index=tuple(plan.crop_year_index[y] for y in plan.years),
+            partial_first_season=plan.partial_first_season,
+            has_yield=plan.has_yield,
+            batch_pixels=plan.batch_pixels,
+            run_id=run_id,
+        )
+
+
+@dataclass(frozen=True)
+class TileTask:
+    """A tile and the run's configuration: one Dask data task per tile."""
+
+    run: RunConfig
+    tile: TileSpec
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """One block: its key and its days ``[t0, t1)`` in output time."""
+
+    key: BlockKey
+    t0: int
+    t1: int
+
+
+@dataclass(frozen=True)
+class StateRef:
+    """A state saved by an earlier run (``--resume``), loaded inside the task."""
+
+    path: str
+
+
+#: State of a tile between time chunks: model state (``m_*``) and gap-fill state
+#: (``f_*``) of its crop pixels, numpy arrays, batch first.
+State = dict[str, np.ndarray]
+
+
+@dataclass
+class BlockOutput:
+    """Outputs of one block: daily ``[T, ny, nx]`` per variable, yearly ``[Y, ny, nx]``."""
+
+    daily: dict[str, np.ndarray]
+    yearly: np.ndarray | None
+    year_slice: tuple[int, int] | None
+    n_crop: int
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------
+
+_OPEN: dict[tuple[str, float], xr.Dataset] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_store(path: str) -> xr.Dataset:
+    """An input cube opened without Dask (reads only the chunks indexed), cached."""
+    try:
+        stamp = os.path.getmtime(os.path.join(path, "zarr.json"))
+    except OSError:
+        stamp = 0.0
+    key = (path, stamp)
+    with _OPEN_LOCK:
+        ds = _OPEN.get(key)
+        if ds is None:
+            ds = xr.open_zarr(path, consolidated=False, chunks=None, decode_coords="all")
+            if len(_OPEN) > 16:
+                _OPEN.clear()
+            _OPEN[key] = ds
+        return ds
+
+
+def _soil_features() -> tuple[str, ...]:
+    from kgml_grid.features import SOIL_FEATURES
+
+    return tuple(SOIL_FEATURES)
+
+
+def _crop_pixels(run: RunConfig, tile: TileSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop types ``[Y, ny, nx]`` of the run's years and the tile's crop pixels (row-major)."""
+    crop = _open_store(run.paths["crop"])["crop_type"]
+    ct = np.asarray(
+        crop.isel(year=list(run.crop_index), y=slice(*tile.y), x=slice(*tile.x)).values
+    )
+    rr, cc = np.nonzero((ct > 0).any(axis=0))
+    return ct, rr, cc
+
+
+def read_block(
+    tt: TileTask, bt: BlockTask, fill: Mapping[str, np.ndarray] | None
+) -> tuple[pd.DatetimeIndex, np.ndarray, dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Features ``[n, T, F]`` (physical units) of the tile's crop pixels for the block.
+
+    Returns
+    -------
+    time, x, fill (for the next block), (rows, cols) of the crop pixels in the tile
+    """
+    run, tile = tt.run, tt.tile
+    t = bt.t1 - bt.t0
+    time = pd.date_range(pd.Timestamp(run.start) + pd.Timedelta(days=bt.t0), periods=t, freq="D")
+    ct, rr, cc = _crop_pixels(run, tile)
+    sat = _open_store(run.paths["satellite"])
+    tsel = slice(run.sat_t0 + bt.t0, run.sat_t0 + bt.t1)
+    gpp = np.asarray(sat["gpp_sat"].isel(time=tsel, y=slice(*tile.y), x=slice(*tile.x)).values)
+    wx = _open_store(run.paths["weather"])
+    wblock = wx[list(WEATHER_FEATURES)].isel(
+        time=slice(run.wx_t0 + bt.t0, run.wx_t0 + bt.t1), y=slice(*tile.wy), x=slice(*tile.wx)
+    ).load()
+    wr, wc = tile.wrow[rr, cc], tile.wcol[rr, cc]
+    daily = {k: np.asarray(wblock[k].values)[:, wr, wc] for k in WEATHER_FEATURES}
+    daily["gpp_sat"] = gpp[:, rr, cc]
+    soil_ds = _open_store(run.paths["soil"])
+    soil_names = _soil_features()
+    sblock = soil_ds[list(soil_names)].isel(y=slice(*tile.y), x=slice(*tile.x)).load()
+    soil = {k: np.asarray(sblock[k].values)[rr, cc] for k in soil_names}
+    year_pos = {y: i for i, y in enumerate(run.years)}
+    crop_by_year = {int(y): ct[year_pos[int(y)], rr, cc] for y in np.unique(time.year)}
+    x, new_fill = assemble(time=time, daily=daily, soil=soil, crop_by_year=crop_by_year,
+                           fill=None if fill is None else dict(fill))  # fmt: skip
+    return time, x, new_fill, (rr, cc)
+
+
+# --------------------------------------------------------------------------------------
+# computing
+# --------------------------------------------------------------------------------------
+
+
+def _load_state(prev: State | StateRef | None) -> State | None:
+    if prev is None:
+        return None
+    if isinstance(prev, StateRef):
+        try:
+            with np.load(prev.path) as z:
+                return {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise BlockError(
+                f"saved state {prev.path} is missing; was another run writing to this store "
+                "at the same time? Rerun with --overwrite"
+            ) from None
+    return prev
+
+
+def compute_block(
+    tt: TileTask, bt: BlockTask, prev: State | StateRef | None
+) -> tuple[BlockOutput, State]:
+    """Read, assemble, run the model: the block's outputs and the tile's next state.
+
+    Pure apart from reading the input cubes; writes nothing.
+    """
+    import torch
+
+    from kgml_grid.model import DAILY_TARGETS, state_from_numpy, state_to_numpy
+    from kgml_grid.worker import get_checkpoint
+
+    t_start = _time.perf_counter()
+    run, tile = tt.run, tt.tile
+    ckpt = get_checkpoint(run.checkpoint, run.checkpoint_hash)
+    prev_state = _load_state(prev)
+    fill = None if prev_state is None else {k[2:]: v for k, v in prev_state.items() if k.startswith("f_")}
+    time, x, new_fill, (rr, cc) = read_block(tt, bt, fill)
+    n, t = x.shape[0], x.shape[1]
+    xn = np.ascontiguousarray(ckpt.normalizer.normalize_features(x), dtype="float32")
+    del x
+    ye = year_end_mask(time)
+    ye_idx = np.flatnonzero(ye)
+    model_state = None if prev_state is None else {k[2:]: v for k, v in prev_state.items() if k.startswith("m_")}
+    if model_state is not None:
+        bad = [k for k, v in model_state.items() if v.shape[0] != n]
+        if bad:
+            raise BlockError(
+                f"{bt.key}: saved state has {model_state[bad[0]].shape[0]} pixels, the tile has "
+                f"{n} crop pixels; the crop layer changed since the run started (use --overwrite)"
+            )
+    device = ckpt.device
+    daily = np.empty((n, t, len(DAILY_TARGETS)), dtype="float32")
+    yld = np.full((n, ye_idx.size), np.nan, dtype="float32")
+    new_model: dict[str, list[np.ndarray]] = {}
+    bsz = max(1, int(run.batch_pixels))
+    ye_t = torch.as_tensor(ye, device=device)
+    with torch.inference_mode():
+        for i in range(0, n, bsz):
+            xb = torch.from_numpy(xn[i : i + bsz]).to(device)
+            sb = None
+            if model_state is not None:
+                sb = state_from_numpy({k: v[i : i + bsz] for k, v in model_state.items()}, device=device)
+            out, st = ckpt.model(xb, sb, year_end=ye_t)
+            daily[i : i + bsz] = out["daily"].float().cpu().numpy()
+            if ye_idx.size:
+                yld[i : i + bsz] = out["yield"][:, ye_idx].float().cpu().numpy()
+            for k, v in state_to_numpy(st).items():
+                new_model.setdefault(k, []).append(v)
+    phys = ckpt.normalizer.denormalize_outputs(daily)  # [n, T, 4] (ra, rh, nee, gpp)
+    col = {name: i for i, name in enumerate(DAILY_TARGETS)}
+    ra = np.maximum(phys[..., col["ra"]], 0)
+    rh = np.maximum(phys[..., col["rh"]], 0)
+    values = {"ra": ra, "rh": rh, "reco": ra + rh, "nee": phys[..., col["nee"]],
+              "gpp": np.maximum(phys[..., col["gpp"]], 0)}  # fmt: skip
+    ny, nx = tile.shape
+    out_daily = {}
+    for name in DAILY_VARS:
+        arr = np.full((t, ny, nx), np.nan, dtype="float32")
+        arr[:, rr, cc] = values[name].T
+        out_daily[name] = arr
+    yearly = None
+    year_slice = None
+    if ye_idx.size:
+        years = time.year[ye_idx]
+        i0 = int(years[0]) - run.years[0]
+        year_slice = (i0, i0 + len(years))
+        yearly = np.full((len(years), ny, nx), np.nan, dtype="float32")
+        if run.has_yield:
+            yv = ckpt.normalizer.denormalize_yield(yld)  # [n, Y]
+            for j, year in enumerate(years):
+                if run.partial_first_season and int(year) == run.years[0]:
+                    continue
+                yearly[j, rr, cc] = yv[:, j]
+    state: State = {f"m_{k}": np.concatenate(v, axis=0) if v else np.empty((0,)) for k, v in new_model.items()}
+    if n == 0:
+        state = {}
+    state.update({f"f_{k}": np.asarray(v) for k, v in new_fill.items()})
+    return (
+        BlockOutput(out_daily, yearly, year_slice, n, _time.perf_counter() - t_start),
+        state,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# writing and records
+# --------------------------------------------------------------------------------------
+
+
+def records_dir(out: str | Path) -> Path:
+    """The records folder of an output store: ``OUT.zarr.kgml_blocks`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + RECORDS_SUFFIX)
+
+
+def _state_path(records: str | Path, key: BlockKey) -> Path:
+    return Path(records) / "state" / f"y{key.ty:04d}_x{key.tx:04d}" / f"t{key.chunk:04d}.npz"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_block(tt: TileTask, bt: BlockTask, output: BlockOutput, state: State) -> None:
+    """Write the block's region, then its state, then its completion record; then drop
+    the tile's state of two chunks back."""
+    run, tile = tt.run, tt.tile
+    assert run.out is not None and run.records is not None
+    ys, xs = slice(*tile.out_y), slice(*tile.out_x)
+    ds = xr.Dataset({n: (("time", "y", "x"), output.daily[n]) for n in DAILY_VARS})
+    cubes.write_region(ds, run.out, {"time": slice(bt.t0, bt.t1), "y": ys, "x": xs})
+    if output.yearly is not None and output.year_slice is not None:
+        yds = xr.Dataset({"yield": (("year", "y", "x"), output.yearly)})
+        cubes.write_region(yds, run.out, {"year": slice(*output.year_slice), "y": ys, "x": xs})
+    key = bt.key
+
+    def _save_state(p: Path) -> None:
+        with open(p, "wb") as fh:
+            np.savez(fh, **state)
+
+    _atomic_write(_state_path(run.records, key), _save_state)
+    record = {
+        "block": key.name, "time": [bt.t0, bt.t1], "y": list(tile.out_y), "x": list(tile.out_x),
+        "crop_pixels": output.n_crop, "seconds": round(output.seconds, 4), "run_id": run.run_id,
+        "worker": _worker_name(), "finished": _now(),
+    }  # fmt: skip
+    _atomic_write(
+        Path(run.records) / "done" / f"{key.name}.json",
+        lambda p: p.write_text(json.dumps(record)),
+    )
+    if key.chunk > 1:
+        # keep the previous state too: a block a dead client left running may still
+        # finish after a resumed run has planned to start from it
+        _state_path(run.records, BlockKey(key.chunk - 2, key.ty, key.tx)).unlink(missing_ok=True)
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_block(bt: BlockTask, tt: TileTask, prev: State | StateRef | None) -> State:
+    """The task: compute one block, write its region and records, return the new state."""
+    output, state = compute_block(tt, bt, prev)
+    write_block(tt, bt, output, state)
+    return state
+
+
+def completed_blocks(out: str | Path) -> set[BlockKey]:
+    """Blocks recorded as done in the records folder of ``out``."""
+    done_dir = records_dir(out) / "done"
+    if not done_dir.is_dir():
+        return set()
+    keys = set()
+    for p in done_dir.glob("t*_y*_x*.json"):
+        with contextlib.suppress(ValueError):
+            keys.add(BlockKey.parse(p.stem))
+    return keys
+
+
+def _resume_points(plan: Plan, out: str | Path, done: set[BlockKey]) -> dict[tuple[int, int], int]:
+    """First time chunk to run for each crop tile (``n_time_chunks`` when finished),
+    using the longest recorded prefix of chunks whose last state is saved."""
+    records = records_dir(out)
+    first: dict[tuple[int, int], int] = {}
+    for tile in plan.crop_tiles:
+        c = 0
+        while c < plan.n_time_chunks and BlockKey(c, *tile) in done:
+            c += 1
+        if c > 0 and not _state_path(records, BlockKey(c - 1, *tile)).exists():
+            c = 0  # records without their state: redo the tile (writes are idempotent)
+        first[tile] = c
+    return first
+
+
+# --------------------------------------------------------------------------------------
+# the store
+# --------------------------------------------------------------------------------------
+
+
+def _provenance(plan: Plan) -> dict[str, Any]:
+    from kgml_grid import __version__
+
+    return {"kgml_package_version": __version__, "kgml_created": _now()}
+
+
+def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool) -> set[BlockKey]:
+    """Create the output store (or check the one to resume); return the done blocks.
+
+    Raises
+    ------
+    PlanError
+        When ``out`` exists and neither ``resume`` nor ``overwrite`` is set, or when the
+        store to resume was written by another plan or checkpoint (naming the difference).
+    """
+    out = Path(out)
+    records = records_dir(out)
+    if out.exists() and resume:
+        attrs = _store_attrs(out)
+        if "kgml_plan" not in attrs:
+            raise PlanError(f"--resume: {out} is not a kgml_grid upscaling store (no 'kgml_plan' attribute)")
+        stored = json.loads(attrs["kgml_plan"])
+        if stored.get("checkpoint_hash") != plan.checkpoint_hash:
+            raise PlanError(
+                f"--resume: {out} was written with checkpoint hash "
+                f"{str(stored.get('checkpoint_hash'))[:12]} ({stored.get('checkpoint')}), this run "
+                f"uses {plan.checkpoint_hash[:12]} ({plan.checkpoint}); pass --overwrite to start again"
+            )
+        diffs = plan.differences(stored)
+        if diffs:
+            raise PlanError(
+                f"--resume: {out} was written with another plan: " + "; ".join(diffs)
+                + "; pass --overwrite to start again"
+            )
+        rec_plan = records / "plan.json"
+        if rec_plan.exists() and json.loads(rec_plan.read_text()).get("plan_id") != plan.plan_id:
+            shutil.rmtree(records)  # records of another run: not ours to trust
+        if not rec_plan.exists():
+            _write_records_plan(plan, records)
+        return completed_blocks(out)
+    if resume and records.exists():
+        shutil.rmtree(records)  # records of a store that is gone: start afresh
+    if out.exists() or records.exists():
+        if not overwrite:
+            raise PlanError(
+                f"{out} exists; pass --resume to finish it or --overwrite to replace it"
+            )
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if records.exists():
+            shutil.rmtree(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the store's chunks are regular (Zarr): one tile, the usual time chunk, one year.
+    # Uneven time chunks are safe: a tile's blocks run one after the other.
+    template = plan.template(provenance=_provenance(plan)).chunk(plan.output_chunks)
+    cubes.init_store(template, out, plan.output_chunks)
+    _write_records_plan(plan, records)
+    return set()
+
+
+def _write_records_plan(plan: Plan, records: Path) -> None:
+    records.mkdir(parents=True, exist_ok=True)
+    (records / "done").mkdir(exist_ok=True)
+    (records / "plan.json").write_text(
+        json.dumps({"plan_id": plan.plan_id, "plan": plan.to_dict()}, indent=1)
+    )
+
+
+def _store_attrs(out: Path) -> dict[str, Any]:
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(out), mode="r", zarr_format=3).attrs)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise PlanError(f"{out} cannot be opened as a Zarr v3 store: {e}") from None
+
+
+def finish_store(plan: Plan, out: str | Path, *, n_done: int) -> None:
+    """Mark the store complete (only when every block is recorded)."""
+    missing = [b for b in plan.blocks if b not in completed_blocks(out)]
+    if missing:
+        raise BlockError(
+            f"{out}: {len(missing)} blocks are not recorded (first {missing[0]}); rerun with --resume"
+        )
+    records = records_dir(out)
+    for tile in plan.crop_tiles:  # keep only the final state of each tile
+        for c in range(plan.n_time_chunks - 1):
+            _state_path(records, BlockKey(c, *tile)).unlink(missing_ok=True)
+    cubes.mark_complete(out, kgml_finished=_now(), kgml_blocks_done=int(n_done))
+
+
+def open_output(out: str | Path) -> xr.Dataset:
+    """The output store, lazily (Dask-backed), CRS decoded."""
+    return xr.open_zarr(str(out), consolidated=False, decode_coords="all")
+
+
+# --------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpscaleResult:
+    """What a run did.
+
+    Attributes
+    ----------
+    plan : Plan
+    out : Path or None
+        The output store (None for an in-memory serial run or a dry run).
+    computed : int
+        Blocks computed by this run (on ``--resume``: only the missing ones).
+    already_done : int
+        Blocks found recorded and not recomputed.
+    seconds : float
+    dashboard : str or None
+    dry_run : bool
+    """
+
+    plan: Plan
+    out: Path | None
+    computed: int = 0
+    already_done: int = 0
+    seconds: float = 0.0
+    dashboard: str | None = None
+    dry_run: bool = False
+    _memory: xr.Dataset | None = field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> xr.Dataset | None:
+        """The output as a lazy Dataset (in-memory for ``out=None``; None for a dry run)."""
+        if self._memory is not None:
+            return self._memory
+        if self.out is None or self.dry_run:
+            return None
+        return open_output(self.out)
+
+    def summary(self) -> str:
+        if self.dry_run:
+            return f"dry run: nothing computed or written\n{self.plan}"
+        px_days = self.plan.n_crop_pixels * self.plan.n_days
+        rate = px_days * (self.computed / max(self.plan.n_blocks, 1)) / max(self.seconds, 1e-9)
+        where = f" into {self.out}" if self.out else " in memory"
+        return (
+            f"upscaled {self.plan.n_crop_pixels} crop pixels x {self.plan.n_days} days{where}: "
+            f"{self.computed} blocks computed, {self.already_done} already done, "
+            f"{len(self.plan.skipped_tiles)} tiles skipped (no crop), {self.seconds:.1f} s "
+            f"({rate / 1e6:.2f} M pixel-days/s)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# the serial reference executor
+# --------------------------------------------------------------------------------------
+
+
+def _tile_tasks(plan: Plan, out: str | Path | None, run_id: str, tiles: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TileTask]:
+    run = RunConfig.from_plan(plan, out, run_id)
+    return {t: TileTask(run, plan.tile_spec(*t)) for t in tiles}
+
+
+def _block_task(plan: Plan, key: BlockKey) -> BlockTask:
+    t0, t1 = plan.time_bounds[key.chunk]
+    return BlockTask(key, t0, t1)
+
+
+class SerialExecutor:
+    """Run a plan in this process, one block after another: the reference executor.
+
+    With ``out`` it writes, records and resumes exactly like :class:`DaskExecutor`;
+    with ``out=None`` it writes nothing and returns the result in memory.
+    """
+
+    def __init__(self, *, progress: bool = False) -> None:
+        self.progress = progress
+
+    def execute(
+        self, plan: Plan, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False
+    ) -> UpscaleResult:
+        t0 = _time.perf_counter()
+        run_id = uuid.uuid4().hex[:12]
+        if out is None:
+            return self._in_memory(plan, run_id, t0)
+        done = prepare_store(plan, out, resume=resume, overwrite=overwrite)
+        first = _resume_points(plan, out, done)
+        tiles = _tile_tasks(plan, out, run_id, [t for t, c in first.items() if c < plan.n_time_chunks])
+        records = records_dir(out)
+        state: dict[tuple[int, int], State | StateRef | None] = {
+            t: (StateRef(str(_state_path(records, BlockKey(first[t] - 1, *t)))) if first[t] > 0 else None)
+            for t in tiles
+        }
+        todo = [b for b in plan.blocks if b.tile in tiles and b.chunk >= first[b.tile]]
+        from tqdm.auto import tqdm
+
+        for key in tqdm(todo, desc="upscaling", unit="block", disable=not self.progress):
+            state[key.tile] = run_block(_block_task(plan, key), tiles[key.tile], state[key.tile])
+        finish_store(plan, out, n_done=plan.n_blocks)
+        return UpscaleResult(plan, Path(out), computed=len(todo),
+                             already_done=plan.n_blocks - len(todo), seconds=_time.perf_counter() - t0)  # fmt: skip
+
+    def _in_memory(self, plan: Plan, run_id: str, t0: float) -> UpscaleResult:
+        tiles = _tile_tasks(plan, None, run_id, plan.crop_tiles)
+        ds = plan.template()
+        arrays = {n: np.full(ds[n].shape, np.nan, dtype="float32") for n in (*DAILY_VARS, "yield")}
+        state: dict[tuple[int, int], State | None] = dict.fromkeys(tiles)
+        for key in plan.blocks:
+            bt = _block_task(plan, key)
+            tt = tiles[key.tile]
+            output, state[key.tile] = compute_block(tt, bt, state[key.tile])
+            ys, xs = slice(*tt.tile.out_y), slice(*tt.tile.out_x)
+            for n in DAILY_VARS:
+                arrays[n][bt.t0 : bt.t1, ys, xs] = output.daily[n]
+            if output.yearly is not None and output.year_slice is not None:
+                arrays["yield"][slice(*output.year_slice), ys, xs] = output.yearly
+        for n, a in arrays.items():
+            ds[n] = ds[n].copy(data=a)
+        return UpscaleResult(plan, None, computed=plan.n_blocks, seconds=_time.perf_counter() - t0,
+                             _memory=ds)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# the Dask executor
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpscaleGraph:
+    """The lazy Dask graph of a run: one task per block, one data task per tile.
+
+    Attributes
+    ----------
+    blocks : dict
+        :class:`BlockKey` -> ``Delayed`` returning the tile's state after the block.
+    tiles : dict
+        ``(ty, tx)`` -> ``Delayed`` data task holding the :class:`TileTask`.
+    """
+
+    blocks: dict[BlockKey, Any]
+    tiles: dict[tuple[int, int], Any]
+    run_id: str
+
+    @property
+    def dask(self) -> Any:
+        """The merged ``HighLevelGraph``."""
+        from dask.highlevelgraph import HighLevelGraph
+
+        return HighLevelGraph.merge(*(d.dask for d in (*self.blocks.values(), *self.tiles.values())))
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.dask)
+
+    def __len__(self) -> int:
+        return self.n_tasks
+
+
+def build_graph(
+    plan: Plan,
+    out: str | Path,
+    *,
+    done: set[BlockKey] | frozenset[BlockKey] = frozenset(),
+    first: Mapping[tuple[int, int], int] | None = None,
+    run_id: str | None = None,
+) -> UpscaleGraph:
+    """The run's lazy graph: for each time chunk, one map of :func:`run_block` over the
+    space tiles, each block taking the previous chunk's block of its tile as input.
+
+    Building computes nothing and writes nothing. The model is not in the graph: tasks
+    carry the checkpoint's path and hash and find the model on their worker.
+
+    Parameters
+    ----------
+    done : set of BlockKey
+        Blocks already recorded (``--resume``): left out.
+    first : mapping, optional
+        First time chunk per tile (from the records); default derived from ``done``.
+    """
+    import dask
+
+    run_id = run_id or uuid.uuid4().hex[:12]
+    if first is None:
+        first = {}
+        for tile in plan.crop_tiles:
+            c = 0
+            while c < plan.n_time_chunks and BlockKey(c, *tile) in done:
+                c += 1
+            first[tile] = c
+    token = f"{plan.plan_id[:8]}{run_id[:8]}"
+    active = [t for t in plan.crop_tiles if first.get(t, 0) < plan.n_time_chunks]
+    tasks = _tile_tasks(plan, out, run_id, active)
+    tiles = {
+        t: dask.delayed(tasks[t], name=(f"kgml-tile-{token}", *t), traverse=False) for t in active
+    }
+    records = records_dir(out)
+    prev: dict[tuple[int, int], Any] = {
+        t: (StateRef(str(_state_path(records, BlockKey(first[t] - 1, *t)))) if first[t] > 0 else None)
+        for t in active
+    }
+    fn = dask.delayed(run_block, pure=True, traverse=False)
+    blocks: dict[BlockKey, Any] = {}
+    for c in range(plan.n_time_chunks):  # one map over the tiles per time chunk
+        for t in active:
+            if c < first[t]:
+                continue
+            key = BlockKey(c, *t)
+            blocks[key] = fn(_block_task(plan, key), tiles[t], prev[t],
+                             dask_key_name=(f"kgml-block-{token}", c, *t))  # fmt: skip
+            prev[t] = blocks[key]
+    return UpscaleGraph(blocks, tiles, run_id)
+
+
+def _in_notebook() -> bool:
+    try:
+        from distributed.utils import is_kernel
+
+        return bool(is_kernel())
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The dashboard URL of a client's scheduler, or None when it has none."""
+    try:
+        return client.dashboard_link
+    except (KeyError, AttributeError, TypeError):
+        return None
+
+
+class DaskExecutor:
+    """Run a plan on a Dask cluster (see the module docstring).
+
+    Parameters
+    ----------
+    client : distributed.Client
+    device : str
+        Worker device preference for the model (``'auto'``: GPU when the worker has one).
+    progress : bool
+        A progress bar in the terminal; Dask's progress widget in Jupyter.
+    """
+
+    def __init__(self, client: Any, *, device: str = "auto", progress: bool = True) -> None:
+        self.client = client
+        self.device = device
+        self.progress = progress
+
+    def check(self, plan: Plan) -> None:
+        """Refuse a plan whose tasks do not fit the workers' memory (before any write)."""
+        from kgml_grid.cluster import worker_memory_limit
+
+        plan.check_memory(worker_memory_limit(self.client), what="the smallest worker memory limit")
+
+    def execute(
+        self, plan: Plan, out: str | Path, *, resume: bool = False, overwrite: bool = False
+    ) -> UpscaleResult:
+        from kgml_grid.worker import register_model
+
+        t0 = _time.perf_counter()
+        self.check(plan)
+        out = Path(out).resolve()
+        if out.exists() and not (resume or overwrite):
+            raise PlanError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+        register_model(self.client, plan.checkpoint, plan.checkpoint_hash, device=self.device)
+        done = prepare_store(plan, out, resume=resume, overwrite=overwrite)
+        first = _resume_points(plan, out, done)
+        graph = build_graph(plan, out, done=done, first=first)
+        n_todo = len(graph.blocks)
+        link = dashboard_link(self.client)
+        if self.progress and link:
+            print(f"dask dashboard: {link}", file=sys.stderr)
+        if resume and done:
+            print(f"resuming {out}: {plan.n_blocks - n_todo} of {plan.n_blocks} blocks done, "
+                  f"computing {n_todo}", file=sys.stderr)  # fmt: skip
+        if n_todo:
+            self._run(graph)
+        finish_store(plan, out, n_done=plan.n_blocks)
+        return UpscaleResult(plan, out, computed=n_todo, already_done=plan.n_blocks - n_todo,
+                             seconds=_time.perf_counter() - t0, dashboard=link)  # fmt: skip
+
+    def _run(self, graph: UpscaleGraph) -> None:
+        from distributed import as_completed
+
+        keys = list(graph.blocks)
+        futures = self.client.compute([graph.blocks[k] for k in keys])
+        by_key = {f.key: k for f, k in zip(futures, keys, strict=True)}
+        widget = False
+        if self.progress and _in_notebook():  # Dask's progress widget (needs ipywidgets)
+            try:
+                from distributed import progress
+                from IPython.display import display
+
+                display(progress(futures, notebook=True, multi=False))
+                widget = True
+            except ImportError:
+                widget = False
+        ac = as_completed(futures)
+        del futures  # a block's state is dropped once its successor has it
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(keys), desc="upscaling", unit="block",
+                   disable=not self.progress or widget)  # fmt: skip
+        try:
+            for fut in ac:
+                if fut.status == "error":
+                    exc = fut.exception()
+                    key = by_key.get(fut.key)
+                    remaining = list(ac.futures) if hasattr(ac, "futures") else []
+                    self.client.cancel(remaining)
+                    raise BlockError(
+                        f"{key} failed: {type(exc).__name__}: {exc}. Completed blocks are recorded; "
+                        "fix the cause and rerun with --resume"
+                    ) from exc
+                if fut.status == "cancelled":
+                    raise BlockError(f"{by_key.get(fut.key)} was cancelled; rerun with --resume")
+                bar.update(1)
+                del fut
+        finally:
+            bar.close()
+
+
+# --------------------------------------------------------------------------------------
+# the reference: a direct in-memory run
+# --------------------------------------------------------------------------------------
+
+
+def direct_run(plan: Plan, *, pixels_per_group: int = 1024, batch_pixels: int = 256) -> xr.Dataset:
+    """The model over the plan's crop pixels, whole time range at once, in memory.
+
+    No tiles, no time chunks, no Dask: inputs through :func:`kgml_grid.features.pixel_inputs`
+    and the model run from its initial state over every day. The reference the
+    executors are compared against.
+    """
+    import dask
+    import torch
+
+    from kgml_grid.features import pixel_inputs
+    from kgml_grid.grid import coarse_index
+    from kgml_grid.model import DAILY_TARGETS
+    from kgml_grid.worker import get_checkpoint
+
+    ckpt = get_checkpoint(plan.checkpoint, plan.checkpoint_hash)
+    layers = {k: xr.open_zarr(p, consolidated=False, chunks=None, decode_coords="all") for k, p in plan.paths.items()}
+    iy0, iy1, ix0, ix1 = plan.window
+    years = plan.years
+    crop = np.asarray(layers["crop"]["crop_type"].isel(
+        year=[plan.crop_year_index[y] for y in years], y=slice(iy0, iy1), x=slice(ix0, ix1)).values)  # fmt: skip
+    rr, cc = np.nonzero((crop > 0).any(axis=0))
+    widx = coarse_index(plan.cube_grid, plan.weather_grid)
+    ds = plan.template()
+    arrays = {n: np.full(ds[n].shape, np.nan, dtype="float32") for n in (*DAILY_VARS, "yield")}
+    col = {name: i for i, name in enumerate(DAILY_TARGETS)}
+    with dask.config.set(scheduler="threads"):
+        for g in range(0, rr.size, pixels_per_group):
+            r, c = rr[g : g + pixels_per_group], cc[g : g + pixels_per_group]
+            time, daily, soil, cby = pixel_inputs(
+                layers, r + iy0, c + ix0, time=slice(plan.start, plan.end), weather_index=widx
+            )
+            x, _ = assemble(time=time, daily=daily, soil=soil, crop_by_year=cby)
+            xn = np.ascontiguousarray(ckpt.normalizer.normalize_features(x), dtype="float32")
+            ye = year_end_mask(time)
+            ye_idx = np.flatnonzero(ye)
+            out_d = np.empty((r.size, len(time), 4), dtype="float32")
+            out_y = np.full((r.size, ye_idx.size), np.nan, dtype="float32")
+            with torch.inference_mode():
+                for i in range(0, r.size, batch_pixels):
+                    xb = torch.from_numpy(xn[i : i + batch_pixels]).to(ckpt.device)
+                    out, _ = ckpt.model(xb, None, year_end=torch.as_tensor(ye, device=ckpt.device))
+                    out_d[i : i + batch_pixels] = out["daily"].cpu().numpy()
+                    out_y[i : i + batch_pixels] = out["yield"][:, ye_idx].cpu().numpy()
+            phys = ckpt.normalizer.denormalize_outputs(out_d)
+            ra = np.maximum(phys[..., col["ra"]], 0)
+            rh = np.maximum(phys[..., col["rh"]], 0)
+            vals = {"ra": ra, "rh": rh, "reco": ra + rh, "nee": phys[..., col["nee"]],
+                    "gpp": np.maximum(phys[..., col["gpp"]], 0)}  # fmt: skip
+            for n in DAILY_VARS:
+                arrays[n][:, r, c] = vals[n].T
+            if plan.has_yield and ye_idx.size:
+                yv = ckpt.normalizer.denormalize_yield(out_y)
+                for j, year in enumerate(time.year[ye_idx]):
+                    if plan.partial_first_season and int(year) == years[0]:
+                        continue
+                    arrays["yield"][int(year) - years[0], r, c] = yv[:, j]
+    for n, a in arrays.items():
+        ds[n] = ds[n].copy(data=a)
+    return ds
+
+
+# --------------------------------------------------------------------------------------
+# one call: plan, cluster, execute
+# --------------------------------------------------------------------------------------
+
+
+def upscale(
+    catalog: Any,
+    model: str | Path,
+    out: str | Path,
+    *,
+    start: Any = None,
+    end: Any = None,
+    bbox: Any = None,
+    bbox_crs: str | None = None,
+    chunks: str | Mapping[str, Any] | None = None,
+    cluster: str | Path | Mapping[str, Any] | None = "local",
+    client: Any = None,
+    n_workers: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    batch_pixels: int | None = None,
+    device: str = "auto",
+) -> UpscaleResult:
+    """Plan and run an upscaling: the library call behind ``kgml-grid upscale``.
+
+    Every check runs before any compute and before anything is written: checkpoint
+    against the schema and the cubes, catalog, bbox, dates, chunks
+    (:func:`kgml_grid.plan.make_plan`), then the tasks' memory against the workers'.
+
+    Parameters
+    ----------
+    catalog, model, start, end, bbox, bbox_crs, chunks, batch_pixels
+        See :func:`kgml_grid.plan.make_plan`.
+    out : path
+        The output Zarr store (``OUT.zarr``); its records go to ``OUT.zarr.kgml_blocks``.
+    cluster : str, path or mapping
+        For :func:`kgml_grid.cluster.make_client`: ``'local'``, ``'tcp://host:port'``, a
+        scheduler file, or a ``cluster/*.yaml`` file. ``'serial'`` runs the serial
+        reference executor in this process (no Dask).
+    client : distributed.Client, optional
+        Use this client (its cluster is left running) instead of ``cluster``.
+    resume, overwrite : bool
+        Finish an interrupted run (only missing blocks are computed) / replace ``out``.
+    dry_run : bool
+        Plan only: nothing is computed, no cluster started, nothing written.
+
+    Returns
+    -------
+    UpscaleResult
+        ``.dataset`` is the lazy output; ``.plan`` the plan.
+    """
+    plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs,
+                     chunks=chunks, batch_pixels=batch_pixels)  # fmt: skip
+    out = Path(out).resolve()
+    if dry_run:
+        return UpscaleResult(plan, out, dry_run=True)
+    if out.exists() and not (resume or overwrite):
+        raise PlanError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+    if client is None and str(cluster) == "serial":
+        return SerialExecutor(progress=progress).execute(plan, out, resume=resume, overwrite=overwrite)
+    if client is not None:
+        return DaskExecutor(client, device=device, progress=progress).execute(
+            plan, out, resume=resume, overwrite=overwrite
+        )
+    from kgml_grid.cluster import close_client, make_client
+
+    own = make_client(cluster or "local", n_workers=n_workers, verbose=progress)
+    try:
+        return DaskExecutor(own, device=device, progress=progress).execute(
+            plan, out, resume=resume, overwrite=overwrite
+        )
+    finally:
+        close_client(own)

@@ -1,0 +1,953 @@
+"""The upscaling plan: pure chunk arithmetic over metadata (DESIGN section 6).
+
+A :class:`Plan` says *what* an upscaling run does, before anything runs: the target
+window of the fine grid and the time range, the chunk shape (space tile x time chunk),
+every block (one :class:`BlockKey` per tile and time chunk), the tiles with no crop
+pixel (skipped), the number of tasks, the memory one task needs, and the output
+template. It is printable (``kgml-grid upscale --dry-run`` prints it), comparable
+(:attr:`Plan.plan_id`, used by ``--resume``) and testable without a cluster.
+Executors (:mod:`kgml_grid.execute`) take a plan and run it; the plan never runs
+anything itself.
+
+Making a plan (:func:`make_plan`) checks everything that can be checked before any
+compute, and refuses bad input with a :class:`PlanError` that names the value and
+the fix: a checkpoint whose features or units differ from the schema the cubes
+follow, a catalog whose layers do not validate or align, a bounding box outside the
+grid, dates outside the cubes, chunks that do not parse. Only metadata is read, plus
+the crop-type layer (a few bytes per pixel) to find the tiles without crop.
+
+Chunk strings
+-------------
+``"y=48,x=48,time=365"``; ``-1`` means the whole dimension, as in Dask. ``y`` or ``x``
+left out takes the satellite cube's chunk; ``time`` left out means one chunk per
+calendar year (365 or 366 days; partial at the ends of a run that starts or ends
+mid-year). From Python, ``time`` may also be a tuple of chunk lengths (uneven chunks,
+``sum == number of days``); ``y`` and ``x`` must be regular (one tile size) so that
+every tile owns its own output Zarr chunks.
+
+Yield and partial seasons
+-------------------------
+The model's yield head accumulates its attention over a season in the state carried
+from chunk to chunk, so the yearly yield is exact for any time chunking. A season cut
+by the run itself is not: when the run starts after 1 January, the first year's yield
+is written as NaN; when it ends before 31 December, the last year's yield is NaN (no
+year end was reached). Both are said in the ``yield`` variable's ``comment``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from kgml_grid import schema
+from kgml_grid.grid import GridSpec, coarse_index
+
+__all__ = [
+    "DAILY_VARS",
+    "YEARLY_VARS",
+    "BlockKey",
+    "Plan",
+    "PlanError",
+    "TileSpec",
+    "format_bytes",
+    "make_plan",
+    "parse_bytes",
+    "parse_chunks",
+]
+
+#: Daily variables written by the upscaling (the schema's outputs plus the model's GPP).
+DAILY_VARS: tuple[str, ...] = (*schema.DAILY_OUTPUTS, "gpp")
+#: Yearly variables written by the upscaling.
+YEARLY_VARS: tuple[str, ...] = schema.YEARLY_OUTPUTS
+#: Pixels per model batch at most (fewer when a long time chunk needs the memory).
+MAX_BATCH_PIXELS = 4096
+#: Memory allowed for the model's activations of one batch (bytes), by default.
+ACTIVATION_BUDGET = 128 * 2**20
+#: A task may use at most this fraction of a worker's memory limit.
+MEMORY_FRACTION = 0.5
+
+_GPP_COMMENT = (
+    "the model's estimate of GPP (its GPP head, a denoised satellite GPP); clamped at >= 0"
+)
+
+
+class PlanError(ValueError):
+    """The run cannot be planned as asked; nothing was computed or written."""
+
+
+# --------------------------------------------------------------------------------------
+# keys
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class BlockKey:
+    """One block of the run: time chunk ``chunk`` of space tile (``ty``, ``tx``).
+
+    Immutable and hashable, shared by the plan, the executors, the Dask keys and the
+    completion records (:attr:`name`), the way xarray-beam keys its chunks.
+    """
+
+    chunk: int
+    ty: int
+    tx: int
+
+    @property
+    def tile(self) -> tuple[int, int]:
+        """The space tile ``(ty, tx)``."""
+        return (self.ty, self.tx)
+
+    @property
+    def name(self) -> str:
+        """File-name form, e.g. ``t0003_y0001_x0000``."""
+        return f"t{self.chunk:04d}_y{self.ty:04d}_x{self.tx:04d}"
+
+    @classmethod
+    def parse(cls, name: str) -> BlockKey:
+        """Inverse of :attr:`name`."""
+        m = re.fullmatch(r"t(\d+)_y(\d+)_x(\d+)", name)
+        if not m:
+            raise ValueError(f"not a block name: {name!r} (expected like 't0003_y0001_x0000')")
+        return cls(int(m[1]), int(m[2]), int(m[3]))
+
+    def __str__(self) -> str:
+        return f"block(time chunk {self.chunk}, tile y{self.ty} x{self.tx})"
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Everything a task needs about one space tile, shipped once per tile.
+
+    Attributes
+    ----------
+    ty, tx : int
+        Tile index.
+    y, x : (start, stop)
+        Rows and columns of the tile in the *cube* grid.
+    out_y, out_x : (start, stop)
+        Rows and columns of the tile in the *output* grid.
+    wy, wx : (start, stop)
+        The window of coarse weather cells covering the tile.
+    wrow, wcol : int32 arrays ``[ny, nx]``
+        Each fine pixel's weather cell, relative to ``wy``/``wx`` (from
+        :func:`kgml_grid.grid.coarse_index`, computed once in the plan).
+    """
+
+    ty: int
+    tx: int
+    y: tuple[int, int]
+    x: tuple[int, int]
+    out_y: tuple[int, int]
+    out_x: tuple[int, int]
+    wy: tuple[int, int]
+    wx: tuple[int, int]
+    wrow: np.ndarray = field(repr=False)
+    wcol: np.ndarray = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y[1] - self.y[0], self.x[1] - self.x[0])
+
+
+# --------------------------------------------------------------------------------------
+# small parsers
+# --------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """``'4GiB'``, ``'500 MB'``, ``2e9`` -> bytes."""
+    if isinstance(value, int | float):
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m[2].lower() not in _UNITS:
+        raise ValueError(f"cannot read {value!r} as a size (use e.g. '4GiB' or '500MB')")
+    return int(float(m[1]) * _UNITS[m[2].lower()])
+
+
+def format_bytes(n: float) -> str:
+    """Bytes as ``'12.3 MiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+ChunkValue = int | tuple[int, ...]
+
+
+def parse_chunks(spec: str | Mapping[str, Any] | None) -> dict[str, ChunkValue]:
+    """Parse ``'y=48,x=48,time=365'`` (or a mapping) into ``{dim: size}``.
+
+    ``-1`` means the whole dimension. Dimensions left out are not in the result.
+
+    Raises
+    ------
+    PlanError
+        For an unknown dimension, a repeated one, or a size that is not a positive
+        integer or -1, naming the offending item.
+    """
+    if spec is None:
+        return {}
+    items: list[tuple[str, Any]]
+    if isinstance(spec, str):
+        items = []
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            if "=" not in part:
+                raise PlanError(
+                    f"--chunks {spec!r}: {part!r} is not DIM=N (write e.g. 'y=48,x=48,time=365')"
+                )
+            k, v = (s.strip() for s in part.split("=", 1))
+            items.append((k, v))
+    else:
+        items = list(spec.items())
+    out: dict[str, ChunkValue] = {}
+    for k, v in items:
+        if k not in ("y", "x", "time"):
+            raise PlanError(f"--chunks: unknown dimension {k!r}; use y, x and time")
+        if k in out:
+            raise PlanError(f"--chunks: dimension {k!r} is given twice")
+        if isinstance(v, list | tuple) and k == "time":
+            try:
+                sizes = tuple(int(s) for s in v)
+            except (TypeError, ValueError):
+                raise PlanError(f"--chunks: time={v!r} must be integers") from None
+            if not sizes or any(s < 1 for s in sizes):
+                raise PlanError(f"--chunks: time={v!r}: every chunk needs at least one day")
+            out[k] = sizes
+            continue
+        try:
+            n = int(str(v)) if not isinstance(v, int) else v
+        except ValueError:
+            raise PlanError(f"--chunks: {k}={v} is not an integer (-1 means the whole dimension)") from None
+        if isinstance(v, bool) or (n < 1 and n != -1):
+            raise PlanError(f"--chunks: {k}={v} must be a positive integer or -1 (the whole dimension)")
+        out[k] = n
+    return out
+
+
+def _bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+
+def _regular(n: int, size: int) -> tuple[int, ...]:
+    size = n if size == -1 else min(size, n)
+    full, rest = divmod(n, size)
+    return (size,) * full + ((rest,) if rest else ())
+
+
+# --------------------------------------------------------------------------------------
+# the plan
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What an upscaling run will do. Make one with :func:`make_plan`.
+
+    The plan is immutable; its arrays are small (one entry per tile). Use
+    :attr:`blocks`, :attr:`skipped_tiles`, :attr:`n_tasks`, :attr:`memory_per_task`
+    and :meth:`template` to inspect it, ``print(plan)`` for a summary.
+    """
+
+    catalog: str
+    entries: Mapping[str, str]  # layer -> catalog entry "path:name"
+    paths: Mapping[str, str]  # layer -> resolved Zarr store path
+    checkpoint: str
+    checkpoint_hash: str
+    model: Mapping[str, Any]  # ModelConfig.to_dict()
+    has_yield: bool
+    cube_grid: GridSpec
+    grid: GridSpec  # the output grid (the window)
+    weather_grid: GridSpec
+    window: tuple[int, int, int, int]  # iy0, iy1, ix0, ix1 in the cube grid
+    start: pd.Timestamp
+    end: pd.Timestamp
+    sat_t0: int  # index of ``start`` in the satellite cube
+    wx_t0: int  # index of ``start`` in the weather cube
+    crop_year_index: Mapping[int, int]  # run year -> index in the crop cube
+    time_chunks: tuple[int, ...]
+    tile_y: int
+    tile_x: int
+    crop_counts: np.ndarray = field(repr=False)  # [n_ty, n_tx] crop pixels per tile
+    batch_pixels: int = MAX_BATCH_PIXELS
+    memory: Mapping[str, int] = field(default_factory=dict)
+
+    # ---- dimensions --------------------------------------------------------------------
+    @property
+    def time(self) -> pd.DatetimeIndex:
+        """The daily time axis of the output."""
+        return pd.date_range(self.start, self.end, freq="D")
+
+    @property
+    def n_days(self) -> int:
+        return int((self.end - self.start).days) + 1
+
+    @property
+    def years(self) -> list[int]:
+        """Calendar years of the output (the ``year`` axis of ``yield``)."""
+        return list(range(self.start.year, self.end.year + 1))
+
+    @property
+    def partial_first_season(self) -> bool:
+        """True when the run starts after 1 January (first year's yield is NaN)."""
+        return not (self.start.month == 1 and self.start.day == 1)
+
+    @property
+    def partial_last_season(self) -> bool:
+        """True when the run ends before 31 December (last year's yield is NaN)."""
+        return not (self.end.month == 12 and self.end.day == 31)
+
+    @property
+    def time_bounds(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each time chunk, in output days."""
+        return _bounds(self.time_chunks)
+
+    @property
+    def y_chunks(self) -> tuple[int, ...]:
+        return _regular(self.grid.ny, self.tile_y)
+
+    @property
+    def x_chunks(self) -> tuple[int, ...]:
+        return _regular(self.grid.nx, self.tile_x)
+
+    @property
+    def y_bounds(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each tile row, in output rows."""
+        return _bounds(self.y_chunks)
+
+    @property
+    def x_bounds(self) -> list[tuple[int, int]]:
+        return _bounds(self.x_chunks)
+
+    @property
+    def n_time_chunks(self) -> int:
+        return len(self.time_chunks)
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.y_chunks) * len(self.x_chunks)
+
+    @property
+    def tiles(self) -> list[tuple[int, int]]:
+        """Every tile ``(ty, tx)``, row-major."""
+        return [(i, j) for i in range(len(self.y_chunks)) for j in range(len(self.x_chunks))]
+
+    @property
+    def crop_tiles(self) -> list[tuple[int, int]]:
+        """Tiles with at least one crop pixel: the ones that run."""
+        return [t for t in self.tiles if self.crop_counts[t] > 0]
+
+    @property
+    def skipped_tiles(self) -> list[tuple[int, int]]:
+        """Tiles without any crop pixel: no task, output stays NaN."""
+        return [t for t in self.tiles if self.crop_counts[t] == 0]
+
+    @property
+    def n_crop_pixels(self) -> int:
+        return int(self.crop_counts.sum())
+
+    @property
+    def blocks(self) -> list[BlockKey]:
+        """Every block that runs, time chunk by time chunk, tiles row-major."""
+        tiles = self.crop_tiles
+        return [BlockKey(c, ty, tx) for c in range(self.n_time_chunks) for ty, tx in tiles]
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.crop_tiles) * self.n_time_chunks
+
+    def n_tasks_for(self, done: set[BlockKey] | frozenset[BlockKey] = frozenset()) -> int:
+        """Dask tasks of a run that skips ``done`` blocks: one per remaining block plus
+        one small data task per tile with remaining blocks (its weather index)."""
+        todo = [b for b in self.blocks if b not in done]
+        return len(todo) + len({b.tile for b in todo})
+
+    @property
+    def n_tasks(self) -> int:
+        """Dask tasks of a full run (blocks plus one data task per crop tile)."""
+        return self.n_tasks_for()
+
+    @property
+    def memory_per_task(self) -> int:
+        """Estimated peak memory of one task (bytes); see :attr:`memory`."""
+        return int(self.memory.get("total", 0))
+
+    @property
+    def output_chunks(self) -> dict[str, int]:
+        """Zarr chunks of the output: one tile, the most common time chunk, one year."""
+        tc = list(self.time_chunks)
+        common = max(tc, key=lambda n: (tc.count(n), -tc.index(n)))
+        return {"time": common, "y": self.y_chunks[0], "x": self.x_chunks[0], "year": 1}
+
+    # ---- per-block geometry ---------------------------------------------------------------
+    def tile_bounds(self, ty: int, tx: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((y0, y1), (x0, x1))`` of a tile in output rows/columns."""
+        return self.y_bounds[ty], self.x_bounds[tx]
+
+    def tile_spec(self, ty: int, tx: int) -> TileSpec:
+        """The :class:`TileSpec` of a tile, with its pixel -> weather-cell index."""
+        (oy0, oy1), (ox0, ox1) = self.tile_bounds(ty, tx)
+        iy0, _, ix0, _ = self.window
+        sub = GridSpec(
+            self.grid.crs,
+            self.grid.x0 + ox0 * self.grid.res,
+            self.grid.y0 - oy0 * self.grid.res,
+            self.grid.res,
+            oy1 - oy0,
+            ox1 - ox0,
+        )
+        row, col = coarse_index(sub, self.weather_grid)
+        wy = (int(row.min()), int(row.max()) + 1)
+        wx = (int(col.min()), int(col.max()) + 1)
+        return TileSpec(
+            ty, tx,
+            (iy0 + oy0, iy0 + oy1), (ix0 + ox0, ix0 + ox1),
+            (oy0, oy1), (ox0, ox1), wy, wx,
+            (row - wy[0]).astype("int32"), (col - wx[0]).astype("int32"),
+        )  # fmt: skip
+
+    def region(self, key: BlockKey) -> dict[str, slice]:
+        """The block's region of the output store's daily variables."""
+        (y0, y1), (x0, x1) = self.tile_bounds(key.ty, key.tx)
+        t0, t1 = self.time_bounds[key.chunk]
+        return {"time": slice(t0, t1), "y": slice(y0, y1), "x": slice(x0, x1)}
+
+    # ---- identity ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe description; everything that decides the output's values."""
+        return {
+            "format": 1,
+            "catalog": self.catalog,
+            "entries": dict(self.entries),
+            "paths": dict(self.paths),
+            "checkpoint": self.checkpoint,
+            "checkpoint_hash": self.checkpoint_hash,
+            "model": dict(self.model),
+            "start": str(self.start.date()),
+            "end": str(self.end.date()),
+            "window": {"y": [self.window[0], self.window[1]], "x": [self.window[2], self.window[3]]},
+            "grid": {
+                "crs": self.grid.crs, "x0": self.grid.x0, "y0": self.grid.y0,
+                "res": self.grid.res, "ny": self.grid.ny, "nx": self.grid.nx,
+            },
+            "chunks": {"time": list(self.time_chunks), "y": self.tile_y, "x": self.tile_x},
+            "tiles": {
+                "total": self.n_tiles, "crop": len(self.crop_tiles),
+                "skipped": [list(t) for t in self.skipped_tiles],
+            },
+            "blocks": self.n_blocks,
+            "tasks": self.n_tasks,
+            "crop_pixels": self.n_crop_pixels,
+            "batch_pixels": self.batch_pixels,
+            "memory_per_task": self.memory_per_task,
+        }
+
+    _IDENTITY = ("catalog", "paths", "checkpoint_hash", "start", "end", "window", "chunks")
+
+    def identity(self) -> dict[str, Any]:
+        """The parts of :meth:`to_dict` a resumed run must share with the first run."""
+        d = self.to_dict()
+        return {k: d[k] for k in self._IDENTITY}
+
+    @property
+    def plan_id(self) -> str:
+        """sha256 of :meth:`identity`: equal ids write equal stores."""
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def differences(self, other: Mapping[str, Any]) -> list[str]:
+        """How a stored plan (``to_dict()`` of an earlier run) differs from this one."""
+        mine = self.identity()
+        out = []
+        for k, v in mine.items():
+            if other.get(k) != v:
+                out.append(f"{k}: {other.get(k)!r} in the store, {v!r} now")
+        return out
+
+    # ---- output template ---------------------------------------------------------------------
+    def template(self, *, provenance: Mapping[str, Any] | None = None) -> xr.Dataset:
+        """The lazy output Dataset: NaN-filled Dask arrays with the plan's chunks,
+        CF attributes (from the schema), CRS and provenance attributes."""
+        import dask.array as da
+
+        from kgml_grid import cubes
+
+        shp = (self.n_days, self.grid.ny, self.grid.nx)
+        tch = (self.time_chunks, self.y_chunks, self.x_chunks)
+        data: dict[str, Any] = {
+            n: (("time", "y", "x"), da.full(shp, np.nan, chunks=tch, dtype="float32"))
+            for n in DAILY_VARS
+        }
+        yshape = (len(self.years), self.grid.ny, self.grid.nx)
+        data["yield"] = (("year", "y", "x"),
+                         da.full(yshape, np.nan, chunks=(1, self.y_chunks, self.x_chunks), dtype="float32"))  # fmt: skip
+        ds = xr.Dataset(data, coords={"time": self.time, "year": self.years})
+        attrs = {
+            "kgml_plan": json.dumps(self.to_dict(), sort_keys=True),
+            "kgml_plan_id": self.plan_id,
+            "kgml_checkpoint": self.checkpoint,
+            "kgml_checkpoint_hash": self.checkpoint_hash,
+            "kgml_catalog": self.catalog,
+            "kgml_catalog_entries": json.dumps(dict(self.entries), sort_keys=True),
+            "kgml_model": json.dumps(dict(self.model), sort_keys=True),
+        }
+        attrs.update(provenance or {})
+        ds = cubes.annotate(ds, self.grid, title="kgml_grid upscaled carbon fluxes", **attrs)
+        ds["gpp"].attrs.update(long_name="gross primary productivity (model estimate)",
+                               comment=_GPP_COMMENT)  # fmt: skip
+        for n in ("ra", "rh"):
+            ds[n].attrs["comment"] = "model output clamped at >= 0"
+        ds["reco"].attrs["comment"] = "ra + rh"
+        ds["yield"].attrs["comment"] = self._yield_comment()
+        for n in (*DAILY_VARS, "yield"):
+            ds[n].attrs["cell_methods"] = "time: mean" if n in DAILY_VARS else "time: sum"
+        return ds
+
+    def _yield_comment(self) -> str:
+        parts = ["predicted on 31 December by the model's yield head; exact across time chunks"]
+        if not self.has_yield:
+            parts.append("all NaN: the checkpoint has no yield normalization statistics")
+        if self.partial_first_season:
+            parts.append(f"{self.years[0]}: NaN, the run starts on {self.start.date()} (partial season)")
+        if self.partial_last_season:
+            parts.append(f"{self.years[-1]}: NaN, the run ends on {self.end.date()} (no year end)")
+        return "; ".join(parts)
+
+    # ---- memory -------------------------------------------------------------------------------
+    def check_memory(self, limit: int | str | None, *, what: str = "the worker memory limit") -> None:
+        """Refuse a plan whose tasks need more than :data:`MEMORY_FRACTION` of ``limit``.
+
+        Raises
+        ------
+        PlanError
+            Naming the estimate, the limit and a time chunk that would fit.
+        """
+        if limit is None:
+            return
+        limit_b = parse_bytes(limit)
+        if limit_b <= 0:
+            return
+        budget = MEMORY_FRACTION * limit_b
+        if self.memory_per_task <= budget:
+            return
+        per_day = max(self.memory.get("per_day", 1), 1)
+        fixed = self.memory_per_task - per_day * max(self.time_chunks)
+        fit = int((budget - fixed) // per_day)
+        hint = (
+            f"try --chunks time={fit}" if fit >= 1
+            else f"use smaller tiles than y={self.tile_y},x={self.tile_x}"
+        )
+        raise PlanError(
+            f"chunks y={self.tile_y},x={self.tile_x},time={max(self.time_chunks)} need about "
+            f"{format_bytes(self.memory_per_task)} per task, more than {MEMORY_FRACTION:.0%} of "
+            f"{what} ({format_bytes(limit_b)}); {hint}"
+        )
+
+    # ---- printing ------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        g, (iy0, iy1, ix0, ix1) = self.grid, self.window
+        tc = self.time_chunks
+        if len(set(tc)) == 1:
+            tdesc = f"time={tc[0]}"
+        elif len(set(tc[:-1])) == 1:
+            tdesc = f"time={tc[0]} (last {tc[-1]})"
+        elif len(tc) <= 6:
+            tdesc = f"time={list(tc)}"
+        else:
+            tdesc = f"time={min(tc)}..{max(tc)} days"
+        m = self.memory
+        skipped = self.skipped_tiles
+        cfg = self.model
+        lines = [
+            "upscaling plan",
+            f"  catalog     {self.catalog} ({', '.join(self.paths)})",
+            f"  checkpoint  {self.checkpoint} ({cfg.get('arch')}, hidden {cfg.get('hidden')}), "
+            f"hash {self.checkpoint_hash[:12]}",
+            f"  grid        {g.ny} x {g.nx} pixels of {g.res:g} (rows {iy0}:{iy1}, columns "
+            f"{ix0}:{ix1} of the {self.cube_grid.ny} x {self.cube_grid.nx} cube grid)",
+            f"  time        {self.start.date()} .. {self.end.date()} ({self.n_days} days, "
+            f"years {self.years[0]}-{self.years[-1]})",
+            f"  chunks      y={self.tile_y}, x={self.tile_x}, {tdesc} -> "
+            f"{len(self.y_chunks)} x {len(self.x_chunks)} tiles x {self.n_time_chunks} time chunks",
+            f"  tiles       {len(self.crop_tiles)} with crop ({self.n_crop_pixels} crop pixels), "
+            f"{len(skipped)} skipped (no crop pixel)"
+            + (f": {', '.join(f'y{a}x{b}' for a, b in skipped[:8])}{' ...' if len(skipped) > 8 else ''}"
+               if skipped else ""),
+            f"  blocks      {self.n_blocks} ({len(self.crop_tiles)} tiles x {self.n_time_chunks} "
+            f"time chunks)",
+            f"  tasks       {self.n_tasks} ({self.n_blocks} blocks + {len(self.crop_tiles)} tile "
+            "weather indexes)",
+            f"  memory      ~{format_bytes(self.memory_per_task)} per task (inputs "
+            f"{format_bytes(m.get('inputs', 0))}, features {format_bytes(m.get('features', 0))}, "
+            f"model {format_bytes(m.get('model', 0))} in batches of {self.batch_pixels} pixels, "
+            f"outputs {format_bytes(m.get('outputs', 0))})",
+            f"  outputs     {', '.join(DAILY_VARS)} daily (time, y, x); yield yearly (year, y, x); "
+            f"Zarr chunks {self.output_chunks}",
+            f"  yield       {self._yield_comment()}",
+        ]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Plan {self.grid.ny}x{self.grid.nx} px, {self.start.date()}..{self.end.date()}, "
+            f"{self.n_blocks} blocks, {self.n_tasks} tasks, "
+            f"~{format_bytes(self.memory_per_task)}/task>"
+        )
+
+    def _repr_html_(self) -> str:  # Jupyter
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+    def __iter__(self) -> Iterator[BlockKey]:
+        return iter(self.blocks)
+
+
+# --------------------------------------------------------------------------------------
+# memory arithmetic (pure)
+# --------------------------------------------------------------------------------------
+
+
+def _activation_per_pixel_day(model: Mapping[str, Any], n_features: int) -> int:
+    """Peak bytes of model activations per pixel-day (inference, float32)."""
+    h = int(model.get("hidden", 64))
+    yh = int(model.get("yield_hidden", 32))
+    # kept: basis output (h), [basis, x] (h + F); transient inside one GRU layer:
+    # input projection (3h), output (h), previous layer (h); yield head (yh + 2h)
+    floats = h + (h + n_features) + 5 * h + yh + 2 * h + 8
+    return 4 * floats
+
+
+def memory_estimate(
+    *,
+    days: int,
+    tile: tuple[int, int],
+    crop_pixels: int,
+    weather_cells: int,
+    model: Mapping[str, Any],
+    batch_pixels: int,
+) -> dict[str, int]:
+    """Peak memory of one task, by part (bytes), and ``per_day`` (the time-linear part).
+
+    Inputs: satellite GPP block, weather block, the five daily series gathered per
+    crop pixel and their gap-filled copies; features: ``[n, T, F]`` float32 twice
+    (assembled and normalised); model: activations of one batch; outputs: the model's
+    outputs per crop pixel and the five NaN-filled output blocks.
+    """
+    f = len(schema.FEATURES)
+    px = tile[0] * tile[1]
+    n = crop_pixels
+    per_day = {
+        "inputs": 4 * (px + 4 * weather_cells + 2 * 5 * n),
+        "features": 2 * 4 * n * f,
+        "model": batch_pixels * _activation_per_pixel_day(model, f) + 4 * batch_pixels * f,
+        "outputs": 4 * (2 * 5 * n + len(DAILY_VARS) * px),
+    }
+    out = {k: v * days for k, v in per_day.items()}
+    out["per_day"] = sum(per_day.values())
+    out["total"] = sum(out[k] for k in per_day)
+    return out
+
+
+def batch_pixels_for(days: int, model: Mapping[str, Any], *, budget: int = ACTIVATION_BUDGET) -> int:
+    """Pixels per model batch so that one batch's activations stay within ``budget``."""
+    per = _activation_per_pixel_day(model, len(schema.FEATURES)) * max(days, 1)
+    return int(max(1, min(MAX_BATCH_PIXELS, budget // per)))
+
+
+# --------------------------------------------------------------------------------------
+# making a plan
+# --------------------------------------------------------------------------------------
+
+
+def _resolve_urlpath(urlpath: str, catalog_dir: Path) -> str:
+    p = re.sub(r"\{\{\s*CATALOG_DIR\s*\}\}", str(catalog_dir), urlpath)
+    return p
+
+
+def _parse_date(value: Any, what: str) -> pd.Timestamp:
+    if isinstance(value, str) and not re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", value):
+        raise PlanError(f"{what} {value!r} is not a date (write YYYY-MM-DD)")
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise PlanError(f"{what} {value!r} is not a date (write YYYY-MM-DD)") from None
+    if ts is pd.NaT:
+        raise PlanError(f"{what} {value!r} is not a date (write YYYY-MM-DD)")
+    if ts != ts.normalize():
+        raise PlanError(f"{what} {value!r}: give a day (YYYY-MM-DD), not a time of day")
+    return ts.tz_localize(None) if ts.tzinfo else ts
+
+
+def _window_of(
+    grid: GridSpec, bbox: Sequence[float] | None, bbox_crs: str | None
+) -> tuple[int, int, int, int]:
+    if bbox is None:
+        return (0, grid.ny, 0, grid.nx)
+    if isinstance(bbox, str):
+        try:
+            bbox = [float(v) for v in bbox.replace(" ", "").split(",")]
+        except ValueError:
+            raise PlanError(f"--bbox {bbox!r}: write WEST,SOUTH,EAST,NORTH (four numbers)") from None
+    if len(bbox) != 4:
+        raise PlanError(f"--bbox {list(bbox)}: need four numbers WEST,SOUTH,EAST,NORTH")
+    west, south, east, north = (float(v) for v in bbox)
+    if not (west < east and south < north):
+        raise PlanError(
+            f"--bbox {west},{south},{east},{north}: need WEST < EAST and SOUTH < NORTH"
+        )
+    crs_note = ""
+    if bbox_crs is not None:
+        from pyproj import CRS, Transformer
+
+        if CRS.from_user_input(bbox_crs) != CRS.from_user_input(grid.crs):
+            tr = Transformer.from_crs(bbox_crs, grid.crs, always_xy=True)
+            xs, ys = tr.transform([west, west, east, east], [south, north, south, north])
+            crs_note = f" ({bbox_crs} {west},{south},{east},{north})"
+            west, east, south, north = min(xs), max(xs), min(ys), max(ys)
+    gw, gs, ge, gn = grid.bounds
+    tol = 1e-6 * grid.res
+    if west < gw - tol or east > ge + tol or south < gs - tol or north > gn + tol:
+        raise PlanError(
+            f"--bbox {west:.6g},{south:.6g},{east:.6g},{north:.6g}{crs_note} is not inside the "
+            f"grid, whose bounds are {gw:.6g},{gs:.6g},{ge:.6g},{gn:.6g} (WEST,SOUTH,EAST,NORTH "
+            "in the grid's CRS; pass --bbox-crs EPSG:4326 for longitude/latitude)"
+        )
+    cols = np.flatnonzero((grid.x >= west) & (grid.x <= east))
+    rows = np.flatnonzero((grid.y >= south) & (grid.y <= north))
+    if cols.size == 0 or rows.size == 0:
+        raise PlanError(
+            f"--bbox {west:.6g},{south:.6g},{east:.6g},{north:.6g}{crs_note} holds no pixel "
+            f"centre (pixels are {grid.res:g} wide)"
+        )
+    return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+
+
+def make_plan(
+    catalog: Any,
+    model: str | Path,
+    *,
+    start: Any = None,
+    end: Any = None,
+    bbox: Sequence[float] | str | None = None,
+    bbox_crs: str | None = None,
+    chunks: str | Mapping[str, Any] | None = None,
+    batch_pixels: int | None = None,
+    memory_limit: int | str | None = None,
+) -> Plan:
+    """Plan an upscaling run; check everything checkable; compute nothing.
+
+    Parameters
+    ----------
+    catalog : path or :class:`~kgml_grid.catalog.Catalog`
+        Catalog of the cubes (satellite, weather, soil and crop layers are used).
+    model : path
+        Checkpoint directory (:func:`kgml_grid.checkpoint.save_checkpoint`).
+    start, end : date-like, optional
+        First and last day (inclusive); default the days covered by both the satellite
+        and the weather cubes and by the crop years.
+    bbox : (west, south, east, north) or "W,S,E,N", optional
+        Sub-domain in the grid's CRS (or ``bbox_crs``); must lie inside the grid.
+        Pixels whose centres fall inside are run.
+    chunks : str or mapping, optional
+        ``"y=N,x=N,time=N"`` (``-1``: whole dimension); default the satellite cube's
+        spatial chunks and one time chunk per calendar year. ``time`` may be a tuple of
+        uneven lengths from Python.
+    batch_pixels : int, optional
+        Pixels per model batch; default as many as fit :data:`ACTIVATION_BUDGET`.
+    memory_limit : int or str, optional
+        Refuse chunks whose tasks would not fit this worker memory (executors check
+        the real workers' limits too).
+
+    Raises
+    ------
+    PlanError
+        For any input that cannot run, naming it; nothing is computed or written.
+    """
+    from kgml_grid import cubes
+    from kgml_grid.catalog import Catalog, CatalogError, open_catalog
+    from kgml_grid.checkpoint import load_checkpoint
+
+    parsed_chunks = parse_chunks(chunks)
+    # --- checkpoint -------------------------------------------------------------------
+    model_path = Path(model).resolve()
+    try:
+        ckpt = load_checkpoint(model_path, device="cpu", check_schema=True)
+    except ValueError as e:
+        raise PlanError(f"checkpoint {model_path} cannot run on the cubes: {e}") from None
+    # --- catalog ------------------------------------------------------------------------
+    try:
+        cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog)
+        layers = cat.open_all()
+    except (CatalogError, cubes.CubeError, FileNotFoundError) as e:
+        raise PlanError(f"catalog {catalog}: {e}") from None
+    needed = ("satellite", "weather", "soil", "crop")
+    missing = [n for n in needed if n not in layers]
+    if missing:
+        raise PlanError(f"catalog {cat.path}: no layer {missing} (upscaling needs {', '.join(needed)})")
+    _check_cube_units(layers, ckpt.units, str(model_path))
+    entries = {layer: f"{cat.path}:{cat.entry_for_layer(layer)}" for layer in needed}
+    paths = {
+        layer: _resolve_urlpath(cat.entries[cat.entry_for_layer(layer)].urlpath, cat.path.parent)
+        for layer in needed
+    }
+    sat, wx, crop = layers["satellite"], layers["weather"], layers["crop"]
+    cube_grid = cubes.grid_of(sat, layer="satellite")
+    wgrid = cubes.grid_of(wx, layer="weather")
+    # --- space ------------------------------------------------------------------------------
+    window = _window_of(cube_grid, bbox, bbox_crs)
+    iy0, iy1, ix0, ix1 = window
+    grid = GridSpec(cube_grid.crs, cube_grid.x0 + ix0 * cube_grid.res,
+                    cube_grid.y0 - iy0 * cube_grid.res, cube_grid.res, iy1 - iy0, ix1 - ix0)  # fmt: skip
+    # --- time ------------------------------------------------------------------------------
+    st = pd.DatetimeIndex(sat["time"].values)
+    wt = pd.DatetimeIndex(wx["time"].values)
+    cyears = [int(y) for y in crop["year"].values]
+    avail0 = max(st[0], wt[0], pd.Timestamp(f"{cyears[0]}-01-01"))
+    avail1 = min(st[-1], wt[-1], pd.Timestamp(f"{cyears[-1]}-12-31"))
+    avail = f"{avail0.date()}..{avail1.date()}"
+    detail = (f"satellite {st[0].date()}..{st[-1].date()}, weather {wt[0].date()}..{wt[-1].date()}, "
+              f"crop years {cyears[0]}-{cyears[-1]}")  # fmt: skip
+    t_start = avail0 if start is None else _parse_date(start, "--start")
+    t_end = avail1 if end is None else _parse_date(end, "--end")
+    if t_start < avail0 or t_start > avail1:
+        raise PlanError(f"--start {t_start.date()} is outside the cubes: days {avail} are available ({detail})")
+    if t_end < avail0 or t_end > avail1:
+        raise PlanError(f"--end {t_end.date()} is outside the cubes: days {avail} are available ({detail})")
+    if t_end < t_start:
+        raise PlanError(f"--end {t_end.date()} is before --start {t_start.date()}")
+    n_days = int((t_end - t_start).days) + 1
+    years = list(range(t_start.year, t_end.year + 1))
+    crop_year_index = {y: cyears.index(y) for y in years}
+    # --- chunks ----------------------------------------------------------------------------
+    dchunks = _cube_chunks(sat)
+    tile_y = int(parsed_chunks.get("y", dchunks["y"]))  # type: ignore[arg-type]
+    tile_x = int(parsed_chunks.get("x", dchunks["x"]))  # type: ignore[arg-type]
+    tile_y = grid.ny if tile_y == -1 else min(tile_y, grid.ny)
+    tile_x = grid.nx if tile_x == -1 else min(tile_x, grid.nx)
+    tspec = parsed_chunks.get("time")
+    if tspec is None:  # default: one chunk per calendar year
+        yl = pd.Series(1, index=pd.date_range(t_start, t_end, freq="D")).groupby(lambda d: d.year).size()
+        time_chunks = tuple(int(n) for n in yl.values)
+    elif isinstance(tspec, tuple):
+        if sum(tspec) != n_days:
+            raise PlanError(
+                f"--chunks time={list(tspec)} add up to {sum(tspec)} days, but the run has "
+                f"{n_days} days ({t_start.date()}..{t_end.date()})"
+            )
+        time_chunks = tspec
+    else:
+        time_chunks = _regular(n_days, int(tspec))
+    # --- crop tiles (reads the crop layer: int8 per pixel and year) -------------------------
+    ys, xs = _regular(grid.ny, tile_y), _regular(grid.nx, tile_x)
+    crop_counts = _crop_counts(paths["crop"], [crop_year_index[y] for y in years], window, ys, xs)
+    # --- memory ---------------------------------------------------------------------------
+    cfg = ckpt.config.to_dict()
+    tmax = max(time_chunks)
+    bp = batch_pixels or batch_pixels_for(tmax, cfg)
+    if bp < 1:
+        raise PlanError(f"batch_pixels must be >= 1, got {bp}")
+    ratio = cube_grid.res / wgrid.res
+    wcells = (math.ceil(ys[0] * ratio) + 2) * (math.ceil(xs[0] * ratio) + 2)
+    max_crop = int(crop_counts.max()) if crop_counts.size else 0
+    memory = memory_estimate(
+        days=tmax, tile=(ys[0], xs[0]), crop_pixels=max_crop or ys[0] * xs[0],
+        weather_cells=wcells, model=cfg, batch_pixels=min(bp, max(max_crop, 1)),
+    )  # fmt: skip
+    plan = Plan(
+        catalog=str(cat.path),
+        entries=entries,
+        paths=paths,
+        checkpoint=str(model_path),
+        checkpoint_hash=ckpt.hash,
+        model=cfg,
+        has_yield="yield" in ckpt.norm,
+        cube_grid=cube_grid,
+        grid=grid,
+        weather_grid=wgrid,
+        window=window,
+        start=t_start,
+        end=t_end,
+        sat_t0=int(st.get_loc(t_start)),
+        wx_t0=int(wt.get_loc(t_start)),
+        crop_year_index=crop_year_index,
+        time_chunks=tuple(int(c) for c in time_chunks),
+        tile_y=tile_y,
+        tile_x=tile_x,
+        crop_counts=crop_counts,
+        batch_pixels=int(bp),
+        memory=memory,
+    )
+    plan.check_memory(memory_limit, what="memory_limit")
+    return plan
+
+
+def _cube_chunks(ds: xr.Dataset) -> dict[str, int]:
+    enc = ds["gpp_sat"].encoding.get("chunks") or ds["gpp_sat"].encoding.get("preferred_chunks")
+    if isinstance(enc, Mapping):
+        return {d: int(enc.get(d, ds.sizes[d])) for d in ("time", "y", "x")}
+    if enc:
+        return dict(zip(("time", "y", "x"), (int(c) for c in enc), strict=True))
+    if ds["gpp_sat"].chunks:
+        return {d: int(c[0]) for d, c in zip(ds["gpp_sat"].dims, ds["gpp_sat"].chunks, strict=True)}
+    return {"time": 365, "y": 256, "x": 256}
+
+
+def _check_cube_units(layers: Mapping[str, xr.Dataset], units: Mapping[str, str], source: str) -> None:
+    """Each feature read from a cube must be in the units the checkpoint was trained with."""
+    for layer in ("weather", "satellite", "soil"):
+        ds = layers[layer]
+        for name in schema.FEATURES:
+            if name not in ds.data_vars:
+                continue
+            got = ds[name].attrs.get("units")
+            want = units.get(name)
+            var = schema.VARIABLES[name]
+            if not (var.accepts_units(got) and var.accepts_units(want)):
+                raise PlanError(
+                    f"checkpoint {source} was trained with {name!r} in {want!r}, but the "
+                    f"{layer} cube has {got!r}"
+                )
+
+
+def _crop_counts(
+    path: str,
+    year_index: Sequence[int],
+    window: tuple[int, int, int, int],
+    ys: Sequence[int],
+    xs: Sequence[int],
+) -> np.ndarray:
+    """Crop pixels (crop type > 0 in any year of the run) per tile, ``[n_ty, n_tx]``.
+
+    Reads the crop layer directly (no Dask: Zarr fetches a strip's chunks
+    concurrently), one row of tiles at a time, so memory stays bounded on huge grids.
+    """
+    iy0, _, ix0, ix1 = window
+    crop = xr.open_zarr(path, consolidated=False, chunks=None)["crop_type"]
+    years = slice(min(year_index), max(year_index) + 1)
+    keep = np.asarray(year_index) - years.start
+    counts = np.zeros((len(ys), len(xs)), dtype="int64")
+    xb = _bounds(xs)
+    for i, (a, b) in enumerate(_bounds(ys)):
+        strip = np.asarray(crop.isel(year=years, y=slice(iy0 + a, iy0 + b), x=slice(ix0, ix1)).values)
+        col_sums = (strip[keep] > 0).any(axis=0).sum(axis=0)
+        counts[i] = [int(col_sums[c0:c1].sum()) for c0, c1 in xb]
+    return counts

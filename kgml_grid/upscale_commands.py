@@ -1,0 +1,92 @@
+"""``kgml-grid upscale``: parse arguments, call :func:`kgml_grid.execute.upscale`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+USAGE_EXAMPLES = """\
+examples:
+  kgml-grid upscale --catalog world/catalog.yaml --model ckpt --out out.zarr --dry-run
+  kgml-grid upscale --catalog world/catalog.yaml --model ckpt --out out.zarr \\
+      --chunks y=48,x=48,time=365 --cluster local --maps out_maps
+  kgml-grid upscale ... --cluster tcp://127.0.0.1:8786          # an existing scheduler
+  kgml-grid upscale ... --cluster scheduler.json                # a scheduler file
+  kgml-grid upscale ... --cluster cluster/slurm.yaml            # SLURM (dask-jobqueue)
+  kgml-grid upscale ... --resume                                # finish an interrupted run
+"""
+
+
+def _cmd_upscale(a: argparse.Namespace) -> int:
+    from kgml_grid.execute import upscale
+
+    try:
+        res = upscale(
+            a.catalog,
+            a.model,
+            a.out,
+            start=a.start,
+            end=a.end,
+            bbox=a.bbox,
+            bbox_crs=a.bbox_crs,
+            chunks=a.chunks,
+            cluster=a.cluster,
+            n_workers=a.workers,
+            resume=a.resume,
+            overwrite=a.overwrite,
+            dry_run=a.dry_run,
+            progress=not a.quiet,
+            batch_pixels=a.batch_pixels,
+            device=a.device,
+        )
+    except ImportError as e:
+        print(f"kgml-grid upscale: error: {e}", file=sys.stderr)
+        return 2
+    print(res.summary())
+    if a.maps and not a.dry_run:
+        from kgml_grid.maps import annual_maps
+
+        for p in annual_maps(a.out, a.maps):
+            print(f"map: {p}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``upscale`` on the ``kgml-grid`` sub-command parsers."""
+    u = subparsers.add_parser(
+        "upscale",
+        help="run a checkpoint over every crop pixel of a catalog's grid (Dask, resumable Zarr)",
+        description=(
+            "Plan the run (blocks = space tile x time chunk; tiles without crop skipped), "
+            "check it, then execute it on a Dask cluster, writing each block to OUT.zarr "
+            "as soon as it is done."
+        ),
+        epilog=USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    u.add_argument("--catalog", required=True, help="catalog YAML of the cubes")
+    u.add_argument("--model", required=True, help="checkpoint directory")
+    u.add_argument("--out", required=True, help="output Zarr store (OUT.zarr)")
+    u.add_argument("--start", help="first day, YYYY-MM-DD (default: first day of the cubes)")
+    u.add_argument("--end", help="last day, YYYY-MM-DD, inclusive (default: last day of the cubes)")
+    u.add_argument("--bbox", metavar="W,S,E,N",
+                   help="sub-domain in the grid's CRS (or --bbox-crs); must lie inside the grid "
+                        "(write --bbox=W,S,E,N when W is negative)")  # fmt: skip
+    u.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326 for longitude/latitude")
+    u.add_argument("--chunks", metavar="y=N,x=N,time=N",
+                   help="tile and time-chunk sizes; -1 = whole dimension (default: the cube's "
+                        "spatial chunks, one time chunk per calendar year)")  # fmt: skip
+    u.add_argument("--cluster", default="local",
+                   help="'local' (default), tcp://HOST:PORT, a scheduler file, a cluster/*.yaml, "
+                        "or 'serial' (no Dask)")  # fmt: skip
+    u.add_argument("--workers", type=int, default=None, help="workers of a local cluster")
+    u.add_argument("--resume", action="store_true", help="finish an interrupted run: only missing blocks")
+    u.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    u.add_argument("--dry-run", action="store_true", help="print the plan; compute and write nothing")
+    u.add_argument("--batch-pixels", type=int, default=None, help="pixels per model batch")
+    u.add_argument("--device", default="auto", help="worker device: auto (GPU if any), cpu, cuda:N")
+    u.add_argument("--maps", metavar="DIR", help="also write annual maps of Ra, Rh, NEE (PNG) here")
+    u.add_argument("--quiet", action="store_true", help="no progress bar")
+    u.set_defaults(func=_cmd_upscale)
+    return u

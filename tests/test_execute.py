@@ -1,0 +1,263 @@
+"""Executors: exact time chunking, Dask on real processes against the serial reference,
+resumable output, the worker-resident model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kgml_grid import cubes
+from kgml_grid.checkpoint import checkpoint_hash
+from kgml_grid.cluster import process_cluster
+from kgml_grid.execute import (
+    DaskExecutor,
+    SerialExecutor,
+    completed_blocks,
+    direct_run,
+    records_dir,
+    upscale,
+)
+from kgml_grid.plan import DAILY_VARS, PlanError, make_plan
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_plan import make_checkpoint
+
+VARS = (*DAILY_VARS, "yield")
+START, END = "2010-01-01", "2011-12-31"  # two whole seasons: yields at both year ends
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread in this process, as in each worker (robust on a busy machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def window(world):
+    """A 14 x 17 pixel window of the tiny grid (sides not multiples of the tiles)."""
+    g = world.grid
+    return (g.x[3], g.y[15], g.x[19], g.y[2])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_world, tmp_path_factory):
+    return make_checkpoint(tiny_world, tmp_path_factory.mktemp("ckpt") / "m8", hidden=8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_world, ckpt):
+    """One block: the whole window, the whole time range (the unchunked result)."""
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, bbox=window(tiny_world),
+                     chunks="y=-1,x=-1,time=-1")  # fmt: skip
+    assert plan.n_blocks == 1 and plan.grid.shape == (14, 17)
+    return SerialExecutor().execute(plan).dataset
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    with process_cluster(2, directory=tmp_path_factory.mktemp("dask"), memory_limit="2GiB") as sf:
+        yield sf
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    from distributed import Client
+
+    with Client(scheduler_file=str(cluster), timeout=60) as c:
+        yield c
+
+
+def assert_same(a: xr.Dataset, b: xr.Dataset, *, atol: float = 1e-5, rtol: float = 0.0) -> None:
+    for v in VARS:
+        x, y = np.asarray(a[v].values), np.asarray(b[v].values)
+        assert x.shape == y.shape, v
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=f"{v}: NaN pattern differs")
+        np.testing.assert_allclose(x, y, atol=atol, rtol=rtol, equal_nan=True, err_msg=v)
+
+
+# --------------------------------------------------------------------------------------
+# exact time chunking (serial reference executor, property test)
+# --------------------------------------------------------------------------------------
+
+
+@st.composite
+def chunkings(draw):
+    n_days = 730
+    cuts = draw(st.lists(st.integers(1, n_days - 1), min_size=0, max_size=4, unique=True))
+    edges = [0, *sorted(cuts), n_days]
+    time_chunks = tuple(b - a for a, b in itertools.pairwise(edges))
+    return {"time": time_chunks, "y": draw(st.integers(4, 14)), "x": draw(st.integers(5, 17))}
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=chunkings())
+def test_any_time_chunking_equals_one_chunk(tiny_world, ckpt, reference, chunks):
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, bbox=window(tiny_world),
+                     chunks=chunks)  # fmt: skip
+    got = SerialExecutor().execute(plan).dataset
+    # yields are O(100) g m-2: compare them to float32 precision of their magnitude
+    assert_same(got, reference, atol=1e-5, rtol=1e-6)
+
+
+def test_serial_equals_direct_in_memory_run(tiny_world, ckpt, reference):
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, bbox=window(tiny_world),
+                     chunks="y=-1,x=-1,time=-1")  # fmt: skip
+    assert_same(direct_run(plan), reference, atol=1e-5, rtol=1e-6)
+    crop = reference["nee"].notnull().any("time")
+    assert 0 < int(crop.sum()) < crop.size  # some non-crop pixels stay NaN
+    assert bool((reference["reco"] - reference["ra"] - reference["rh"]).pipe(abs).max() < 1e-5)
+    assert float(reference["ra"].min()) >= 0 and float(reference["rh"].min()) >= 0
+
+
+# --------------------------------------------------------------------------------------
+# Dask on real scheduler/worker processes
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.cluster
+def test_dask_uneven_chunks_equal_serial_and_unchunked(tiny_world, ckpt, client, reference, tmp_path):
+    chunks = {"y": 7, "x": 9, "time": (100, 265, 1, 364)}
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, bbox=window(tiny_world),
+                     chunks=chunks)  # fmt: skip
+    res = DaskExecutor(client, progress=False).execute(plan, tmp_path / "dask.zarr")
+    assert res.computed == plan.n_blocks and res.already_done == 0
+    serial = SerialExecutor().execute(plan, tmp_path / "serial.zarr")
+    ds = res.dataset
+    assert_same(ds, serial.dataset, atol=1e-6, rtol=1e-7)
+    assert_same(ds, reference, atol=1e-5, rtol=1e-6)
+    # the store: Zarr v3, CF, CRS, provenance, complete, conforms to the schema
+    assert ds.attrs["kgml_complete"] == 1 and ds.attrs["kgml_blocks_done"] == plan.n_blocks
+    assert ds.attrs["kgml_checkpoint_hash"] == checkpoint_hash(ckpt)
+    assert json.loads(ds.attrs["kgml_plan"])["chunks"]["time"] == [100, 265, 1, 364]
+    assert ds["nee"].encoding["chunks"] == (100, 7, 9)
+    cubes.validate_layer(ds, "truth", source="upscaled")
+    assert len(completed_blocks(tmp_path / "dask.zarr")) == plan.n_blocks
+
+
+@pytest.mark.cluster
+def test_model_is_loaded_once_per_worker(tiny_world, ckpt, client, tmp_path):
+    from kgml_grid.worker import plugin_name
+
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, chunks="y=10,x=12,time=365")
+    name = plugin_name(plan.checkpoint_hash)
+
+    def model_id(dask_worker, name=name):
+        ck = dask_worker.plugins[name].checkpoint
+        return (id(ck.model), str(ck.device))
+
+    DaskExecutor(client, progress=False).execute(plan, tmp_path / "a.zarr")
+    first = client.run(model_id)
+    DaskExecutor(client, progress=False).execute(plan, tmp_path / "b.zarr")
+    assert client.run(model_id) == first  # same object: not reloaded, not shipped
+    assert len(first) == 2 and {d for _, d in first.values()} == {"cpu"}
+
+
+@pytest.mark.cluster
+def test_memory_check_uses_the_workers_limit(tiny_world, ckpt, client, tmp_path):
+    from kgml_grid.cluster import worker_memory_limit
+
+    assert worker_memory_limit(client) == 2 * 2**30
+    big = make_checkpoint(tiny_world, tmp_path / "m64", hidden=64)
+    plan = make_plan(tiny_world.catalog, big, chunks="y=-1,x=-1,time=-1", batch_pixels=4096)
+    assert plan.memory_per_task > 2**30  # every pixel-day of the world in one batch
+    with pytest.raises(PlanError, match="more than 50% of the smallest worker memory limit"):
+        DaskExecutor(client, progress=False).execute(plan, tmp_path / "o.zarr")
+    assert not (tmp_path / "o.zarr").exists() and not records_dir(tmp_path / "o.zarr").exists()
+
+
+def _idle(client, timeout=60):
+    """Wait until the scheduler has forgotten the dead client's tasks and no worker is
+    still executing one (a running task finishes even when its client is gone)."""
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        n_sched = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+        n_work = sum(client.run(lambda dask_worker: len(dask_worker.state.tasks)).values())
+        if n_sched == 0 and n_work == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the cluster did not go idle")
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_store_recomputing_only_missing_blocks(
+    tiny_world, ckpt, client, cluster, tmp_path
+):
+    chunks = "y=10,x=12,time=37"
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, chunks=chunks)
+    clean = SerialExecutor().execute(plan, tmp_path / "clean.zarr")
+    out = tmp_path / "out.zarr"
+    cmd = [sys.executable, "-m", "kgml_grid.cli", "upscale", "--catalog", str(tiny_world.catalog),
+           "--model", str(ckpt), "--out", str(out), "--start", START, "--end", END,
+           "--chunks", chunks, "--cluster", str(cluster), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    done_dir = records_dir(out) / "done"
+    t_end = time.monotonic() + 120
+    try:
+        while time.monotonic() < t_end:
+            n = len(list(done_dir.glob("*.json"))) if done_dir.exists() else 0
+            if n >= 6 or proc.poll() is not None:
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode() if proc.stdout else ""
+    _idle(client)  # tasks the dead client left running have finished or been released
+    done_before = completed_blocks(out)
+    assert 0 < len(done_before) < plan.n_blocks
+    with pytest.raises(PlanError, match="pass --resume to finish it or --overwrite"):
+        upscale(tiny_world.catalog, ckpt, out, start=START, end=END, chunks=chunks, client=client)
+    with pytest.raises(PlanError, match=r"another plan: chunks:"):
+        upscale(tiny_world.catalog, ckpt, out, start=START, end=END, chunks="y=10,x=12,time=30",
+                client=client, resume=True, progress=False)  # fmt: skip
+    assert xr.open_zarr(out, consolidated=False).attrs["kgml_complete"] == 0
+    res = upscale(tiny_world.catalog, ckpt, out, start=START, end=END, chunks=chunks,
+                  client=client, resume=True, progress=False)  # fmt: skip
+    # only the missing blocks were computed: counted by the run and by the records
+    assert res.computed == plan.n_blocks - len(done_before) and res.already_done == len(done_before)
+    records = [json.loads(p.read_text()) for p in (records_dir(out) / "done").glob("*.json")]
+    run_ids = {r["run_id"] for r in records}
+    assert len(records) == plan.n_blocks and len(run_ids) == 2
+    newest = [r for r in records if r["block"] not in {b.name for b in done_before}]
+    assert len(newest) == res.computed and len({r["run_id"] for r in newest}) == 1
+    ds = res.dataset
+    assert ds.attrs["kgml_complete"] == 1
+    for v in VARS:  # identical to a clean run
+        np.testing.assert_array_equal(ds[v].values, clean.dataset[v].values, err_msg=v)
+
+
+def test_serial_store_skips_tiles_without_crop_and_refuses_other_checkpoints(tiny_world, ckpt, tmp_path):
+    plan = make_plan(tiny_world.catalog, ckpt, start="2010-01-01", end="2010-03-31",
+                     chunks="y=5,x=6,time=-1")  # fmt: skip
+    out = tmp_path / "o.zarr"
+    res = SerialExecutor().execute(plan, out)
+    assert res.computed == plan.n_blocks
+    ds = res.dataset
+    for ty, tx in plan.skipped_tiles:
+        (y0, y1), (x0, x1) = plan.tile_bounds(ty, tx)
+        assert bool(ds["nee"][:, y0:y1, x0:x1].isnull().all())
+    assert {b.tile for b in completed_blocks(out)} == set(plan.crop_tiles)
+    other = make_checkpoint(tiny_world, tmp_path / "other", hidden=8, seed=7)
+    plan2 = make_plan(tiny_world.catalog, other, start="2010-01-01", end="2010-03-31",
+                      chunks="y=5,x=6,time=-1")  # fmt: skip
+    with pytest.raises(PlanError, match=r"--resume: .* was written with checkpoint hash .* this run uses"):
+        SerialExecutor().execute(plan2, out, resume=True)
