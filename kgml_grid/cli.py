@@ -29,7 +29,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from kgml_grid.pipeline import run_demo
 
     res = run_demo(a.out, preset=a.preset, seed=a.seed, fluxnet=a.fluxnet or (),
-                   train_minutes=a.train_minutes, train=not a.no_train, progress=not a.quiet)  # fmt: skip
+                   train_minutes=a.train_minutes, train=not a.no_train, workers=a.workers,
+                   upscale_start=False if a.no_upscale else a.upscale_start, progress=not a.quiet)  # fmt: skip
     print(res.summary)
     print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in res.timings.items()))
     return 0
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fluxnet", nargs="*", metavar="CSV", help="real FLUXNET DD files to fine-tune on")
     d.add_argument("--train-minutes", type=float, default=3.5, help="pre-training budget")
     d.add_argument("--no-train", action="store_true", help="stop after generating and opening the data")
+    d.add_argument("--upscale-start", default="auto",
+                   help="first day upscaled over the whole domain ('auto': the last 3 years)")
+    d.add_argument("--no-upscale", action="store_true")
+    d.add_argument("--workers", type=int, default=2, help="Dask worker processes for upscaling")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 

@@ -56,6 +56,8 @@ def run_demo(
     train_minutes: float | None = 3.5,
     epochs: int = 30,
     train: bool = True,
+    upscale_start: str | bool | None = "auto",
+    workers: int = 2,
     progress: bool = True,
 ) -> DemoResult:
     """Generate the demo world, open everything, train, fine-tune and evaluate.
@@ -69,6 +71,12 @@ def run_demo(
         2 cores); None trains until early stopping.
     train : bool
         False stops after the data steps.
+    upscale_start : str, None, 'auto' or False
+        First day of the upscaling run over the whole domain (None: the whole record;
+        'auto': 1 January three years before the end, which keeps the main job within
+        10 minutes on 2 cores; False: no upscaling).
+    workers : int
+        Dask worker processes of the local cluster.
     """
     from kgml_grid.fluxnet import read_fluxnet_dd
     from kgml_grid.plots import world_overview
@@ -103,6 +111,8 @@ def run_demo(
     if train:
         _train_steps(res, text, fluxnet=fluxnet, train_minutes=train_minutes, epochs=epochs,
                      seed=seed, progress=progress)  # fmt: skip
+        if upscale_start is not False:
+            _upscale_step(res, text, start=upscale_start, workers=workers, progress=progress)
     res.summary = "\n".join(text)
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     return res
@@ -145,3 +155,25 @@ def _train_steps(
     res.report = rep
     text.append("evaluation (pre-trained model on held-out pixels; fine-tuned vs pre-trained on towers):")
     text.append(format_report(rep))
+
+
+def _upscale_step(res: DemoResult, text: list[str], *, start: str | None, workers: int, progress: bool) -> None:
+    from kgml_grid.execute import upscale
+    from kgml_grid.maps import annual_maps
+
+    model = res.finetuned or res.model
+    assert model is not None
+    if start == "auto":
+        import xarray as xr
+
+        last = xr.open_zarr(res.catalog.parent / "satellite.zarr", consolidated=False)["time"].values[-1]
+        start = f"{int(str(last)[:4]) - 2}-01-01"
+    t0 = time.perf_counter()
+    up = upscale(res.catalog, model, res.out / "upscaled.zarr", start=start, cluster="local",
+                 n_workers=workers, overwrite=True, progress=progress)  # fmt: skip
+    res.timings["upscale_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    maps = annual_maps(up.out, res.out / "maps")
+    res.timings["maps_s"] = time.perf_counter() - t0
+    text.append(up.summary())
+    text.extend(f"map: {p}" for p in maps)

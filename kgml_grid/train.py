@@ -63,8 +63,8 @@ class TrainConfig:
     dropout: float = 0.2
     seed: int = 0
     device: str = "auto"
-    flux_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.5)  # ra, rh, nee, gpp
-    w_mass_balance: float = 0.5
+    flux_weights: tuple[float, float, float, float] = (1.0, 1.0, 2.0, 1.0)  # ra, rh, nee, gpp
+    w_mass_balance: float = 2.0
     w_nonneg: float = 1.0
     w_yield: float = 0.2
     w_response: float = 0.1
