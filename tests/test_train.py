@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from kgml_grid import features as F
 from kgml_grid import schema
 from kgml_grid.checkpoint import load_checkpoint
 from kgml_grid.evaluate import evaluate, format_report, metrics
-from kgml_grid.samples import SplitSpec, compute_norm, grid_series, make_split, windows
+from kgml_grid.samples import SplitSpec, compute_norm, make_split, windows
 from kgml_grid.train import FinetuneConfig, TrainConfig, finetune, pretrain
 
 SMALL = dict(epochs=2, batch_size=16, hidden=8, patience=5, threads=1,
@@ -41,10 +42,10 @@ def pretrained(tiny_world, tmp_path_factory):
 )
 def test_causal_fill_chunked_equals_whole(data, cuts):
     v = np.array([np.nan if d is None else d for d in data], dtype="float64")[:, None]
-    whole, last_whole = F.causal_fill(v)
+    whole, _ = F.causal_fill(v)
     bounds = sorted({0, len(v), *[c for c in cuts if c <= len(v)]})
     last, parts = None, []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         p, last = F.causal_fill(v[a:b], last)
         parts.append(p)
     np.testing.assert_array_equal(np.concatenate(parts), whole)
