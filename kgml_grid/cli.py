@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest(sub)
     from kgml_grid.upscale_commands import add_parser as _add_upscale
     _add_upscale(sub)
+    from kgml_grid.bench_commands import add_parser as _add_bench
+    _add_bench(sub)
     return p
 
 

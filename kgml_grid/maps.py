@@ -96,6 +96,7 @@ def annual_maps(
             vmin = float(np.nanpercentile(finite, 1)) if finite.size else 0.0
             vmax = float(np.nanpercentile(finite, 99)) if finite.size else 1.0
             cmap = "viridis"
+        cmap = plt.get_cmap(cmap).with_extremes(bad="0.8")  # no crop: grey, not "zero"
         n = len(years)
         ncol = min(n, 4)
         nrow = math.ceil(n / ncol)

@@ -322,6 +322,7 @@ class FinetuneConfig:
     gpp_weight: float = 0.3
     w_mass_balance: float = 0.5
     w_drift: float = 1.0
+    drift_every: int = 2  # steps between response-drift evaluations (they cost 6 forward passes)
     batch_size: int = 8
     seed: int = 0
     device: str = "auto"
@@ -369,7 +370,7 @@ def tower_loss_fn(
         l_neg = losses.masked_mean(torch.relu(-ra) + torch.relu(-rh), m)
         total = l_t + cfg.gpp_weight * l_g + cfg.w_mass_balance * l_mb + l_neg
         parts = {"tower": l_t.item(), "gpp": l_g.item(), "mass_balance": l_mb.item()}
-        if reference is not None and cfg.w_drift > 0 and model.training:
+        if reference is not None and cfg.w_drift > 0 and model.training and step % cfg.drift_every == 0:
             l_d = losses.response_drift_penalty(
                 lambda x: model(x)[0]["daily"][..., I_RH], lambda x: reference(x)[0]["daily"][..., I_RH],
                 b["x"][:2], [FEATURE_INDEX["soc"], FEATURE_INDEX["tair"]], deltas=(1.0,), mask=m[:2],
