@@ -69,7 +69,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     cfg = TrainConfig(
         arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
-        seed=a.seed, device=a.device, max_minutes=a.max_minutes,
+        seed=a.seed, device=a.device, max_minutes=a.max_minutes, init=a.init,
         split=SplitSpec(max_train_pixels=a.max_train_pixels, holdout_years=a.holdout_years),
     )  # fmt: skip
     res = pretrain(a.catalog, a.out, cfg, progress=not a.quiet)
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-train-pixels", type=int, default=600)
     t.add_argument("--holdout-years", type=int, default=2)
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    t.add_argument("--init", default=None, help="continue training from this checkpoint (warm start)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")

@@ -72,6 +72,7 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget; training stops early and says so
     split: SplitSpec = field(default_factory=SplitSpec)
     threads: int | None = None
+    init: str | None = None  # warm start: a checkpoint of the same architecture to continue from
 
 
 @dataclass
@@ -263,6 +264,14 @@ def pretrain(
     mcfg = ModelConfig(arch=config.arch, n_features=len(schema.FEATURES), hidden=config.hidden,  # type: ignore[arg-type]
                        dropout=config.dropout)  # fmt: skip
     model = build_model(mcfg).to(device)
+    if config.init:
+        init = load_checkpoint(config.init, check_schema=True)
+        if init.config != mcfg:
+            raise ValueError(
+                f"--init {config.init}: architecture {init.config.to_dict()} differs from "
+                f"this run's {mcfg.to_dict()}"
+            )
+        model.load_state_dict(init.model.state_dict())
     train = Batches(series, train_items, norm, batch_size=config.batch_size, seed=config.seed, device=device)
     val = Batches(series, val_items, norm, batch_size=config.batch_size * 2, shuffle=False, device=device)
     history, best_epoch, stopped = fit(

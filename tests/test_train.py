@@ -192,3 +192,16 @@ def test_metrics_hand_computed():
     assert m["bias"] == pytest.approx(-2 / 3)
     sst = ((np.array([1, 3, 5]) - 3) ** 2).sum()
     assert m["r2"] == pytest.approx(1 - 2 / sst)
+
+
+def test_warm_start_refuses_other_architecture(pretrained, tiny_world, tmp_path):
+    cfg = TrainConfig(**{**SMALL, "hidden": 12, "init": str(pretrained.model_dir)})
+    with pytest.raises(ValueError, match=r"--init .*: architecture .*'hidden': 8.* differs from this run's .*'hidden': 12"):
+        pretrain(tiny_world.catalog, tmp_path / "m", cfg, progress=False)
+
+
+def test_warm_start_continues_from_checkpoint(pretrained, tiny_world, tmp_path):
+    cfg = TrainConfig(**{**SMALL, "epochs": 1, "init": str(pretrained.model_dir)})
+    res = pretrain(tiny_world.catalog, tmp_path / "m", cfg, progress=False)
+    # the first epoch starts where the pre-trained model ended, not from scratch
+    assert res.history[0]["train"] < pretrained.history[0]["train"]
