@@ -25,3 +25,16 @@ def us_ne1() -> Path:
     if not US_NE1.exists():
         pytest.fail(f"the real FLUXNET file is missing: {US_NE1} (set KGML_FLUXNET_DIR)")
     return US_NE1
+
+
+@pytest.fixture(autouse=True)
+def _restore_dask_config():
+    """A test that starts a distributed Client must not leave Dask pointed at it."""
+    import copy
+
+    import dask
+
+    saved = copy.deepcopy(dask.config.config)
+    yield
+    dask.config.config.clear()
+    dask.config.config.update(saved)
