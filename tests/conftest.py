@@ -28,13 +28,20 @@ def us_ne1() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _restore_dask_config():
-    """A test that starts a distributed Client must not leave Dask pointed at it."""
-    import copy
-
+def _no_stale_distributed_scheduler():
+    """A closed distributed Client can leave ``scheduler: dask.distributed`` in Dask's
+    config; with no client active that makes every later compute fail."""
     import dask
 
-    saved = copy.deepcopy(dask.config.config)
+    def clear() -> None:
+        from distributed import default_client
+
+        try:
+            default_client()
+        except ValueError:
+            if dask.config.get("scheduler", None) in ("dask.distributed", "distributed"):
+                dask.config.config.pop("scheduler", None)
+
+    clear()
     yield
-    dask.config.config.clear()
-    dask.config.config.update(saved)
+    clear()
