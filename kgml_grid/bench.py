@@ -1198,19 +1198,16 @@ def run_peer_patch_loop(plan: Any, *, out: str | Path, threads: int, device: str
 
     ``max_seconds``: stop after the patch that crosses this time and report the rate
     of the patches done (``truncated``)."""
-    import torch
     import xarray as xr
 
     from kgml_grid import cubes
-    from kgml_grid.checkpoint import load_checkpoint
+    from kgml_grid.checkpoint import load_checkpoint, torch_threads
     from kgml_grid.plan import DAILY_VARS
 
     ty, tx = tile or (plan.tile_y, plan.tile_x)
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(int(threads)):
         t0 = _time.perf_counter()
         ckpt = load_checkpoint(plan.checkpoint, device=device)
         sat = _sat_window(plan, None)
@@ -1236,8 +1233,6 @@ def run_peer_patch_loop(plan: Any, *, out: str | Path, threads: int, device: str
             if max_seconds is not None and _time.perf_counter() - t0 > max_seconds:
                 break
         wall = _time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(before)
     shutil.rmtree(out, ignore_errors=True)
     pd_ = crop_done * plan.n_days
     return {"pixel_days_per_s": round(rate(pd_, wall), 1), "wall_s": round(wall, 3), "tile": [ty, tx],

@@ -67,6 +67,23 @@ ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 # --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Any:
+    """Use ``n`` torch intra-op threads inside the block, then restore the previous count.
+
+    ``None`` or 0 leaves torch's setting alone. Restoring matters in Jupyter, where a
+    training call must not change the threads of everything run after it.
+    """
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch device to use.
 

@@ -70,6 +70,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
         seed=a.seed, device=a.device, max_minutes=a.max_minutes, init=a.init,
+        w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
         split=SplitSpec(max_train_pixels=a.max_train_pixels, holdout_years=a.holdout_years),
     )  # fmt: skip
     res = pretrain(a.catalog, a.out, cfg, progress=not a.quiet)
@@ -82,7 +83,8 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
     from kgml_grid.train import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(epochs_heads=a.epochs_heads, epochs_all=a.epochs, seed=a.seed,
-                         device=a.device, qc_threshold=a.qc, max_minutes=a.max_minutes)  # fmt: skip
+                         device=a.device, qc_threshold=a.qc, max_minutes=a.max_minutes,
+                         threads=a.threads)  # fmt: skip
     res = finetune(a.model, a.fluxnet, a.out, cfg, site_meta=a.site_meta, progress=not a.quiet)
     print(res.summary())
     print(f"learning curve: {res.curve_png}")
@@ -159,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--holdout-years", type=int, default=2)
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     t.add_argument("--init", default=None, help="continue training from this checkpoint (warm start)")
+    t.add_argument("--w-mass-balance", type=float, default=2.0, help="weight of the mass-balance penalty")
+    t.add_argument("--mb-tol", type=float, default=0.0,
+                   help="imbalance left unpenalised, as a fraction of Reco")  # fmt: skip
+    t.add_argument("--threads", type=int, default=1, help="torch threads on CPU (0: torch's choice)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
@@ -173,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--epochs-heads", type=int, default=15, help="epochs of the heads-only stage")
     ft.add_argument("--qc", type=float, default=0.5, help="minimum daily NEE QC fraction of a target day")
     ft.add_argument("--max-minutes", type=float, default=None)
+    ft.add_argument("--threads", type=int, default=1, help="torch threads on CPU (0: torch's choice)")
     ft.add_argument("--device", default="auto")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--quiet", action="store_true")

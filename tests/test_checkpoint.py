@@ -24,6 +24,7 @@ from kgml_grid.checkpoint import (
     load_checkpoint,
     resolve_device,
     save_checkpoint,
+    torch_threads,
 )
 from kgml_grid.model import DAILY_TARGETS, ModelConfig, build_model
 
@@ -326,6 +327,18 @@ def test_fit_norm():
     assert got["b"] == (1.0, 1e-6)
     with pytest.raises(ValueError, match="'c' has no finite values"):
         fit_norm({"c": np.array([np.nan])})
+
+
+def test_torch_threads_restores_the_callers_setting():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+        with torch_threads(None):  # None leaves the setting alone
+            assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"), torch_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
 
 
 def test_resolve_device():

@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kgml_grid
 from kgml_grid import features as F
 from kgml_grid import schema
-from kgml_grid.checkpoint import load_checkpoint
+from kgml_grid.checkpoint import load_checkpoint, torch_threads
 from kgml_grid.evaluate import evaluate, format_report, metrics
 from kgml_grid.samples import SplitSpec, compute_norm, make_split, windows
 from kgml_grid.train import FinetuneConfig, TrainConfig, finetune, pretrain
@@ -127,7 +128,9 @@ def test_pretrain_writes_checkpoint_curve_and_split(pretrained, layers):
 
 
 def test_pretrain_is_reproducible_with_a_seed(tiny_world, tmp_path, pretrained):
-    again = pretrain(tiny_world.catalog, tmp_path / "m", TrainConfig(**SMALL), progress=False)
+    with torch_threads(2):
+        again = pretrain(tiny_world.catalog, tmp_path / "m", TrainConfig(**SMALL), progress=False)
+        assert torch.get_num_threads() == 2, "training (threads=1) must restore the caller's thread count"
     assert [h["train"] for h in again.history] == [h["train"] for h in pretrained.history]
 
 
