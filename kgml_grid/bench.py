@@ -961,8 +961,10 @@ def _compute_work(
     import torch
 
     from kgml_grid.checkpoint import load_checkpoint
+    from kgml_grid.worker import tune_malloc
 
     torch.set_num_threads(int(threads))
+    tune_malloc()  # as the engine's workers do (ModelPlugin.setup)
     ckpt = load_checkpoint(checkpoint, device=device)
     dev = ckpt.device
     nf = ckpt.config.n_features

@@ -34,10 +34,46 @@ if TYPE_CHECKING:
 
     from kgml_grid.checkpoint import Checkpoint
 
-__all__ = ["ModelPlugin", "get_checkpoint", "plugin_name", "register_model", "select_device"]
+__all__ = ["ModelPlugin", "get_checkpoint", "plugin_name", "register_model", "select_device", "tune_malloc"]
 
 _LOCAL: dict[str, Checkpoint] = {}
 _LOCK = threading.Lock()
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic mmap threshold (64-bit)
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # the ratio glibc keeps when it adjusts them itself
+
+
+def tune_malloc() -> bool:
+    """Let torch reuse heap memory in this process again (glibc only; else a no-op).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``
+    (``distributed.nanny.pre-spawn-environ``). Setting any malloc threshold turns off
+    glibc's dynamic mmap threshold, so every tensor above 128 KiB is mmapped, zero-filled
+    by page faults and unmapped again: model inference on CPU ran at 0.55-0.6 of its
+    speed (2 processes x 1 thread: 140 k vs 235-255 k pixel-days/s on a 2-core VM). This
+    sets the thresholds to the values glibc would grow to by itself. The memory kept is
+    at most ``TRIM_THRESHOLD`` of free heap per process.
+
+    Returns
+    -------
+    bool
+        Whether both thresholds were set.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+        return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
+    except (OSError, AttributeError):
+        return False
 
 
 def plugin_name(checkpoint_hash: str) -> str:
@@ -117,6 +153,7 @@ class ModelPlugin(WorkerPlugin):
 
         if self.torch_threads:
             torch.set_num_threads(int(self.torch_threads))
+        tune_malloc()
         device = select_device(self.device, worker_name=getattr(worker, "name", None))
         ckpt = load_checkpoint(self.path, device=device, check_schema=True)
         if ckpt.hash != self.checkpoint_hash:

@@ -17,7 +17,7 @@ from kgml_grid.cluster import (
     slurm_cluster,
     worker_memory_limit,
 )
-from kgml_grid.worker import ModelPlugin, select_device
+from kgml_grid.worker import ModelPlugin, select_device, tune_malloc
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 
@@ -100,6 +100,42 @@ def test_devices_and_plugin_carry_no_model():
     restored = pickle.loads(pickle.dumps(plugin))
     assert restored.checkpoint is None and restored.path == "/some/ckpt"
     assert len(pickle.dumps(plugin)) < 1000
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from kgml_grid.worker import tune_malloc
+
+def faults(n=50):
+    np.ones(2**20).sum()
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        np.ones(2**20).sum()  # 8 MiB, touched, freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+
+before = faults()
+print(int(tune_malloc()), before, faults())
+"""
+
+
+def test_tune_malloc_undoes_the_nannys_trim_threshold():
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        assert tune_malloc() is False
+        return
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}  # what Dask's nanny sets
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+    ok, before, after = map(int, out.stdout.split())
+    assert ok == 1
+    # every 8 MiB buffer mmapped and faulted in afresh (~500 faults each with the kernel's
+    # fault-around); with glibc's dynamic threshold it would be ~500 in all
+    assert before > 10_000
+    assert after < before / 10
 
 
 @pytest.mark.cluster

@@ -170,6 +170,35 @@ def test_model_is_loaded_once_per_worker(tiny_world, ckpt, client, tmp_path):
 
 
 @pytest.mark.cluster
+def test_model_workers_reuse_heap_memory(tiny_world, ckpt, client, tmp_path):
+    """The nanny's MALLOC_TRIM_THRESHOLD_ would mmap (and page-fault) every tensor anew;
+    after ModelPlugin.setup (tune_malloc) an 8 MiB buffer is reused from the heap."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc tuning is glibc-only")
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, chunks="y=10,x=12,time=365")
+    DaskExecutor(client, progress=False).execute(plan, tmp_path / "a.zarr")
+
+    def faults(n=50):
+        import os
+        import resource
+
+        import numpy as np
+
+        np.ones(2**20).sum()  # grow the heap once
+        r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(n):
+            np.ones(2**20).sum()  # 8 MiB, touched, freed
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+
+    got = client.run(faults)
+    assert {env for env, _ in got.values()} == {"65536"}  # the nanny's setting is in force
+    # mmapped afresh each time it is ~25,000 faults (see test_cluster)
+    assert all(n < 2_500 for _, n in got.values()), got
+
+
+@pytest.mark.cluster
 def test_memory_check_uses_the_workers_limit(tiny_world, ckpt, client, tmp_path):
     from kgml_grid.cluster import worker_memory_limit
 
