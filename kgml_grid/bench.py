@@ -1031,13 +1031,10 @@ def run_compute_limit(
     pd_all = plan.n_crop_pixels * plan.n_days
     t0 = _time.perf_counter()
     if processes <= 1:
-        import torch
+        from kgml_grid.checkpoint import torch_threads
 
-        before = torch.get_num_threads()
-        try:
+        with torch_threads(threads):  # restores the caller's count after _compute_work sets it
             each = [_compute_work(plan.checkpoint, device, counts, *tail)]
-        finally:
-            torch.set_num_threads(before)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
