@@ -10,8 +10,9 @@ threads. :func:`run_benchmark` measures, in this order:
    worker), task count, wall time, where the worker time went (read, feature assembly,
    model, write, outside tasks; :func:`install_timers`), and the shape's **I/O limit**
    (the same input blocks read by Dask tasks on the same workers, no model, no
-   dependency between blocks; :func:`run_io_limit`). The sweep gives the recommended
-   shape (:func:`recommend`).
+   dependency between blocks; :func:`run_io_limit`). Both start with the workers'
+   chunk caches empty (:func:`kgml_grid.blockio.clear_caches`) and report their hits
+   and misses. The sweep gives the recommended shape (:func:`recommend`).
 2. **4x domain** at the recommended shape (peak memory per worker).
 3. **rounds** (``repeats`` of them, interleaved so that slow drifts of a shared
    machine's load hit every measurement alike; medians are compared), all at the
@@ -810,6 +811,16 @@ def _local_client(n_workers: int) -> Any:
     return client
 
 
+def _cache_stats(client: Any) -> dict[str, int]:
+    """The workers' chunk-cache counters, summed (bytes: the largest worker's)."""
+    from kgml_grid.blockio import chunk_cache
+
+    each = client.run(lambda: chunk_cache().stats()).values()
+    out = {k: sum(int(e[k]) for e in each) for k in ("hits", "misses", "evictions", "bypassed")}
+    out["peak_mib_per_worker"] = round(max((int(e["peak_bytes"]) for e in each), default=0) / MIB, 1)
+    return out
+
+
 def _rmtree(path: Path) -> None:
     from kgml_grid.execute import records_dir
 
@@ -842,11 +853,13 @@ def run_end_to_end(
     worker) and the time split of the tasks (:func:`time_split`; needs
     :func:`install_timers` on the workers, as :func:`run_benchmark` does).
     """
+    from kgml_grid.blockio import clear_caches
     from kgml_grid.execute import upscale
 
     out = Path(out)
     _rmtree(out)
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    client.run(clear_caches)  # every run starts cold: no chunk decoded by an earlier one
     base = client.run(mem_reset)
     client.run(read_timers)
     t0 = _time.perf_counter()
@@ -855,6 +868,7 @@ def run_end_to_end(
     wall = _time.perf_counter() - t0
     peaks = client.run(mem_peak)
     timers = _sum_timers(client.run(read_timers))
+    cache = _cache_stats(client)
     plan = res.plan
     pd_ = plan.n_crop_pixels * plan.n_days
     row = {
@@ -874,6 +888,7 @@ def run_end_to_end(
         "memory_estimate_per_task_mib": round(plan.memory_per_task / MIB, 1),
         "workers": n_workers,
         "time_split": time_split(timers, wall=wall, workers=n_workers),
+        "chunk_cache": cache,
         "load_average_1min_after": round(os.getloadavg()[0], 2),
     }
     model_s = float(timers.get("model", (0.0, 0))[0])
@@ -885,24 +900,13 @@ def run_end_to_end(
 
 
 def _io_read(bt: Any, tt: Any) -> int:
-    """Read (decompress) one block's inputs as the engine does, no gather, no model.
+    """Read (decode) one block's inputs as the engine does, no gather, no model.
 
     Returns the bytes read.
     """
-    from kgml_grid.execute import _crop_pixels, _open_store
-    from kgml_grid.features import SOIL_FEATURES, WEATHER_FEATURES
+    from kgml_grid.execute import read_inputs
 
-    run, tile = tt.run, tt.tile
-    ct, _, _ = _crop_pixels(run, tile)
-    sat = _open_store(run.paths["satellite"])
-    gpp = np.asarray(sat["gpp_sat"].isel(time=slice(run.sat_t0 + bt.t0, run.sat_t0 + bt.t1),
-                                         y=slice(*tile.y), x=slice(*tile.x)).values)  # fmt: skip
-    wx = _open_store(run.paths["weather"])
-    wb = wx[list(WEATHER_FEATURES)].isel(time=slice(run.wx_t0 + bt.t0, run.wx_t0 + bt.t1),
-                                         y=slice(*tile.wy), x=slice(*tile.wx)).load()  # fmt: skip
-    sb = _open_store(run.paths["soil"])[list(SOIL_FEATURES)].isel(y=slice(*tile.y), x=slice(*tile.x)).load()
-    return int(ct.nbytes + gpp.nbytes + sum(wb[k].nbytes for k in wb.data_vars)
-               + sum(sb[k].nbytes for k in sb.data_vars))  # fmt: skip
+    return int(sum(v.nbytes for k, v in read_inputs(tt, bt).items() if k not in ("rr", "cc")))
 
 
 def _io_read_assemble(bt: Any, tt: Any) -> int:
@@ -924,8 +928,10 @@ def run_io_limit(plan: Any, *, client: Any, assemble: bool = False) -> dict[str,
     """
     import dask
 
+    from kgml_grid.blockio import clear_caches
     from kgml_grid.execute import _block_task, _tile_tasks
 
+    client.run(clear_caches)  # cold, like the end-to-end runs
     run_id = uuid.uuid4().hex[:8]
     tasks = _tile_tasks(plan, None, run_id, plan.crop_tiles)
     tiles = {t: dask.delayed(tasks[t], name=(f"kgml-io-tile-{run_id}", *t), traverse=False) for t in plan.crop_tiles}
@@ -939,6 +945,7 @@ def run_io_limit(plan: Any, *, client: Any, assemble: bool = False) -> dict[str,
     return {
         "pixel_days_per_s": round(rate(pd_, wall), 1),
         "wall_s": round(wall, 3),
+        "chunk_cache": _cache_stats(client),
         "mib_read": round(sum(nbytes) / MIB, 1),
         "mib_per_s": round(sum(nbytes) / MIB / wall, 1) if wall else None,
         "tasks": len(blocks) + len(tiles),

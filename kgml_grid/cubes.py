@@ -71,8 +71,13 @@ def annotate(ds: xr.Dataset, grid: GridSpec, *, title: str, **attrs: Any) -> xr.
     return ds
 
 
-def encoding_for(ds: xr.Dataset, chunks: Mapping[str, int]) -> dict[str, dict[str, Any]]:
-    """Zarr encodings with explicit chunks (clipped to each variable's shape)."""
+def encoding_for(
+    ds: xr.Dataset, chunks: Mapping[str, int], *, compressors: Any = None
+) -> dict[str, dict[str, Any]]:
+    """Zarr encodings with explicit chunks (clipped to each variable's shape).
+
+    ``compressors``: Zarr v3 codecs of the data variables (default: Zarr's, Zstd level 0).
+    """
     enc: dict[str, dict[str, Any]] = {}
     for name, var in ds.data_vars.items():
         if not var.dims:
@@ -83,13 +88,18 @@ def encoding_for(ds: xr.Dataset, chunks: Mapping[str, int]) -> dict[str, dict[st
             enc[name]["grid_mapping"] = "spatial_ref"
         if np.issubdtype(var.dtype, np.floating):
             enc[name]["fill_value"] = np.nan
+        if compressors is not None:
+            enc[name]["compressors"] = compressors
     if "time" in ds.coords:
         enc["time"] = {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
     return enc
 
 
-def init_store(template: xr.Dataset, path: str | Path, chunks: Mapping[str, int]) -> None:
-    """Create the store from a (lazy) template: metadata and coordinates, no data."""
+def init_store(
+    template: xr.Dataset, path: str | Path, chunks: Mapping[str, int], *, compressors: Any = None
+) -> None:
+    """Create the store from a (lazy) template: metadata and coordinates, no data
+    (``compressors``: see :func:`encoding_for`)."""
     template = template.copy()
     template.attrs[COMPLETE_ATTR] = 0
     template.to_zarr(
@@ -98,7 +108,7 @@ def init_store(template: xr.Dataset, path: str | Path, chunks: Mapping[str, int]
         compute=False,
         zarr_format=3,
         consolidated=False,
-        encoding=encoding_for(template, chunks),
+        encoding=encoding_for(template, chunks, compressors=compressors),
     )
 
 

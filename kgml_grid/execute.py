@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time as _time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -55,7 +54,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from kgml_grid import cubes
+from kgml_grid import blockio, cubes
 from kgml_grid.features import WEATHER_FEATURES, assemble, year_end_mask
 from kgml_grid.plan import (
     DAILY_VARS,
@@ -176,27 +175,6 @@ class BlockOutput:
 # reading
 # --------------------------------------------------------------------------------------
 
-_OPEN: dict[tuple[str, float], xr.Dataset] = {}
-_OPEN_LOCK = threading.Lock()
-
-
-def _open_store(path: str) -> xr.Dataset:
-    """An input cube opened without Dask (reads only the chunks indexed), cached."""
-    try:
-        stamp = os.path.getmtime(os.path.join(path, "zarr.json"))
-    except OSError:
-        stamp = 0.0
-    key = (path, stamp)
-    with _OPEN_LOCK:
-        ds = _OPEN.get(key)
-        if ds is None:
-            ds = xr.open_zarr(path, consolidated=False, chunks=None, decode_coords="all")
-            if len(_OPEN) > 16:
-                _OPEN.clear()
-            _OPEN[key] = ds
-        return ds
-
-
 def _soil_features() -> tuple[str, ...]:
     from kgml_grid.features import SOIL_FEATURES
 
@@ -205,12 +183,39 @@ def _soil_features() -> tuple[str, ...]:
 
 def _crop_pixels(run: RunConfig, tile: TileSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crop types ``[Y, ny, nx]`` of the run's years and the tile's crop pixels (row-major)."""
-    crop = _open_store(run.paths["crop"])["crop_type"]
-    ct = np.asarray(
-        crop.isel(year=list(run.crop_index), y=slice(*tile.y), x=slice(*tile.x)).values
-    )
+    idx = np.asarray(run.crop_index, dtype=int)
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    ct = blockio.read_region(run.paths["crop"], "crop_type",
+                             {"year": slice(lo, hi), "y": slice(*tile.y), "x": slice(*tile.x)},
+                             token=run.run_id)[idx - lo]  # fmt: skip
     rr, cc = np.nonzero((ct > 0).any(axis=0))
     return ct, rr, cc
+
+
+def read_inputs(tt: TileTask, bt: BlockTask) -> dict[str, Any]:
+    """The block's raw inputs, read (decoded) as the model needs them, no assembly.
+
+    Returns
+    -------
+    dict
+        ``crop`` ``[Y, ny, nx]`` and the crop pixels ``rr``, ``cc``; ``gpp_sat``
+        ``[T, ny, nx]``; each weather feature ``[T, wy, wx]`` (the coarse cells over
+        the tile); each soil feature ``[ny, nx]``.
+    """
+    run, tile = tt.run, tt.tile
+    ct, rr, cc = _crop_pixels(run, tile)
+    ys, xs = slice(*tile.y), slice(*tile.x)
+    out: dict[str, Any] = {"crop": ct, "rr": rr, "cc": cc}
+    tok = run.run_id
+    out["gpp_sat"] = blockio.read_region(run.paths["satellite"], "gpp_sat",
+                                         {"time": slice(run.sat_t0 + bt.t0, run.sat_t0 + bt.t1), "y": ys, "x": xs},
+                                         token=tok)  # fmt: skip
+    wreg = {"time": slice(run.wx_t0 + bt.t0, run.wx_t0 + bt.t1), "y": slice(*tile.wy), "x": slice(*tile.wx)}
+    for k in WEATHER_FEATURES:
+        out[k] = blockio.read_region(run.paths["weather"], k, wreg, token=tok)
+    for k in _soil_features():
+        out[k] = blockio.read_region(run.paths["soil"], k, {"y": ys, "x": xs}, token=tok)
+    return out
 
 
 def read_block(
@@ -223,23 +228,13 @@ def read_block(
     time, x, fill (for the next block), (rows, cols) of the crop pixels in the tile
     """
     run, tile = tt.run, tt.tile
-    t = bt.t1 - bt.t0
-    time = pd.date_range(pd.Timestamp(run.start) + pd.Timedelta(days=bt.t0), periods=t, freq="D")
-    ct, rr, cc = _crop_pixels(run, tile)
-    sat = _open_store(run.paths["satellite"])
-    tsel = slice(run.sat_t0 + bt.t0, run.sat_t0 + bt.t1)
-    gpp = np.asarray(sat["gpp_sat"].isel(time=tsel, y=slice(*tile.y), x=slice(*tile.x)).values)
-    wx = _open_store(run.paths["weather"])
-    wblock = wx[list(WEATHER_FEATURES)].isel(
-        time=slice(run.wx_t0 + bt.t0, run.wx_t0 + bt.t1), y=slice(*tile.wy), x=slice(*tile.wx)
-    ).load()
+    time = pd.date_range(pd.Timestamp(run.start) + pd.Timedelta(days=bt.t0), periods=bt.t1 - bt.t0, freq="D")
+    raw = read_inputs(tt, bt)
+    ct, rr, cc = raw["crop"], raw["rr"], raw["cc"]
     wr, wc = tile.wrow[rr, cc], tile.wcol[rr, cc]
-    daily = {k: np.asarray(wblock[k].values)[:, wr, wc] for k in WEATHER_FEATURES}
-    daily["gpp_sat"] = gpp[:, rr, cc]
-    soil_ds = _open_store(run.paths["soil"])
-    soil_names = _soil_features()
-    sblock = soil_ds[list(soil_names)].isel(y=slice(*tile.y), x=slice(*tile.x)).load()
-    soil = {k: np.asarray(sblock[k].values)[rr, cc] for k in soil_names}
+    daily = {k: raw[k][:, wr, wc] for k in WEATHER_FEATURES}
+    daily["gpp_sat"] = raw["gpp_sat"][:, rr, cc]
+    soil = {k: raw[k][rr, cc] for k in _soil_features()}
     year_pos = {y: i for i, y in enumerate(run.years)}
     crop_by_year = {int(y): ct[year_pos[int(y)], rr, cc] for y in np.unique(time.year)}
     x, new_fill = assemble(time=time, daily=daily, soil=soil, crop_by_year=crop_by_year,
@@ -382,11 +377,11 @@ def write_block(tt: TileTask, bt: BlockTask, output: BlockOutput, state: State) 
     run, tile = tt.run, tt.tile
     assert run.out is not None and run.records is not None
     ys, xs = slice(*tile.out_y), slice(*tile.out_x)
-    ds = xr.Dataset({n: (("time", "y", "x"), output.daily[n]) for n in DAILY_VARS})
-    cubes.write_region(ds, run.out, {"time": slice(bt.t0, bt.t1), "y": ys, "x": xs})
+    blockio.write_region(run.out, run.run_id, {n: output.daily[n] for n in DAILY_VARS},
+                         {"time": slice(bt.t0, bt.t1), "y": ys, "x": xs})  # fmt: skip
     if output.yearly is not None and output.year_slice is not None:
-        yds = xr.Dataset({"yield": (("year", "y", "x"), output.yearly)})
-        cubes.write_region(yds, run.out, {"year": slice(*output.year_slice), "y": ys, "x": xs})
+        blockio.write_region(run.out, run.run_id, {"yield": output.yearly},
+                             {"year": slice(*output.year_slice), "y": ys, "x": xs})  # fmt: skip
     key = bt.key
 
     def _save_state(p: Path) -> None:
@@ -516,9 +511,17 @@ def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool)
     # the store's chunks are regular (Zarr): one tile, the usual time chunk, one year.
     # Uneven time chunks are safe: a tile's blocks run one after the other.
     template = plan.template(provenance=_provenance(plan)).chunk(plan.output_chunks)
-    cubes.init_store(template, out, plan.output_chunks)
+    cubes.init_store(template, out, plan.output_chunks, compressors=_output_compressors())
     _write_records_plan(plan, records)
     return set()
+
+
+def _output_compressors() -> tuple[Any, ...]:
+    # Zstd level 1: the same ratio as Zarr's default level on the model's outputs (2.8x)
+    # at 2.4x its encoding speed (benchmarks/results/bench_bench.md)
+    from zarr.codecs import ZstdCodec
+
+    return (ZstdCodec(level=1),)
 
 
 def _write_records_plan(plan: Plan, records: Path) -> None:
@@ -655,8 +658,11 @@ class SerialExecutor:
         todo = [b for b in plan.blocks if b.tile in tiles and b.chunk >= first[b.tile]]
         from tqdm.auto import tqdm
 
-        for key in tqdm(todo, desc="upscaling", unit="block", disable=not self.progress):
-            state[key.tile] = run_block(_block_task(plan, key), tiles[key.tile], state[key.tile])
+        try:
+            for key in tqdm(todo, desc="upscaling", unit="block", disable=not self.progress):
+                state[key.tile] = run_block(_block_task(plan, key), tiles[key.tile], state[key.tile])
+        finally:
+            blockio.drop_run(run_id)
         finish_store(plan, out, n_done=plan.n_blocks)
         return UpscaleResult(plan, Path(out), computed=len(todo),
                              already_done=plan.n_blocks - len(todo), seconds=_time.perf_counter() - t0)  # fmt: skip
@@ -666,15 +672,18 @@ class SerialExecutor:
         ds = plan.template()
         arrays = {n: np.full(ds[n].shape, np.nan, dtype="float32") for n in (*DAILY_VARS, "yield")}
         state: dict[tuple[int, int], State | None] = dict.fromkeys(tiles)
-        for key in plan.blocks:
-            bt = _block_task(plan, key)
-            tt = tiles[key.tile]
-            output, state[key.tile] = compute_block(tt, bt, state[key.tile])
-            ys, xs = slice(*tt.tile.out_y), slice(*tt.tile.out_x)
-            for n in DAILY_VARS:
-                arrays[n][bt.t0 : bt.t1, ys, xs] = output.daily[n]
-            if output.yearly is not None and output.year_slice is not None:
-                arrays["yield"][slice(*output.year_slice), ys, xs] = output.yearly
+        try:
+            for key in plan.blocks:
+                bt = _block_task(plan, key)
+                tt = tiles[key.tile]
+                output, state[key.tile] = compute_block(tt, bt, state[key.tile])
+                ys, xs = slice(*tt.tile.out_y), slice(*tt.tile.out_x)
+                for n in DAILY_VARS:
+                    arrays[n][bt.t0 : bt.t1, ys, xs] = output.daily[n]
+                if output.yearly is not None and output.year_slice is not None:
+                    arrays["yield"][slice(*output.year_slice), ys, xs] = output.yearly
+        finally:
+            blockio.drop_run(run_id)
         for n, a in arrays.items():
             ds[n] = ds[n].copy(data=a)
         return UpscaleResult(plan, None, computed=plan.n_blocks, seconds=_time.perf_counter() - t0,
@@ -833,8 +842,12 @@ class DaskExecutor:
         if resume and done:
             print(f"resuming {out}: {plan.n_blocks - n_todo} of {plan.n_blocks} blocks done, "
                   f"computing {n_todo}", file=sys.stderr)  # fmt: skip
-        if n_todo:
-            self._run(graph)
+        try:
+            if n_todo:
+                self._run(graph)
+        finally:
+            with contextlib.suppress(Exception):  # best effort: frees the workers' chunk caches
+                self.client.run(blockio.drop_run, graph.run_id)
         finish_store(plan, out, n_done=plan.n_blocks)
         return UpscaleResult(plan, out, computed=n_todo, already_done=plan.n_blocks - n_todo,
                              seconds=_time.perf_counter() - t0, dashboard=link)  # fmt: skip

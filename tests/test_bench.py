@@ -201,6 +201,8 @@ def test_tiny_run_structure(tiny_result):
         assert r["pixel_days"] == cfg["pixel_days"]
         assert 50 < r["peak_memory_per_worker_mib"] < 8000
         assert r["io_limit"]["pixel_days_per_s"] > 0 and r["io_limit"]["mib_read"] > 0
+        for run in (r, r["io_limit"]):  # each measurement starts with cold chunk caches
+            assert run["chunk_cache"]["misses"] > 0 and run["chunk_cache"]["hits"] > 0
         split = r["time_split"]
         assert split["blocks_timed"] == r["blocks"] and split["seconds"]["model"] > 0
         assert sum(split["seconds"].values()) == pytest.approx(split["worker_seconds"], abs=0.05)

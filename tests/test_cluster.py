@@ -8,8 +8,11 @@ import pytest
 import yaml
 
 from kgml_grid.cluster import (
+    HOUSEKEEPING,
     ClusterConfigError,
     close_client,
+    housekeeping_config,
+    housekeeping_env,
     kubernetes_cluster,
     load_cluster_config,
     make_client,
@@ -148,6 +151,7 @@ def test_client_factory_against_real_processes(tmp_path, capsys):
             assert sorted(w["name"] for w in info["workers"].values()) == ["worker-0", "worker-1"]
             assert all(w["nthreads"] == 1 for w in info["workers"].values())
             assert worker_memory_limit(c) == 2**30
+            assert set(c.run(_housekeeping()).values()) == {("500ms", "2s", "500ms")}  # via DASK_* variables
             address = info["address"]
         finally:
             close_client(c)
@@ -159,10 +163,36 @@ def test_client_factory_against_real_processes(tmp_path, capsys):
             close_client(c)
 
 
+def _housekeeping():
+    """A function for ``client.run`` (local: pickled by value, the workers need not
+    import this module) returning the worker's housekeeping settings."""
+    keys = tuple(HOUSEKEEPING)
+
+    def get():
+        import dask
+
+        return tuple(dask.config.get(k) for k in keys)
+
+    return get
+
+
+def test_housekeeping_keeps_what_a_user_configured():
+    import dask
+
+    assert housekeeping_config() == HOUSEKEEPING  # nothing configured here: all of it
+    with dask.config.set({"distributed.admin.tick.interval": "1s"}):
+        cfg = housekeeping_config()
+        assert "distributed.admin.tick.interval" not in cfg and len(cfg) == len(HOUSEKEEPING) - 1
+    env = housekeeping_env({"DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "2s"})
+    assert env == {"DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "2s",
+                   "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "500ms"}  # fmt: skip
+
+
 @pytest.mark.cluster
 def test_local_cluster_binds_to_localhost(capsys):
     c = make_client("local", n_workers=1)
     try:
+        assert set(c.run(_housekeeping()).values()) == {("500ms", "2s", "500ms")}  # the nanny passed it on
         assert c.scheduler.address.startswith("tcp://127.0.0.1:")
         info = c.scheduler_info(n_workers=-1)
         assert len(info["workers"]) == 1

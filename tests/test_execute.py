@@ -149,6 +149,14 @@ def test_dask_uneven_chunks_equal_serial_and_unchunked(tiny_world, ckpt, client,
     assert ds["nee"].encoding["chunks"] == (100, 7, 9)
     cubes.validate_layer(ds, "truth", source="upscaled")
     assert len(completed_blocks(tmp_path / "dask.zarr")) == plan.n_blocks
+    assert [c.to_dict() for c in ds["nee"].encoding["compressors"]] == [
+        {"name": "zstd", "configuration": {"level": 1, "checksum": False}}]  # fmt: skip
+    # the workers read through their chunk caches and dropped the run's chunks at its end
+    from kgml_grid.blockio import chunk_cache
+
+    stats = client.run(lambda: chunk_cache().stats())
+    assert sum(s["hits"] for s in stats.values()) > 0 and sum(s["misses"] for s in stats.values()) > 0
+    assert all(s["bytes"] == 0 and s["max_bytes"] <= 2 * 2**30 // 8 for s in stats.values())
 
 
 @pytest.mark.cluster
