@@ -26,8 +26,9 @@ a second (``distributed.admin.tick.interval``), poll psutil for the dashboard ev
 used 14 % of a core (6 % with :data:`HOUSEKEEPING`), and during an upscaling the
 client's process (scheduler and nannies) used 2.0 s of CPU less in a 50 s run.
 :func:`housekeeping_config` gives these settings for every key that still has Dask's
-default (a user's Dask configuration wins); local clusters and :func:`process_cluster`
-start with them, ``cluster/README.md`` says how to set them on SLURM and Kubernetes.
+default (a user's Dask configuration wins); local clusters, :func:`process_cluster`,
+SLURM job scripts (``export DASK_...`` lines first in ``job_script_prologue``) and
+Kubernetes pods (``env``) start with them, unless the configuration sets them.
 """
 
 from __future__ import annotations
@@ -225,6 +226,10 @@ def slurm_cluster(cfg: Mapping[str, Any]) -> Any:
         sched["host"] = LOCALHOST
     sched.setdefault("dashboard_address", DASHBOARD)
     opts["scheduler_options"] = sched
+    prologue = [str(line) for line in opts.get("job_script_prologue") or []]
+    set_there = {w.split("=", 1)[0] for line in prologue for w in line.replace("export ", " ").split() if "=" in w}
+    opts["job_script_prologue"] = [f"export {k}={v}" for k, v in housekeeping_env({}).items()
+                                   if k not in set_there] + prologue  # fmt: skip
     return SLURMCluster(**opts)
 
 
@@ -246,6 +251,8 @@ def kubernetes_cluster(cfg: Mapping[str, Any]) -> Any:
             "dask-operator --generate-name dask-kubernetes-operator); see cluster/README.md"
         ) from None
     opts = {k: v for k, v in dict(cfg).items() if k not in ("kind", "_source", "adapt")}
+    env = {str(k): str(v) for k, v in dict(opts.get("env") or {}).items()}
+    opts["env"] = {**housekeeping_env(env), **env}
     return KubeCluster(**opts)
 
 

@@ -517,8 +517,8 @@ def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool)
 
 
 def _output_compressors() -> tuple[Any, ...]:
-    # Zstd level 1: the same ratio as Zarr's default level on the model's outputs (2.8x)
-    # at 2.4x its encoding speed (benchmarks/results/bench_bench.md)
+    # Zstd level 1: about the ratio of Zarr's default (level 0, i.e. 3) on the model's
+    # outputs at a fraction of its encoding time (benchmarks/results/output_codecs.json)
     from zarr.codecs import ZstdCodec
 
     return (ZstdCodec(level=1),)

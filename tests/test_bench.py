@@ -257,3 +257,23 @@ def test_tiny_files(tiny_result):
     assert "(recommended)" in md and "compute limit" in md and "acceptance ratio" in md
     assert "**end-to-end** (upscale, 2 workers" in md
     assert res["files"] == {"json": "bench_tiny.json", "png": "bench_tiny.png", "markdown": "bench_tiny.md"}
+
+
+def test_output_codec_benchmark_runs_and_names_the_engines_codec(tiny_world, tmp_path):
+    """``benchmarks/output_codecs.py`` once on the tiny world (the claim behind the
+    output store's Zstd level 1)."""
+    from kgml_grid.execute import _output_compressors
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import output_codecs
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "codecs.json"
+    assert output_codecs.main(["--world", str(tiny_world.catalog), "--out", str(out), "--repeats", "2"]) == 0
+    res = json.loads(out.read_text())
+    assert res["block"]["crop_pixels"] > 0 and 0 < res["block"]["nan_fraction"] < 1
+    engine = [c.to_dict() for c in _output_compressors()]
+    assert [r["zarr_codec"] for n, r in res["codecs"].items() if "engine" in n] == engine
+    for r in res["codecs"].values():
+        assert r["ratio"] > 1 and r["encode_ms_block"] > 0 and r["decode_ms_block"] > 0

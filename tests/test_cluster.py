@@ -73,6 +73,15 @@ def test_slurm_job_script_renders_from_the_config():
     assert "--nworkers 4" in script and "--nthreads 1" in script
     assert "tcp://127.0.0.1:" in script  # the scheduler bound to localhost: not configured otherwise
     assert "--lifetime 115m" in script
+    # Dask housekeeping for one-thread compute workers, unless the prologue sets it itself
+    assert script.index("export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=500ms") < script.index("source .venv")
+    cluster = slurm_cluster({**cfg, "job_script_prologue": ["export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s"]})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "TICK__INTERVAL=1s" in script and "TICK__INTERVAL=500ms" not in script
+    assert "export DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL=500ms" in script
 
 
 def test_kubernetes_without_dask_kubernetes_says_what_to_install():
