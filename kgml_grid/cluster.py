@@ -23,8 +23,8 @@ processes do comes out of the model's time. Dask's defaults wake every server 50
 a second (``distributed.admin.tick.interval``), poll psutil for the dashboard every
 500 ms (``admin.system-monitor.interval``) and for memory every 100 ms
 (``worker.memory.monitor-interval``): an idle 2-worker ``LocalCluster`` on a 2-core VM
-used 14 % of a core (6 % with :data:`HOUSEKEEPING`), and during an upscaling the
-client's process (scheduler and nannies) used 2.0 s of CPU less in a 50 s run.
+used 11.2 % of a core, 7.3 % with :data:`HOUSEKEEPING`
+(``benchmarks/results/dask_housekeeping.json``).
 :func:`housekeeping_config` gives these settings for every key that still has Dask's
 default (a user's Dask configuration wins); local clusters, :func:`process_cluster`,
 SLURM job scripts (``export DASK_...`` lines first in ``job_script_prologue``) and

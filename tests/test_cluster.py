@@ -210,3 +210,25 @@ def test_local_cluster_binds_to_localhost(capsys):
     finally:
         close_client(c)
     assert "dashboard: http://127.0.0.1:" in capsys.readouterr().err
+
+
+@pytest.mark.cluster
+def test_housekeeping_benchmark_runs(tmp_path):
+    """``benchmarks/dask_housekeeping.py`` once, briefly (the claim in cluster/README.md)."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(CLUSTER_DIR.parent / "benchmarks"))
+    try:
+        import dask_housekeeping
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "hk.json"
+    assert dask_housekeeping.main(["--seconds", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["settings"] == HOUSEKEEPING
+    for name in ("dask defaults", "HOUSEKEEPING"):
+        cpu = res[name]["cpu_seconds"]
+        assert set(cpu) == {"client process (scheduler, nannies)", "worker 0", "worker 1", "all processes"}
+        assert cpu["all processes"] == pytest.approx(sum(v for k, v in cpu.items() if k != "all processes"), abs=0.01)
+        assert 0 < cpu["all processes"] < 2 * 3  # some housekeeping, and less than the 3 processes' wall time
