@@ -8,7 +8,7 @@ walk and one Zarr call per variable; Zarr then decodes whole chunks even when th
 region is a sixteenth of one (a 32 x 32 px x 92 d block of a 64 x 64 px x 365 d chunk).
 Here, per process:
 
-* :func:`input_array` / :func:`output_array` open each Zarr array once (re-opened when
+* :func:`read_region` / :func:`output_array` open each Zarr array once (re-opened when
   its metadata file changes, or for another run of an output);
 * :class:`ChunkCache` keeps decoded input chunks of the current run, least recently
   used first out, up to a byte budget (:data:`DEFAULT_CACHE_BYTES`, or
@@ -41,7 +41,6 @@ __all__ = [
     "chunk_cache",
     "clear_caches",
     "drop_run",
-    "input_array",
     "output_array",
     "read_region",
     "write_region",
@@ -279,13 +278,6 @@ def _open(key: tuple[Any, ...], path: str, name: str, mode: str) -> Any:
         while len(_ARRAYS) > _MAX_ARRAYS:
             _ARRAYS.popitem(last=False)
     return a
-
-
-def input_array(path: str | Path, name: str) -> Any:
-    """The Zarr array ``name`` of the input store at ``path``, opened once per process
-    (again after its metadata changes)."""
-    path = str(path)
-    return _open(("in", path, name, _stamp(path, name)), path, name, "r")
 
 
 def _order(arr: Any, region: Mapping[str, slice], what: str) -> tuple[tuple[str, ...], Region]:
