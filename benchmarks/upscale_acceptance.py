@@ -129,7 +129,7 @@ def step_upscale(world: Path, ckpt: Path, work: Path) -> dict:
         close_client(client)
     t_upscale = time.perf_counter() - t0
     t1 = time.perf_counter()
-    maps = annual_maps(out, work / "maps")
+    maps = annual_maps(out, work / "maps", overwrite=True)
     t_maps = time.perf_counter() - t1
     plan = res.plan
     import torch
@@ -167,10 +167,10 @@ def step_resume(world: Path, ckpt: Path, work: Path, clean: Path, kill_after: in
     from kgml_grid.plan import DAILY_VARS
 
     out = work / "demo_resumed.zarr"
-    import shutil
+    from kgml_grid.outputs import remove_output
 
-    for p in (out, records_dir(out)):
-        shutil.rmtree(p, ignore_errors=True)
+    remove_output(out, "upscale")  # only a store of ours (never what --work happens to hold)
+    remove_output(records_dir(out), "records")
     with process_cluster(2, directory=work / "dask", memory_limit="4GiB") as sf:
         cmd = [sys.executable, "-m", "kgml_grid.cli", "upscale", "--catalog", str(world), "--model",
                str(ckpt), "--out", str(out), "--cluster", str(sf), "--quiet"]  # fmt: skip
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     catalog = work / "world" / "catalog.yaml"
     if not (a.reuse_world and catalog.exists()):
-        catalog = generate_world(work / "world", preset="demo", seed=0, progress=False).catalog
+        catalog = generate_world(work / "world", preset="demo", seed=0, progress=False, overwrite=True).catalog
         result["world_generation_s"] = round(time.perf_counter() - t0, 2)
     ckpt = make_checkpoint(catalog, work / f"ckpt_h{a.hidden}", hidden=a.hidden)
     if "upscale" not in a.skip:

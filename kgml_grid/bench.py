@@ -720,6 +720,19 @@ def machine_description(device: str = "cpu") -> dict[str, Any]:
     }  # fmt: skip
 
 
+def is_bench_result(path: str | Path) -> bool:
+    """Whether ``path`` is the JSON of a benchmark run (its marker key, or the keys every
+    result has had)."""
+    from kgml_grid.outputs import MARKER_ATTR
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(doc, dict) and (doc.get(MARKER_ATTR) == "bench"
+                                      or {"command", "machine", "acceptance"} <= set(doc))  # fmt: skip
+
+
 def _catalog_path(world: str | Path) -> Path:
     p = Path(world)
     if p.is_dir():
@@ -822,10 +835,12 @@ def _cache_stats(client: Any) -> dict[str, int]:
 
 
 def _rmtree(path: Path) -> None:
+    """Remove an upscaling store and its records: only ones kgml_grid wrote."""
     from kgml_grid.execute import records_dir
+    from kgml_grid.outputs import remove_output
 
-    for p in (path, records_dir(path)):
-        shutil.rmtree(p, ignore_errors=True)
+    remove_output(path, "upscale")
+    remove_output(records_dir(path), "records")
 
 
 # --------------------------------------------------------------------------------------
@@ -1165,11 +1180,12 @@ def run_peer_map_blocks(plan: Any, *, out: str | Path, device: str = "cpu",
     import dask
     import xarray as xr
 
+    from kgml_grid.outputs import MARKER_ATTR, remove_output
     from kgml_grid.plan import DAILY_VARS
 
     ty, tx = tile or (plan.tile_y, plan.tile_x)
     out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
+    remove_output(out, "scratch")  # only a scratch store of ours
     t0 = _time.perf_counter()
     sat = _sat_window(plan, {"time": -1, "y": ty, "x": tx})
     template = xr.Dataset({n: xr.zeros_like(sat["gpp_sat"], dtype="float32") for n in DAILY_VARS})
@@ -1184,10 +1200,11 @@ def run_peer_map_blocks(plan: Any, *, out: str | Path, device: str = "cpu",
                 "batch": plan.batch_pixels},
     )  # fmt: skip
     n_tasks = len(res.__dask_graph__())
+    res.attrs[MARKER_ATTR] = "scratch"
     with dask.config.set(scheduler=client) if client is not None else contextlib.nullcontext():
         res.to_zarr(out, mode="w", zarr_format=3, consolidated=False)
     wall = _time.perf_counter() - t0
-    shutil.rmtree(out, ignore_errors=True)
+    remove_output(out, "scratch")  # only a scratch store of ours
     pd_ = plan.n_crop_pixels * plan.n_days
     return {"pixel_days_per_s": round(rate(pd_, wall), 1), "wall_s": round(wall, 3),
             "tile": [ty, tx], "time_chunk": plan.n_days, "graph_tasks": n_tasks,
@@ -1208,11 +1225,12 @@ def run_peer_patch_loop(plan: Any, *, out: str | Path, threads: int, device: str
 
     from kgml_grid import cubes
     from kgml_grid.checkpoint import load_checkpoint, torch_threads
+    from kgml_grid.outputs import MARKER_ATTR, remove_output
     from kgml_grid.plan import DAILY_VARS
 
     ty, tx = tile or (plan.tile_y, plan.tile_x)
     out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
+    remove_output(out, "scratch")  # only a scratch store of ours
     with torch_threads(int(threads)):
         t0 = _time.perf_counter()
         ckpt = load_checkpoint(plan.checkpoint, device=device)
@@ -1222,6 +1240,7 @@ def run_peer_patch_loop(plan: Any, *, out: str | Path, threads: int, device: str
         template = xr.Dataset({n: xr.zeros_like(lazy["gpp_sat"], dtype="float32") for n in DAILY_VARS})
         for n in DAILY_VARS:
             template[n].encoding = {}
+        template.attrs[MARKER_ATTR] = "scratch"
         template.to_zarr(out, mode="w", compute=False, zarr_format=3, consolidated=False)
         years = list(plan.years)
         crop_index = [plan.crop_year_index[y] for y in years]
@@ -1239,7 +1258,7 @@ def run_peer_patch_loop(plan: Any, *, out: str | Path, threads: int, device: str
             if max_seconds is not None and _time.perf_counter() - t0 > max_seconds:
                 break
         wall = _time.perf_counter() - t0
-    shutil.rmtree(out, ignore_errors=True)
+    remove_output(out, "scratch")  # only a scratch store of ours
     pd_ = crop_done * plan.n_days
     return {"pixel_days_per_s": round(rate(pd_, wall), 1), "wall_s": round(wall, 3), "tile": [ty, tx],
             "patches": len(patches), "patches_done": n_done, "pixel_days_done": pd_,
@@ -1293,6 +1312,10 @@ class BenchConfig:
     repeats : int
         Interleaved repeats of the 2-worker and 1-worker runs of the scaling part; the
         run of median throughput of each is compared (all are recorded).
+    overwrite : bool
+        Replace the results (``bench_<preset>.*`` that a benchmark wrote) and a given
+        ``work`` folder (only a benchmark's scratch folder); without it existing ones
+        are refused (:mod:`kgml_grid.outputs`).
     """
 
     out: Path
@@ -1315,6 +1338,7 @@ class BenchConfig:
     peer_threads: int | None = 1
     max_seconds: float | None = 120.0
     repeats: int = 1
+    overwrite: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -1358,18 +1382,35 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         raise ValueError(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
     if cfg.workers < 1:
         raise ValueError(f"--workers {cfg.workers}: need at least 1")
+    # --- targets, before anything runs ----------------------------------------------------
+    from kgml_grid import outputs
+
+    out_dir = Path(cfg.out)
+    stem = f"bench_{cfg.preset}"
+    files = {"json": str(out_dir / f"{stem}.json"), "png": str(out_dir / f"{stem}.png"),
+             "markdown": str(out_dir / f"{stem}.md")}  # fmt: skip
+    inputs = outputs.input_paths("the checkpoint", [cfg.model])
+    if cfg.world is not None:
+        inputs += outputs.catalog_inputs(_catalog_path(cfg.world))
+    outputs.check_files(list(files.values()), ours=is_bench_result(files["json"]), what="a benchmark's results",
+                        inputs=inputs, overwrite=cfg.overwrite)  # fmt: skip
+    if cfg.work is not None:
+        outputs.check_target(cfg.work, kind="bench-work", inputs=inputs, overwrite=cfg.overwrite, option="--work")
     t_all = _time.perf_counter()
     result: dict[str, Any] = {
+        outputs.MARKER_ATTR: "bench",
         "command": cfg.command or " ".join(["kgml-grid", *sys.argv[1:]]),
         "machine": machine_description(device),
     }
     if cfg.note:
         result["note"] = cfg.note
-    out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     own_work = cfg.work is None
-    work = Path(tempfile.mkdtemp(prefix="kgml-bench-")) if own_work else Path(cfg.work)  # type: ignore[arg-type]
-    work.mkdir(parents=True, exist_ok=True)
+    if own_work:
+        work = outputs.prepare_target(tempfile.mkdtemp(prefix="kgml-bench-"), kind="bench-work")
+    else:
+        work = outputs.prepare_target(cfg.work, kind="bench-work", inputs=inputs, overwrite=cfg.overwrite,
+                                      option="--work")  # fmt: skip
     clients: list[Any] = []
     try:
         # --- world and checkpoint ---------------------------------------------------------
@@ -1537,9 +1578,6 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     result["acceptance"] = acceptance(result)
     result["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     result["total_s"] = round(_time.perf_counter() - t_all, 1)
-    stem = f"bench_{cfg.preset}"
-    files = {"json": str(out_dir / f"{stem}.json"), "png": str(out_dir / f"{stem}.png"),
-             "markdown": str(out_dir / f"{stem}.md")}  # fmt: skip
     result["files"] = {k: os.path.relpath(v, out_dir) for k, v in files.items()}
     plot_sweep(result, files["png"])
     Path(files["markdown"]).write_text(format_markdown(result))

@@ -38,6 +38,8 @@ def add_arguments(b: argparse.ArgumentParser, *, out_default: str | None = None)
     b.add_argument("--end", default=None, help="last day, YYYY-MM-DD, inclusive")
     b.add_argument("--world", default=None, help="an existing world (catalog YAML or its folder)")
     b.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace existing results bench_<preset>.* (and a --work folder) that a benchmark wrote")  # fmt: skip
     b.add_argument("--peer-threads", type=int, default=1,
                    help="torch threads of the single-process peer (default 1; 0: --workers)")  # fmt: skip
     b.add_argument("--max-seconds", type=float, default=120.0,
@@ -63,6 +65,7 @@ def run_from_args(a: argparse.Namespace, *, command: str) -> dict[str, Any]:
         device=a.device, quick=a.quick, domain=tuple(a.domain) if a.domain else None,
         start=a.start, end=a.end, seed=a.seed, command=command, note=a.note, progress=not a.quiet,
         peer_threads=a.peer_threads or None, max_seconds=a.max_seconds, repeats=a.repeats,
+        overwrite=a.overwrite,
     )  # fmt: skip
     return run_benchmark(cfg)
 

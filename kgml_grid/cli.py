@@ -19,6 +19,8 @@ def _cmd_synth(a: argparse.Namespace) -> int:
         seed=a.seed,
         params=params,
         progress=not a.quiet,
+        overwrite=a.overwrite,
+        inputs=[("the --world-params file", a.world_params)] if a.world_params else (),
     )
     print(info.summary())
     print(f"catalog: {info.catalog}")
@@ -30,7 +32,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
     res = run_demo(a.out, preset=a.preset, seed=a.seed, fluxnet=a.fluxnet or (),
                    train_minutes=a.train_minutes, train=not a.no_train, workers=a.workers,
-                   upscale_start=False if a.no_upscale else a.upscale_start, progress=not a.quiet)  # fmt: skip
+                   upscale_start=False if a.no_upscale else a.upscale_start, progress=not a.quiet,
+                   overwrite=a.overwrite)  # fmt: skip
     print(res.summary)
     print("timings: " + ", ".join(f"{k}={v:.1f}" for k, v in res.timings.items()))
     return 0
@@ -73,7 +76,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
         split=SplitSpec(max_train_pixels=a.max_train_pixels, holdout_years=a.holdout_years),
     )  # fmt: skip
-    res = pretrain(a.catalog, a.out, cfg, progress=not a.quiet)
+    res = pretrain(a.catalog, a.out, cfg, progress=not a.quiet, overwrite=a.overwrite)
     print(res.summary())
     print(f"learning curve: {res.curve_png}")
     return 0
@@ -85,7 +88,8 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
     cfg = FinetuneConfig(epochs_heads=a.epochs_heads, epochs_all=a.epochs, seed=a.seed,
                          device=a.device, qc_threshold=a.qc, max_minutes=a.max_minutes,
                          threads=a.threads)  # fmt: skip
-    res = finetune(a.model, a.fluxnet, a.out, cfg, site_meta=a.site_meta, progress=not a.quiet)
+    res = finetune(a.model, a.fluxnet, a.out, cfg, site_meta=a.site_meta, progress=not a.quiet,
+                   overwrite=a.overwrite)  # fmt: skip
     print(res.summary())
     print(f"learning curve: {res.curve_png}")
     return 0
@@ -97,7 +101,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     if a.catalog is None and not a.fluxnet:
         raise ValueError("give --catalog CAT and/or --fluxnet CSV... to evaluate against")
     rep = evaluate(a.model, a.out, catalog=a.catalog, fluxnet=a.fluxnet or (),
-                   site_meta=a.site_meta, baseline=a.baseline)  # fmt: skip
+                   site_meta=a.site_meta, baseline=a.baseline, overwrite=a.overwrite)  # fmt: skip
     print(format_report(rep))
     print(f"report: {a.out}/report.json")
     return 0
@@ -111,7 +115,8 @@ def _cmd_transfer(a: argparse.Namespace) -> int:
     train = TrainConfig(epochs=a.epochs, max_minutes=a.max_minutes, hidden=a.hidden, batch_size=64,
                         lr=2e-3, seed=a.seed, split=SplitSpec(max_train_pixels=a.max_train_pixels))  # fmt: skip
     res = transfer_experiment(a.out, preset=a.preset, seed=a.seed, n_towers=a.towers, train=train,
-                              tune=FinetuneConfig(seed=a.seed), progress=not a.quiet)  # fmt: skip
+                              tune=FinetuneConfig(seed=a.seed), progress=not a.quiet,
+                              overwrite=a.overwrite)  # fmt: skip
     print(format_transfer(res))
     return 0
 
@@ -128,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--years", nargs=2, type=int, metavar=("Y0", "Y1"))
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--world-params", help="JSON file of parameter overrides (a perturbed world)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing world in OUT (only a world kgml_grid wrote)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
 
@@ -142,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first day upscaled over the whole domain ('auto': the last 3 years)")
     d.add_argument("--no-upscale", action="store_true")
     d.add_argument("--workers", type=int, default=2, help="Dask worker processes for upscaling")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only a demo run kgml_grid wrote)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
 
@@ -161,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--holdout-years", type=int, default=2)
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     t.add_argument("--init", default=None, help="continue training from this checkpoint (warm start)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing model directory (only a checkpoint kgml_grid wrote)")
     t.add_argument("--w-mass-balance", type=float, default=2.0, help="weight of the mass-balance penalty")
     t.add_argument("--mb-tol", type=float, default=0.0,
                    help="imbalance left unpenalised, as a fraction of Reco")  # fmt: skip
@@ -174,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--model", required=True)
     ft.add_argument("--fluxnet", required=True, nargs="+", metavar="CSV")
     ft.add_argument("--site-meta", default=None, help="site metadata JSON (required for unknown sites)")
-    ft.add_argument("--out", required=True)
+    ft.add_argument("--out", required=True, help="model directory of the fine-tuned checkpoint")
+    ft.add_argument("--overwrite", action="store_true", help="replace an existing model directory (only a checkpoint kgml_grid wrote)")
     ft.add_argument("--epochs", type=int, default=40, help="epochs of the all-modules stage")
     ft.add_argument("--epochs-heads", type=int, default=15, help="epochs of the heads-only stage")
     ft.add_argument("--qc", type=float, default=0.5, help="minimum daily NEE QC fraction of a target day")
@@ -192,12 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--site-meta", default=None)
     ev.add_argument("--baseline", default=None, help="another model to compare on the towers")
     ev.add_argument("--out", required=True, help="report directory")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing report directory (only a report kgml_grid wrote)")
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser("experiment", help="experiments (the KGML-vs-GRU transfer experiment)")
     exs = ex.add_subparsers(dest="experiment", required=True)
     tr = exs.add_parser("transfer", help="pre-train on world A, fine-tune on towers of a perturbed world B")
     tr.add_argument("--out", required=True)
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only a transfer experiment kgml_grid wrote)")
     tr.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"])
     tr.add_argument("--towers", type=int, default=4, help="towers of world B used for fine-tuning")
     tr.add_argument("--epochs", type=int, default=30)

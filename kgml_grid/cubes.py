@@ -99,9 +99,13 @@ def init_store(
     template: xr.Dataset, path: str | Path, chunks: Mapping[str, int], *, compressors: Any = None
 ) -> None:
     """Create the store from a (lazy) template: metadata and coordinates, no data
-    (``compressors``: see :func:`encoding_for`)."""
+    (``compressors``: see :func:`encoding_for`). The store is marked as kgml_grid's
+    (:data:`kgml_grid.outputs.MARKER_ATTR`, default kind ``cube``)."""
+    from kgml_grid.outputs import MARKER_ATTR
+
     template = template.copy()
     template.attrs[COMPLETE_ATTR] = 0
+    template.attrs.setdefault(MARKER_ATTR, "cube")
     template.to_zarr(
         path,
         mode="w",

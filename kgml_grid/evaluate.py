@@ -184,15 +184,26 @@ def evaluate(
     fluxnet: Sequence[str | Path] = (),
     site_meta: str | Path | None = None,
     baseline: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a catalog's held-out pixels and/or towers; write a report.
 
     ``baseline`` (another checkpoint, e.g. the pre-trained model) is evaluated on the
     same towers, so the report shows what fine-tuning changed.
+
+    ``out`` (the report folder) is checked before anything is computed
+    (:func:`kgml_grid.outputs.check_target`): it must not be, contain or lie inside an
+    input; an existing one needs ``overwrite`` and is replaced only when it is a report
+    kgml_grid wrote.
     """
+    from kgml_grid import outputs
+
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = [*outputs.input_paths("the checkpoint", [model_dir, baseline]),
+              *outputs.input_paths("the FLUXNET file", fluxnet), *outputs.input_paths("the site metadata", [site_meta])]  # fmt: skip
+    if catalog is not None:
+        inputs += outputs.catalog_inputs(catalog)
+    outputs.check_target(out, kind="report", inputs=inputs, overwrite=overwrite)
     report: dict[str, Any] = {"model": str(Path(model_dir).resolve())}
     grid_extra = tower_extra = None
     if catalog is not None:
@@ -204,6 +215,7 @@ def evaluate(
             base, _ = evaluate_towers(baseline, fluxnet, site_meta=site_meta,
                                       holdout_years=next(iter(years.values())))  # fmt: skip
             report["towers_baseline"] = {"model": str(Path(baseline).resolve()), **base}
+    out = outputs.prepare_target(out, kind="report", inputs=inputs, overwrite=overwrite)
     report["figures"] = [str(p) for p in _plots(out, grid_extra, tower_extra)]
     report["seconds"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))

@@ -41,7 +41,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import shutil
 import sys
 import time as _time
 import uuid
@@ -54,7 +53,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from kgml_grid import blockio, cubes
+from kgml_grid import blockio, cubes, outputs
 from kgml_grid.features import WEATHER_FEATURES, assemble, year_end_mask
 from kgml_grid.plan import (
     DAILY_VARS,
@@ -459,21 +458,59 @@ def _resume_points(plan: Plan, out: str | Path, done: set[BlockKey]) -> dict[tup
 def _provenance(plan: Plan) -> dict[str, Any]:
     from kgml_grid import __version__
 
-    return {"kgml_package_version": __version__, "kgml_created": _now()}
+    return {"kgml_package_version": __version__, "kgml_created": _now(), outputs.MARKER_ATTR: "upscale"}
+
+
+def run_inputs(plan: Plan) -> list[tuple[str, Path]]:
+    """What a run reads: the catalog, its cubes and tower files, the checkpoint."""
+    found: list[tuple[str, Path]] = [(f"the {layer} cube", Path(p)) for layer, p in plan.paths.items()]
+    with contextlib.suppress(ValueError, OSError):  # the plan's own paths are enough
+        found = outputs.catalog_inputs(plan.catalog) + found
+    return [*found, ("the catalog", Path(plan.catalog)), ("the checkpoint", Path(plan.checkpoint))]
+
+
+_FIX = "pass --resume to finish it or --overwrite to replace it"
+
+
+def check_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool) -> outputs.Decision:
+    """What may be done with ``out`` and its records folder; writes nothing
+    (:func:`kgml_grid.outputs.check_target`).
+
+    Raises
+    ------
+    PlanError
+        When ``out`` (or its records folder) is, contains or lies inside an input of the
+        run, is not an upscaling store kgml_grid wrote (whatever the flags), or exists
+        and neither ``resume`` nor ``overwrite`` is set.
+    """
+    out = Path(out)
+    inputs = run_inputs(plan)
+    decision = outputs.check_target(out, kind="upscale", inputs=inputs, overwrite=overwrite, resume=resume,
+                                    fix=_FIX, error=PlanError)  # fmt: skip
+    records = records_dir(out)
+    outputs.check_target(records, kind="records", inputs=inputs, overwrite=True,
+                         option="the records folder", error=PlanError)  # fmt: skip
+    if decision == "new" and os.path.lexists(records) and not (resume or overwrite):
+        raise PlanError(f"--out {out}: its records folder {records} exists; {_FIX}")
+    return decision
 
 
 def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool) -> set[BlockKey]:
     """Create the output store (or check the one to resume); return the done blocks.
 
+    Only an upscaling store kgml_grid wrote (and its records) is ever replaced
+    (:func:`check_store`).
+
     Raises
     ------
     PlanError
-        When ``out`` exists and neither ``resume`` nor ``overwrite`` is set, or when the
-        store to resume was written by another plan or checkpoint (naming the difference).
+        As :func:`check_store`, or when the store to resume was written by another plan
+        or checkpoint (naming the difference).
     """
     out = Path(out)
     records = records_dir(out)
-    if out.exists() and resume:
+    decision = check_store(plan, out, resume=resume, overwrite=overwrite)
+    if decision == "resume":
         attrs = _store_attrs(out)
         if "kgml_plan" not in attrs:
             raise PlanError(f"--resume: {out} is not a kgml_grid upscaling store (no 'kgml_plan' attribute)")
@@ -492,21 +529,14 @@ def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool)
             )
         rec_plan = records / "plan.json"
         if rec_plan.exists() and json.loads(rec_plan.read_text()).get("plan_id") != plan.plan_id:
-            shutil.rmtree(records)  # records of another run: not ours to trust
+            outputs.remove_output(records, "records", error=PlanError)  # another run's: not ours to trust
         if not rec_plan.exists():
             _write_records_plan(plan, records)
         return completed_blocks(out)
-    if resume and records.exists():
-        shutil.rmtree(records)  # records of a store that is gone: start afresh
-    if out.exists() or records.exists():
-        if not overwrite:
-            raise PlanError(
-                f"{out} exists; pass --resume to finish it or --overwrite to replace it"
-            )
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        if records.exists():
-            shutil.rmtree(records)
+    # a new store: records of a store that is gone, or the old store and its records
+    if decision == "replace":
+        outputs.remove_output(out, "upscale", error=PlanError)
+    outputs.remove_output(records, "records", error=PlanError)
     out.parent.mkdir(parents=True, exist_ok=True)
     # the store's chunks are regular (Zarr): one tile, the usual time chunk, one year.
     # Uneven time chunks are safe: a tile's blocks run one after the other.
@@ -526,6 +556,7 @@ def _output_compressors() -> tuple[Any, ...]:
 
 def _write_records_plan(plan: Plan, records: Path) -> None:
     records.mkdir(parents=True, exist_ok=True)
+    outputs.write_marker(records, "records")
     (records / "done").mkdir(exist_ok=True)
     (records / "plan.json").write_text(
         json.dumps({"plan_id": plan.plan_id, "plan": plan.to_dict()}, indent=1)
@@ -829,8 +860,7 @@ class DaskExecutor:
         t0 = _time.perf_counter()
         self.check(plan)
         out = Path(out).resolve()
-        if out.exists() and not (resume or overwrite):
-            raise PlanError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+        check_store(plan, out, resume=resume, overwrite=overwrite)  # before anything runs
         register_model(self.client, plan.checkpoint, plan.checkpoint_hash, device=self.device)
         done = prepare_store(plan, out, resume=resume, overwrite=overwrite)
         first = _resume_points(plan, out, done)
@@ -1017,9 +1047,9 @@ def upscale(
                      chunks=chunks, batch_pixels=batch_pixels)  # fmt: skip
     out = Path(out).resolve()
     if dry_run:
+        outputs.check_not_input(out, run_inputs(plan), error=PlanError)
         return UpscaleResult(plan, out, dry_run=True)
-    if out.exists() and not (resume or overwrite):
-        raise PlanError(f"{out} exists; pass --resume to finish it or --overwrite to replace it")
+    check_store(plan, out, resume=resume, overwrite=overwrite)  # before a cluster starts
     if client is None and str(cluster) == "serial":
         return SerialExecutor(progress=progress).execute(plan, out, resume=resume, overwrite=overwrite)
     if client is not None:

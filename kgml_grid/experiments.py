@@ -72,11 +72,17 @@ def transfer_experiment(
     tune: FinetuneConfig | None = None,
     eval_pixels: int = 300,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole experiment under ``out``; returns (and writes) the result table."""
+    """Run the whole experiment under ``out``; returns (and writes) the result table.
+
+    An existing ``out`` needs ``overwrite`` and is replaced only when it is a transfer
+    experiment kgml_grid wrote (:func:`kgml_grid.outputs.prepare_target`).
+    """
+    from kgml_grid.outputs import prepare_target
+
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_target(out, kind="transfer", overwrite=overwrite)
     train = train or TrainConfig()
     tune = replace(tune or FinetuneConfig(), gpp_weight=0.0)  # towers give NEE and Reco only
     wa = generate_world(out / "world_A", preset=preset, seed=seed, progress=progress)
@@ -104,7 +110,7 @@ def transfer_experiment(
             p.requires_grad_(False)
         model = ck.model.train()
         hist, split = finetune_series(model, ck.normalizer, tseries, tune, reference=ref, progress=progress)
-        d = out / f"{arch}_pretrained_A_finetuned_B"
+        d = prepare_target(out / f"{arch}_pretrained_A_finetuned_B", kind="model")
         save_checkpoint(model.cpu(), d, config=ck.config, features=ck.features, units=ck.units, norm=ck.norm,
                         provenance={"stage": "transfer finetune", "history": hist, "split": split})  # fmt: skip
         models[f"{arch}_pretrained_A_finetuned_B"] = d
@@ -115,7 +121,7 @@ def transfer_experiment(
     cfg = ModelConfig(arch="gru", n_features=len(schema.FEATURES), hidden=train.hidden, dropout=train.dropout)
     scratch = build_model(cfg).to(device)
     hist, split = finetune_series(scratch, Normalizer(norm), tseries, tune, progress=progress, from_scratch=True)
-    d = out / "gru_towers_B_only"
+    d = prepare_target(out / "gru_towers_B_only", kind="model")
     save_checkpoint(scratch.cpu(), d, config=cfg, features=schema.FEATURES, units=schema.feature_units(),
                     norm=norm, provenance={"stage": "towers only", "history": hist, "split": split})  # fmt: skip
     models["gru_towers_B_only"] = d

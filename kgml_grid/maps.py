@@ -56,6 +56,7 @@ def annual_maps(
     variables: Sequence[str] = MAP_VARIABLES,
     prefix: str = "annual_",
     dpi: int = 110,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``<out_dir>/<prefix><variable>.png`` for each variable; return the paths.
 
@@ -64,7 +65,8 @@ def annual_maps(
     store : path or Dataset
         An upscaling output store (``OUT.zarr``) or the Dataset opened from it.
     out_dir : path
-        Created if needed.
+        Created if needed; an existing one needs ``overwrite`` and is replaced only when
+        it is a folder of maps kgml_grid wrote (:func:`kgml_grid.outputs.prepare_target`).
     variables : sequence of str
         Daily variables of the store (default Ra, Rh, NEE).
     """
@@ -74,8 +76,10 @@ def annual_maps(
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise ValueError(f"{store}: no variable {missing} to map; it has {sorted(map(str, ds.data_vars))}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from kgml_grid.outputs import prepare_target
+
+    inputs = [] if isinstance(store, xr.Dataset) else [("the output store", store)]
+    out_dir = prepare_target(out_dir, kind="maps", inputs=inputs, overwrite=overwrite, option="--maps")
     plt = _plt()
     paths = []
     km = 1e-3

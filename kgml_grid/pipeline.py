@@ -59,6 +59,7 @@ def run_demo(
     upscale_start: str | bool | None = "auto",
     workers: int = 2,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> DemoResult:
     """Generate the demo world, open everything, train, fine-tune and evaluate.
 
@@ -77,11 +78,16 @@ def run_demo(
         10 minutes on 2 cores; False: no upscaling).
     workers : int
         Dask worker processes of the local cluster.
+    overwrite : bool
+        Replace an existing ``out``: only a demo run kgml_grid wrote, holding nothing
+        else (:func:`kgml_grid.outputs.prepare_target`); ``out`` must not be, contain or
+        lie inside a FLUXNET file.
     """
     from kgml_grid.fluxnet import read_fluxnet_dd
+    from kgml_grid.outputs import input_paths, prepare_target
     from kgml_grid.plots import world_overview
 
-    out = Path(out)
+    out = prepare_target(out, kind="demo", inputs=input_paths("the FLUXNET file", fluxnet), overwrite=overwrite)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     info = generate_world(out / "world", preset=preset, seed=seed, progress=progress)

@@ -234,19 +234,28 @@ def pretrain(
     config: TrainConfig = TrainConfig(),
     *,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Pre-train a model on the truth cube of a catalog and save a checkpoint in ``out``.
+
+    ``out`` is checked before training (:func:`kgml_grid.outputs.check_target`): it must
+    not be, contain or lie inside the catalog, its cubes or the ``--init`` checkpoint; an
+    existing one needs ``overwrite`` and is replaced only when it is a checkpoint
+    kgml_grid wrote (after training, so a failed run leaves it as it was).
 
     Raises
     ------
     ValueError
-        If the catalog has no truth layer or too few years or crop pixels.
+        If the catalog has no truth layer or too few years or crop pixels, or ``out``
+        is refused.
     """
     with torch_threads(config.threads):
-        return _pretrain(catalog, out, config, progress=progress)
+        return _pretrain(catalog, out, config, progress=progress, overwrite=overwrite)
 
 
-def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, progress: bool) -> TrainResult:
+def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, progress: bool,
+              overwrite: bool) -> TrainResult:  # fmt: skip
+    from kgml_grid import outputs
     from kgml_grid.catalog import open_catalog
 
     t0 = time.perf_counter()
@@ -255,6 +264,8 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
     _seed_all(config.seed)
     device = resolve_device(config.device)
     cat = open_catalog(catalog)
+    inputs = [*outputs.catalog_inputs(cat), *outputs.input_paths("the --init checkpoint", [config.init])]
+    outputs.check_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     if "truth" not in {e.layer for e in cat.entries.values()}:
         raise ValueError(f"{cat.path}: pre-training needs a 'truth' layer (a synthetic world's catalog)")
     layers = cat.open_all()
@@ -291,7 +302,7 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
         lr_gamma=config.lr_gamma, max_minutes=config.max_minutes, progress=progress,
         desc=f"pre-training {config.arch}",
     )  # fmt: skip
-    out = Path(out)
+    out = outputs.prepare_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     prov = {
         "stage": "pretrain",
         "catalog": str(cat.path),
@@ -496,21 +507,32 @@ def finetune(
     *,
     site_meta: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Fine-tune a checkpoint on FLUXNET DD files and save the result in ``out``.
+
+    ``out`` is checked first as in :func:`pretrain` (inputs: the checkpoint, the
+    FLUXNET files, the site metadata).
 
     Raises
     ------
     ValueError
         For a checkpoint whose features or units differ from the schema, a tower
-        without site metadata (``--site-meta FILE`` required), or too few years.
+        without site metadata (``--site-meta FILE`` required), too few years, or a
+        refused ``out``.
     """
     with torch_threads(config.threads):
-        return _finetune(model_dir, fluxnet, out, config, site_meta=site_meta, progress=progress)
+        return _finetune(model_dir, fluxnet, out, config, site_meta=site_meta, progress=progress,
+                         overwrite=overwrite)  # fmt: skip
 
 
 def _finetune(model_dir: str | Path, fluxnet: Sequence[str | Path], out: str | Path, config: FinetuneConfig,
-              *, site_meta: str | Path | None, progress: bool) -> TrainResult:  # fmt: skip
+              *, site_meta: str | Path | None, progress: bool, overwrite: bool) -> TrainResult:  # fmt: skip
+    from kgml_grid import outputs
+
+    inputs = [*outputs.input_paths("the checkpoint", [model_dir]), *outputs.input_paths("the FLUXNET file", fluxnet),
+              *outputs.input_paths("the site metadata", [site_meta])]  # fmt: skip
+    outputs.check_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     t0 = time.perf_counter()
     _seed_all(config.seed)
     device = resolve_device(config.device)
@@ -536,7 +558,7 @@ def _finetune(model_dir: str | Path, fluxnet: Sequence[str | Path], out: str | P
         "history": history,
         "seconds": time.perf_counter() - t0,
     }
-    out = Path(out)
+    out = outputs.prepare_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     save_checkpoint(model.cpu(), out, config=ck.config, features=ck.features, units=ck.units,
                     norm=ck.norm, provenance=prov)  # fmt: skip
     png = _learning_curve(history, out / "learning_curve.png", f"fine-tuning on {', '.join(series.names)}")

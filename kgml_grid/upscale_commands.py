@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -18,9 +19,21 @@ examples:
 """
 
 
+def _check_maps(a: argparse.Namespace) -> None:
+    """Refuse a ``--maps`` folder before anything is computed (as the store itself)."""
+    from kgml_grid.outputs import catalog_inputs, check_target
+
+    inputs = [("the output store", a.out), ("the checkpoint", a.model)]
+    with contextlib.suppress(ValueError, OSError):  # a bad catalog is the plan's to report
+        inputs += catalog_inputs(a.catalog)
+    check_target(a.maps, kind="maps", inputs=inputs, overwrite=a.overwrite, option="--maps")
+
+
 def _cmd_upscale(a: argparse.Namespace) -> int:
     from kgml_grid.execute import upscale
 
+    if a.maps and not a.dry_run:
+        _check_maps(a)
     try:
         res = upscale(
             a.catalog,
@@ -47,7 +60,7 @@ def _cmd_upscale(a: argparse.Namespace) -> int:
     if a.maps and not a.dry_run:
         from kgml_grid.maps import annual_maps
 
-        for p in annual_maps(a.out, a.maps):
+        for p in annual_maps(a.out, a.maps, overwrite=a.overwrite):
             print(f"map: {p}")
     return 0
 
@@ -82,7 +95,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "or 'serial' (no Dask)")  # fmt: skip
     u.add_argument("--workers", type=int, default=None, help="workers of a local cluster")
     u.add_argument("--resume", action="store_true", help="finish an interrupted run: only missing blocks")
-    u.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    u.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT (and --maps DIR): only an upscaling store kgml_grid "
+                        "wrote, never an input of the run")  # fmt: skip
     u.add_argument("--dry-run", action="store_true", help="print the plan; compute and write nothing")
     u.add_argument("--batch-pixels", type=int, default=None, help="pixels per model batch")
     u.add_argument("--device", default="auto", help="worker device: auto (GPU if any), cpu, cuda:N")

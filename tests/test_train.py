@@ -124,7 +124,7 @@ def test_pretrain_writes_checkpoint_curve_and_split(pretrained, layers):
     assert prov["stage"] == "pretrain" and prov["split"]["holdout_years"] == [2012]
     assert len(prov["history"]) == 2 and np.isfinite(prov["history"][-1]["val"])
     files = {p.name for p in pretrained.model_dir.iterdir()}
-    assert files == {"model.safetensors", "model.json", "learning_curve.png"}
+    assert files == {"model.safetensors", "model.json", "learning_curve.png", ".kgml_grid.json"}  # + the output marker
 
 
 def test_pretrain_is_reproducible_with_a_seed(tiny_world, tmp_path, pretrained):

@@ -375,7 +375,8 @@ def ingest_crop(
             with _store.append_store(out, _template(plan, {}), dim="year"):
                 write_crop(plan, Path(out))
         else:
-            _store.check_new(out, overwrite=overwrite)
+            _store.check_new(out, overwrite=overwrite,
+                             inputs=files.values() if isinstance(files, Mapping) else files)
             if grid is None:
                 raise IngestError("crop: a target grid is needed (grid=..., or --crs/--bounds/--res or --like)")
             plan = plan_crop(by_year, grid=grid, chunks=resolve_chunks(chunks), cmap=cmap, factor=factor, band=band)

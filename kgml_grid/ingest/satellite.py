@@ -307,7 +307,7 @@ def ingest_satellite(
             with _store.append_store(out, tmpl, dim="time"):
                 masked = write_satellite(plan, Path(out))
         else:
-            _store.check_new(out, overwrite=overwrite)
+            _store.check_new(out, overwrite=overwrite, inputs=sources)
             if grid is None:
                 raise IngestError("satellite: a target grid is needed (grid=..., or --crs/--bounds/--res or --like)")
             plan = plan_satellite(sources, grid=grid, chunks=resolve_chunks(chunks), start=start_ts, end=end_ts)

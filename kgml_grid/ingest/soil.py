@@ -110,7 +110,7 @@ def ingest_soil(
     """
     ch = resolve_chunks(chunks)
     with gdal_env(gdal_cache_mb):
-        _store.check_new(out, overwrite=overwrite)
+        _store.check_new(out, overwrite=overwrite, inputs=properties.values())
         plan = plan_soil(properties, grid=grid, resampling=resampling)
         order = [v for v in (*schema.LAYERS[LAYER].required, *schema.LAYERS[LAYER].optional) if v in plan]
         tiles = plan_tiles(grid.shape, (ch["y"], ch["x"]))

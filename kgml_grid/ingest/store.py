@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from kgml_grid import cubes
+from kgml_grid import cubes, outputs
 from kgml_grid.grid import GridSpec, _same_crs
 from kgml_grid.ingest.errors import IngestError
 
@@ -38,19 +38,21 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def check_new(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Refuse an existing output unless ``overwrite`` (called before any file is read)."""
+def check_new(path: str | os.PathLike[str], *, overwrite: bool, inputs: Iterable[object] = ()) -> Path:
+    """Refuse an existing output unless ``overwrite``, and then only a cube kgml_grid
+    wrote; refuse an output that is, contains or lies inside one of ``inputs`` (source
+    files, folders or globs). Called before any file is read; writes nothing."""
     p = Path(path)
     if "://" in os.fspath(path):
         raise IngestError(
             f"{path}: ingestion writes local cubes; write it here and copy it to object storage "
             "(the catalog can point there, see docs/ingest.md)"
         )
-    if p.exists() and not overwrite:
-        raise IngestError(
-            f"{p}: exists; pass overwrite=True (--overwrite) to replace it, or append=True "
-            "(--append) to add to it"
-        )
+    outputs.check_target(
+        p, kind="cube", inputs=outputs.input_paths("the source", inputs, folder_files=True), overwrite=overwrite,
+        option="--out", error=IngestError,
+        fix="pass overwrite=True (--overwrite) to replace it, or append=True (--append) to add to it",
+    )  # fmt: skip
     return p
 
 
@@ -65,8 +67,7 @@ def new_store(
     """
     final = check_new(path, overwrite=overwrite)
     work = partial_path(final)
-    if work.exists():
-        shutil.rmtree(work)
+    outputs.remove_output(work, "cube", option="the partial cube", error=IngestError)  # a crashed run's
     final.parent.mkdir(parents=True, exist_ok=True)
     cubes.init_store(template, work, chunks)
     try:
@@ -75,8 +76,7 @@ def new_store(
         shutil.rmtree(work, ignore_errors=True)
         raise
     cubes.mark_complete(work)
-    if final.exists():
-        shutil.rmtree(final)
+    outputs.remove_output(final, "cube", error=IngestError)  # checked again: only a cube of ours
     os.replace(work, final)
 
 

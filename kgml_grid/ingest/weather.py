@@ -692,7 +692,7 @@ def ingest_weather(
         with _store.append_store(out, _template(plan, "", {}), dim="time"):
             write_weather(plan, Path(out))
     else:
-        _store.check_new(out, overwrite=overwrite)
+        _store.check_new(out, overwrite=overwrite, inputs=paths)
         plan = plan_weather(files, table, chunks=resolve_chunks(chunks), target=grid, crs=crs,
                             start=start_ts, end=end_ts)  # fmt: skip
         prov = {"kgml_ingest": json.dumps({q: sorted({v.path for v in vs}) for q, vs in plan.sources.items()}),

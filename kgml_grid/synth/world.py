@@ -9,9 +9,9 @@ reproducible bit for bit.
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time as _time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -225,7 +225,8 @@ def generate_world(
     params: WorldParams | None = None,
     n_towers: int | None = None,
     progress: bool = True,
-    overwrite: bool = True,
+    overwrite: bool = False,
+    inputs: Iterable[tuple[str, str | Path]] = (),
 ) -> WorldInfo:
     """Simulate a world and write its cubes, towers and catalog under ``out``.
 
@@ -240,6 +241,18 @@ def generate_world(
         Seed of every random stream: the same seed gives the same world.
     params : WorldParams
         World parameters (default world A).
+    overwrite : bool
+        Replace an existing world at ``out`` (only a world kgml_grid wrote, holding
+        nothing else: :func:`kgml_grid.outputs.check_target`); without it an existing
+        non-empty ``out`` is refused.
+    inputs : iterable of (role, path)
+        Files the world is made from (the ``--world-params`` file): ``out`` must not be,
+        contain or lie inside one.
+
+    Raises
+    ------
+    kgml_grid.outputs.OutputError
+        For a refused ``out``, before anything is written.
     """
     t0 = _time.perf_counter()
     pr = PRESETS[preset] if isinstance(preset, str) else preset
@@ -254,17 +267,9 @@ def generate_world(
     if n_towers is not None:
         pr = replace(pr, n_towers=n_towers)
     p = params or WorldParams()
-    root = Path(out)
-    if root.exists():
-        if not overwrite:
-            raise FileExistsError(f"{root} exists; pass overwrite=True to replace it")
-        for child in ("weather.zarr", "satellite.zarr", "soil.zarr", "crop.zarr", "truth.zarr", "towers", "catalog.yaml", "world.json"):
-            q = root / child
-            if q.is_dir():
-                shutil.rmtree(q)
-            elif q.exists():
-                q.unlink()
-    root.mkdir(parents=True, exist_ok=True)
+    from kgml_grid.outputs import prepare_target
+
+    root = prepare_target(out, kind="world", inputs=inputs, overwrite=overwrite)
 
     rng = _streams(seed)
     grid = centred_grid(p.center_lon, p.center_lat, ny=pr.ny, nx=pr.nx, res=pr.res, crs=p.crs)
