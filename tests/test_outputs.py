@@ -247,6 +247,16 @@ def test_ingest_refuses_an_out_inside_its_source_folder_and_a_users_folder(tmp_p
     assert (src / "SLOPE_GPP_2015001.tif").read_bytes() == b"not read"
 
 
+def test_ingest_refuses_to_replace_its_like_cube(world, capsys):
+    cube = world / "soil.zarr"
+    before = snapshot(cube)
+    rc = main(["ingest", "soil", "--out", str(cube), "--property", "sand=sand.tif", "--like", str(cube),
+               "--overwrite"])  # fmt: skip
+    assert rc == 2
+    assert re.search(r"--out .*soil\.zarr: is the --like file .*soil\.zarr, an input", capsys.readouterr().err)
+    assert snapshot(cube) == before
+
+
 def test_train_finetune_evaluate_refuse_inputs_and_foreign_folders(world, ckpt, tmp_path, capsys):
     cat = str(world / "catalog.yaml")
     ck_before = snapshot(ckpt)

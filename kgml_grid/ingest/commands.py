@@ -69,7 +69,10 @@ def _chunks(text: str | None) -> dict[str, int] | None:
 def _grid(a: argparse.Namespace, *, required: bool = True):  # type: ignore[no-untyped-def]
     from kgml_grid.ingest.errors import IngestError
     from kgml_grid.ingest.target import grid_like, target_grid
+    from kgml_grid.outputs import check_not_input, input_paths
 
+    # the grid's template is an input too (before it is read)
+    check_not_input(a.out, input_paths("the --like file", [a.like]), error=IngestError)
     given = [a.crs is not None, a.bounds is not None, a.res is not None]
     if any(given):
         if not all(given):
@@ -188,7 +191,8 @@ def _common(p: argparse.ArgumentParser, *, timed: bool = False, appendable: bool
         p.add_argument("--fill-gap", action="store_true", help="when appending, fill a gap with NaN days")
     if appendable:
         p.add_argument("--append", action="store_true", help="extend the existing cube with later dates/years")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing cube")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing cube (only a cube kgml_grid wrote, never a source file)")
     p.add_argument("--catalog", help="catalog YAML to register the cube in (created if missing)")
     p.add_argument("--entry", help="catalog entry name (default: the layer)")
     p.add_argument("--source-crs", help="CRS the input files must have (refuse others)")
