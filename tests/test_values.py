@@ -314,3 +314,22 @@ def test_a_few_nan_pixels_are_counted_and_warned(tiny_world, originals, ckpt, tm
     ra = ds["ra"].values
     assert np.isnan(ra[:, crop_px[:, 0], crop_px[:, 1]]).all()
     assert np.isfinite(ra).sum() == ra.shape[0] * (plan.n_crop_pixels - 3)  # every other crop pixel computed
+
+
+@pytest.mark.slow
+def test_on_dask_workers_the_all_nan_block_fails_the_run_and_the_store_stays_incomplete(
+    tiny_world, originals, ckpt, tmp_path
+):
+    """The same check inside a real worker process (a local cluster of one process):
+    the run fails naming the block, no record of that tile, the store is not complete."""
+    mask = np.zeros(originals["soil"]["soc"].shape, dtype=bool)
+    mask[10:, 12:] = True  # tile (1, 1)
+    cat = variant(tiny_world, originals, tmp_path / "w", "soil", _soil_nan_at(mask))
+    out = tmp_path / "out.zarr"
+    with pytest.raises(BlockError, match=r"block\(time chunk 0, tile y1 x1\) failed: BlockError: .* the outputs "
+                                         r"\(ra, rh, reco, nee, gpp\) are NaN at all \d+ crop pixels"):  # fmt: skip
+        upscale(cat, ckpt, out, start="2010-01-01", end="2010-12-31", chunks="y=10,x=12",
+                cluster={"kind": "local", "n_workers": 1, "threads_per_worker": 1}, progress=False)  # fmt: skip
+    assert xr.open_zarr(out, consolidated=False).attrs[cubes.COMPLETE_ATTR] == 0
+    done = {p.stem for p in (records_dir(out) / "done").glob("*.json")}
+    assert not any(n.endswith("_y0001_x0001") for n in done)
