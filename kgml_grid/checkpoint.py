@@ -11,9 +11,12 @@ A checkpoint is a directory holding
 Both files are written under temporary names and renamed into place, the JSON last
 (and any previous JSON removed first), so a directory whose ``model.json`` exists is a
 complete checkpoint. :func:`load_checkpoint` refuses, with a :class:`ValueError`
-naming the file and the difference, missing files, bad JSON, an unknown format
-version, a weights file whose sha256 differs from the sidecar's, and feature names,
-order or units that differ from what the caller expects.
+naming the file and the difference, missing files, bad JSON, sidecar entries of the
+wrong type (``features`` not a list, ``norm`` or ``targets`` not an object...), an
+unknown format version, a weights file whose sha256 differs from the sidecar's, an
+architecture whose weights would not fit the weights file (counted on the ``meta``
+device before anything is allocated), NaN or infinite weights (naming the tensor), and
+feature names, order or units that differ from what the caller expects.
 
 Devices are resolved by :func:`resolve_device`; nothing here initialises CUDA at
 import time.
@@ -571,9 +574,62 @@ def _read_meta(directory: Path) -> tuple[dict[str, Any], Path, Path]:
         raise ValueError(f"{json_path}: missing entries {missing}")
     if not isinstance(meta["weights"], dict) or "sha256" not in meta["weights"]:
         raise ValueError(f"{json_path}: entry 'weights' has no 'sha256'")
+    _check_meta_types(meta, json_path)
     if not weights_path.is_file():
         raise ValueError(f"{weights_path}: missing (the sidecar {json_path.name} refers to it)")
     return meta, json_path, weights_path
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _check_meta_types(meta: Mapping[str, Any], json_path: Path) -> None:
+    """Refuse sidecar entries of the wrong JSON type, naming the entry (before any use)."""
+    kinds = {"config": "an object of architecture settings", "units": "an object name -> units",
+             "norm": "an object name -> {mean, std}", "targets": 'an object {"daily": [...], "yearly": [...]}',
+             "provenance": "an object"}  # fmt: skip
+    for key, what in kinds.items():
+        if not isinstance(meta[key], dict):
+            raise ValueError(f"{json_path}: entry {key!r} must be {what}, got {_describe(meta[key])}")
+    feats = meta["features"]
+    if not isinstance(feats, list) or not all(isinstance(f, str) for f in feats):
+        raise ValueError(
+            f"{json_path}: entry 'features' must be a list of feature names, got {_describe(feats)}"
+        )
+    bad_units = [k for k, v in meta["units"].items() if not isinstance(v, str)]
+    if bad_units:
+        raise ValueError(
+            f"{json_path}: entry 'units' must map names to unit strings; {bad_units[0]!r} has "
+            f"{_describe(meta['units'][bad_units[0]])}"
+        )
+    for key in ("daily", "yearly"):
+        value = meta["targets"].get(key, [])
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise ValueError(
+                f"{json_path}: entry 'targets.{key}' must be a list of target names, got {_describe(value)}"
+            )
+
+
+def _architecture_bytes(config: ModelConfig) -> int:
+    """Bytes of the weights an architecture needs, counted on the meta device (no allocation)."""
+    with torch.device("meta"):
+        model = build_model(config)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _check_finite_weights(tensors: Mapping[str, torch.Tensor], weights_path: Path) -> None:
+    """Refuse NaN or infinite weights, naming the first such tensor."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            n_nan = int(torch.isnan(t).sum())
+            raise ValueError(
+                f"{weights_path}: tensor {name!r} {tuple(t.shape)} has {n_bad} non-finite values "
+                f"({n_nan} NaN, {n_bad - n_nan} inf): the model would output NaN; the training "
+                "diverged or the file is corrupt: retrain or use an earlier checkpoint"
+            )
 
 
 def _verify_weights(meta: Mapping[str, Any], json_path: Path, weights_path: Path) -> str:
@@ -687,10 +743,18 @@ def load_checkpoint(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    need, have = _architecture_bytes(config), weights_path.stat().st_size
+    if need > have:  # before building it for real: a wrong 'config' could ask for petabytes
+        raise ValueError(
+            f"{weights_path}: weights do not fit the architecture in {json_path.name}: its "
+            f"'config' (hidden {config.hidden}) needs {need:,} bytes of weights, the file holds "
+            f"{have:,} (nothing was allocated); restore the checkpoint's {json_path.name}"
+        )
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{weights_path}: cannot be read as safetensors ({exc})") from None
+    _check_finite_weights(tensors, weights_path)
     model = build_model(config)
     try:
         model.load_state_dict(tensors, strict=True)

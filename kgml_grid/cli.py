@@ -40,13 +40,27 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_catalog(a: argparse.Namespace) -> int:
+    from kgml_grid import values
     from kgml_grid.catalog import open_catalog
     from kgml_grid.pipeline import summarize_layers
 
     cat = open_catalog(a.catalog)
     print(cat.describe())
-    print(summarize_layers(cat.open_all()))
+    layers = cat.open_all()
+    print(summarize_layers(layers))
     print("all layers valid and aligned")
+    mode = "full" if a.check_values else "sample"
+    rep = values.check_layers(layers, sources=values.catalog_sources(cat), mode=mode)
+    print(f"values ({'every chunk' if mode == 'full' else 'sampled chunks; --check-values reads every chunk'}):")
+    print(rep.table())
+    for f in rep.findings:
+        print(f"{'refused' if f.severity == 'refuse' else 'warning'}: {f.message}", file=sys.stderr)
+    if rep.refusals:
+        raise values.CubeValueError(
+            f"{cat.path}: {len(rep.refusals)} variables hold impossible values (listed above); "
+            f"first: {rep.refusals[0].message}"
+        )
+    print(f"all values valid{f' ({len(rep.warnings)} warnings)' if rep.warnings else ''}")
     return 0
 
 
@@ -154,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("catalog", help="open and validate every entry of a catalog")
     c.add_argument("catalog")
+    c.add_argument("--check-values", action="store_true",
+                   help="check the values of every chunk (default: a few chunks per variable)")  # fmt: skip
     c.set_defaults(func=_cmd_catalog)
 
     t = sub.add_parser("train", help="pre-train a model on a synthetic world's truth cube")

@@ -33,6 +33,13 @@ a resumed run starts from the one before it; both write the same values). A reru
 state and redoes only what is missing; the store is marked complete
 (:func:`kgml_grid.cubes.mark_complete`) only after every block is recorded. Do not run
 two upscalings into the same store at once.
+
+Outputs are checked before a block is written (:func:`check_outputs`): a block whose
+crop pixels all have NaN outputs, or with any infinite output, fails with a
+:class:`BlockError` naming it and is not recorded, so the store is never marked
+complete with it. Crop pixels with NaN outputs in an otherwise good block (an input
+missing there) are counted in the records; the finished store carries the total
+(``kgml_nan_crop_pixels``) and a :class:`OutputWarning` says how many.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import os
 import sys
 import time as _time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,11 +75,13 @@ from kgml_grid.plan import (
 __all__ = [
     "BlockError",
     "DaskExecutor",
+    "OutputWarning",
     "RunConfig",
     "SerialExecutor",
     "UpscaleGraph",
     "UpscaleResult",
     "build_graph",
+    "check_outputs",
     "completed_blocks",
     "direct_run",
     "records_dir",
@@ -84,6 +94,10 @@ RECORDS_SUFFIX = ".kgml_blocks"
 
 class BlockError(RuntimeError):
     """A block failed on a worker; completed blocks stay recorded for ``--resume``."""
+
+
+class OutputWarning(UserWarning):
+    """Some crop pixels of a finished store have no outputs (NaN): their inputs are missing."""
 
 
 # --------------------------------------------------------------------------------------
@@ -168,6 +182,7 @@ class BlockOutput:
     year_slice: tuple[int, int] | None
     n_crop: int
     seconds: float = 0.0
+    n_nan: int = 0  # crop pixels with a NaN output (missing inputs there)
 
 
 # --------------------------------------------------------------------------------------
@@ -316,6 +331,7 @@ def compute_block(
     rh = np.maximum(phys[..., col["rh"]], 0)
     values = {"ra": ra, "rh": rh, "reco": ra + rh, "nee": phys[..., col["nee"]],
               "gpp": np.maximum(phys[..., col["gpp"]], 0)}  # fmt: skip
+    n_nan = check_outputs(bt.key, values, n)
     ny, nx = tile.shape
     out_daily = {}
     for name in DAILY_VARS:
@@ -340,9 +356,50 @@ def compute_block(
         state = {}
     state.update({f"f_{k}": np.asarray(v) for k, v in new_fill.items()})
     return (
-        BlockOutput(out_daily, yearly, year_slice, n, _time.perf_counter() - t_start),
+        BlockOutput(out_daily, yearly, year_slice, n, _time.perf_counter() - t_start, n_nan),
         state,
     )
+
+
+def check_outputs(key: BlockKey, values: Mapping[str, np.ndarray], n_crop: int) -> int:
+    """Refuse a block whose outputs are unusable; return its crop pixels with a NaN output.
+
+    Parameters
+    ----------
+    key : BlockKey
+    values : mapping
+        Daily outputs ``[n_crop, T]`` per variable, physical units.
+    n_crop : int
+
+    Raises
+    ------
+    BlockError
+        When the block has crop pixels and every one of them has a NaN output (the
+        model computed nothing usable: missing inputs, broken weights), or when any
+        output is infinite. The block is then not recorded, so the store is never
+        marked complete with it.
+    """
+    if n_crop == 0:
+        return 0
+    nan_pixel = np.zeros(n_crop, dtype=bool)
+    for name, v in values.items():
+        if np.isinf(v).any():
+            i = int(np.argmax(np.isinf(v).any(axis=1)))
+            raise BlockError(
+                f"{key}: output {name!r} is infinite at crop pixel {i} of {n_crop}: an input "
+                "is out of range or the checkpoint is broken (check the cubes with `kgml-grid "
+                "catalog CATALOG --check-values`); the block is not recorded"
+            )
+        nan_pixel |= np.isnan(v).any(axis=1)
+    n_nan = int(nan_pixel.sum())
+    if n_nan == n_crop:
+        raise BlockError(
+            f"{key}: the outputs ({', '.join(values)}) are NaN at all {n_crop} crop pixels: an "
+            "input the model needs is missing there (soil, weather or satellite NaN) or the "
+            "checkpoint is broken; check the cubes with `kgml-grid catalog CATALOG "
+            "--check-values`; the block is not recorded and the store is not marked complete"
+        )
+    return n_nan
 
 
 # --------------------------------------------------------------------------------------
@@ -390,7 +447,8 @@ def write_block(tt: TileTask, bt: BlockTask, output: BlockOutput, state: State) 
     _atomic_write(_state_path(run.records, key), _save_state)
     record = {
         "block": key.name, "time": [bt.t0, bt.t1], "y": list(tile.out_y), "x": list(tile.out_x),
-        "crop_pixels": output.n_crop, "seconds": round(output.seconds, 4), "run_id": run.run_id,
+        "crop_pixels": output.n_crop, "nan_crop_pixels": output.n_nan,
+        "seconds": round(output.seconds, 4), "run_id": run.run_id,
         "worker": _worker_name(), "finished": _now(),
     }  # fmt: skip
     _atomic_write(
@@ -583,7 +641,26 @@ def finish_store(plan: Plan, out: str | Path, *, n_done: int) -> None:
     for tile in plan.crop_tiles:  # keep only the final state of each tile
         for c in range(plan.n_time_chunks - 1):
             _state_path(records, BlockKey(c, *tile)).unlink(missing_ok=True)
-    cubes.mark_complete(out, kgml_finished=_now(), kgml_blocks_done=int(n_done))
+    n_nan = _nan_crop_pixels(plan, records)
+    if n_nan:
+        warnings.warn(
+            f"{out}: {n_nan} of {plan.n_crop_pixels} crop pixels have NaN outputs (their inputs "
+            "are missing, e.g. soil NaN there); check the cubes with `kgml-grid catalog CATALOG "
+            "--check-values`", OutputWarning, stacklevel=2,
+        )  # fmt: skip
+    cubes.mark_complete(out, kgml_finished=_now(), kgml_blocks_done=int(n_done),
+                        kgml_nan_crop_pixels=n_nan)  # fmt: skip
+
+
+def _nan_crop_pixels(plan: Plan, records: Path) -> int:
+    """Crop pixels with a NaN output, from each tile's last record (a NaN carried in the
+    model state stays NaN, so the last time chunk counts them all)."""
+    total = 0
+    for tile in plan.crop_tiles:
+        rec = records / "done" / f"{BlockKey(plan.n_time_chunks - 1, *tile).name}.json"
+        with contextlib.suppress(OSError, ValueError):
+            total += int(json.loads(rec.read_text()).get("nan_crop_pixels", 0))
+    return total
 
 
 def open_output(out: str | Path) -> xr.Dataset:

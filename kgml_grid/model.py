@@ -76,6 +76,10 @@ DAILY_TARGETS: tuple[str, ...] = ("ra", "rh", "nee", "gpp")
 YIELD_TARGET: str = "yield"
 
 _ARCHS = ("kgml", "gru")
+#: Largest hidden size and layer count accepted: far above the reference (hidden 64, 1-2
+#: layers); a corrupt or hostile sidecar must not make ``build_model`` allocate petabytes.
+MAX_WIDTH = 4096
+MAX_LAYERS = 16
 _YIELD_KEYS = ("yield_m", "yield_z", "yield_a")
 
 
@@ -122,6 +126,12 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+            limit = MAX_LAYERS if name.endswith("_layers") else MAX_WIDTH
+            if value > limit:
+                raise ValueError(
+                    f"ModelConfig.{name} is {value!r}, above the limit of {limit} (the reference "
+                    "model uses hidden 64 and 1-2 layers per module); is the configuration corrupt?"
+                )
             object.__setattr__(self, name, int(value))
         dropout = float(self.dropout)
         if not 0.0 <= dropout < 1.0:

@@ -13,8 +13,10 @@ Making a plan (:func:`make_plan`) checks everything that can be checked before a
 compute, and refuses bad input with a :class:`PlanError` that names the value and
 the fix: a checkpoint whose features or units differ from the schema the cubes
 follow, a catalog whose layers do not validate or align, a bounding box outside the
-grid, dates outside the cubes, chunks that do not parse. Only metadata is read, plus
-the crop-type layer (a few bytes per pixel) to find the tiles without crop.
+grid, dates outside the cubes, chunks that do not parse, input values that are
+impossible (:mod:`kgml_grid.values`, sampled: a few chunks per input variable). Only
+metadata is read, plus those sampled chunks and the crop-type layer (a few bytes per
+pixel) to find the tiles without crop.
 
 Chunk strings
 -------------
@@ -804,6 +806,14 @@ def make_plan(
     if missing:
         raise PlanError(f"catalog {cat.path}: no layer {missing} (upscaling needs {', '.join(needed)})")
     _check_cube_units(layers, ckpt.units, str(model_path))
+    # --- values: a few chunks of every input (the full check: `kgml-grid catalog --check-values`)
+    from kgml_grid import values
+
+    try:
+        values.check_layers({n: layers[n] for n in needed}, sources=values.catalog_sources(cat),
+                            mode="sample", variables=values.MODEL_INPUTS).raise_or_warn()  # fmt: skip
+    except values.CubeValueError as e:
+        raise PlanError(str(e)) from None
     entries = {layer: f"{cat.path}:{cat.entry_for_layer(layer)}" for layer in needed}
     paths = {
         layer: _resolve_urlpath(cat.entries[cat.entry_for_layer(layer)].urlpath, cat.path.parent)

@@ -255,8 +255,9 @@ def pretrain(
 
 def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, progress: bool,
               overwrite: bool) -> TrainResult:  # fmt: skip
-    from kgml_grid import outputs
+    from kgml_grid import outputs, values
     from kgml_grid.catalog import open_catalog
+    from kgml_grid.model import YIELD_TARGET
 
     t0 = time.perf_counter()
     if config.arch not in ("kgml", "gru"):
@@ -269,6 +270,9 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
     if "truth" not in {e.layer for e in cat.entries.values()}:
         raise ValueError(f"{cat.path}: pre-training needs a 'truth' layer (a synthetic world's catalog)")
     layers = cat.open_all()
+    # impossible values (kelvin, all NaN, GPP 1e6...) refused before anything is computed
+    values.check_layers(layers, sources=values.catalog_sources(cat), mode="sample",
+                        variables=(*values.MODEL_INPUTS, *DAILY_TARGETS, YIELD_TARGET)).raise_or_warn()  # fmt: skip
     split = make_split(layers, replace(config.split, seed=config.seed))
     norm_stats = compute_norm(layers)
     norm = Normalizer(norm_stats)

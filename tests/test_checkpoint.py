@@ -384,3 +384,88 @@ def test_import_does_not_initialise_cuda():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------
+# sidecar sanity and weights (issue 11): refused before anything is allocated or run
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "value", "match"),
+    [
+        ("features", "tair,swrad", r"entry 'features' must be a list of feature names, got str 'tair,swrad'"),
+        ("features", [1, 2, 3], r"entry 'features' must be a list of feature names, got list \[1, 2, 3\]"),
+        ("norm", [[0.0, 1.0]], r"entry 'norm' must be an object name -> \{mean, std\}, got list"),
+        ("targets", ["ra", "rh"], r"entry 'targets' must be an object \{\"daily\": \[...\], .*got list"),
+        ("units", "degC", r"entry 'units' must be an object name -> units, got str 'degC'"),
+        ("config", 64, r"entry 'config' must be an object of architecture settings, got int 64"),
+        ("provenance", None, r"entry 'provenance' must be an object, got NoneType None"),
+    ],
+)
+def test_refuses_sidecar_entries_of_the_wrong_type(saved, tmp_path, entry, value, match):
+    _, directory = saved
+    d = _copy(directory, tmp_path / "c")
+    meta = json.loads((d / "model.json").read_text())
+    meta[entry] = value
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"model\.json: " + match):
+        load_checkpoint(d)
+    with pytest.raises(ValueError, match=match):
+        checkpoint_hash(d)
+
+
+def test_refuses_wrong_types_inside_entries(saved, tmp_path):
+    _, directory = saved
+    d = _copy(directory, tmp_path / "c")
+    meta = json.loads((d / "model.json").read_text())
+    meta["targets"]["daily"] = "ra"
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"entry 'targets.daily' must be a list of target names, got str 'ra'"):
+        load_checkpoint(d)
+    meta = json.loads((directory / "model.json").read_text())
+    meta["units"]["tair"] = 1
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"entry 'units' must map names to unit strings; 'tair' has int 1"):
+        load_checkpoint(d)
+
+
+def test_refuses_absurd_architectures_before_allocating(saved, tmp_path, monkeypatch):
+    _, directory = saved
+    d = _copy(directory, tmp_path / "c")
+    meta = json.loads((d / "model.json").read_text())
+    meta["config"]["hidden"] = 10**7  # ~12 PB of weights
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"bad 'config': ModelConfig.hidden is 10000000, above the limit of 4096"):
+        load_checkpoint(d)
+    with pytest.raises(ValueError, match=r"ModelConfig.rh_layers is 1000, above the limit of 16"):
+        ModelConfig(arch="kgml", n_features=18, rh_layers=1000)
+    # within the limits but far larger than the file: counted on the meta device only
+    built_on: list[str] = []
+    real_build = ckmod.build_model
+
+    def spy(config):
+        built_on.append(torch.get_default_device().type)
+        return real_build(config)
+
+    monkeypatch.setattr(ckmod, "build_model", spy)
+    meta["config"]["hidden"] = 4096  # ~2.8 GB of weights
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"model\.safetensors: weights do not fit the architecture in model\.json: "
+                                         r"its 'config' \(hidden 4096\) needs [\d,]+ bytes of weights, the file "
+                                         r"holds [\d,]+ \(nothing was allocated\)"):  # fmt: skip
+        load_checkpoint(d)
+    assert built_on == ["meta"]
+
+
+@pytest.mark.parametrize(("bad", "counts"), [(float("nan"), r"1 NaN, 0 inf"), (float("inf"), r"0 NaN, 1 inf")])
+def test_refuses_non_finite_weights(saved, tmp_path, bad, counts):
+    model, _ = saved
+    broken = build_model(model.config).eval()
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.rh.head.weight[0, 3] = bad
+    d = _save(broken, tmp_path / "c")  # saving does not judge weights; loading does
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor 'rh.head.weight' \(1, 8\) has 1 non-finite "
+                                         rf"values \({counts}\): the model would output NaN"):  # fmt: skip
+        load_checkpoint(d)
