@@ -9,6 +9,8 @@
     kgml-grid ingest soil --out soil.zarr --property sand=sand.tif ... --like real.yaml
     kgml-grid ingest crop --out crop.zarr 'cdl/CDL_*.tif' --like real.yaml --catalog real.yaml
     kgml-grid ingest weather --out weather.zarr 'gridmet/*.nc' --preset gridmet --like real.yaml
+    kgml-grid ingest weather --out weather.zarr 'nldas/NLDAS_FORA0125_H.A2015*.nc4' --preset nldas \\
+        --like real.yaml --incomplete-days refuse
 
 Options given per variable are written ``VAR=VALUE``; without ``VAR=`` they apply to
 every variable. The target grid comes from ``--crs/--bounds/--res``, else ``--like`` (a
@@ -170,6 +172,7 @@ def _cmd_weather(a: argparse.Namespace) -> int:
         a.files, a.out, preset=a.preset, mapping=mapping, grid=_grid(a, required=False),
         crs=a.source_crs, chunks=_chunks(a.chunks), start=a.start, end=a.end, append=a.append,
         fill_gap=a.fill_gap, overwrite=a.overwrite, catalog=a.catalog, entry=a.entry or "weather",
+        incomplete_days=a.incomplete_days,
     ))  # fmt: skip
 
 
@@ -232,10 +235,13 @@ def add_parser(subparsers: Any) -> None:
     _common(c)
     c.set_defaults(func=_cmd_crop)
 
-    w = sub.add_parser("weather", help="daily NetCDF (gridMET, NLDAS-2 daily, Daymet), native grid")
-    w.add_argument("files", nargs="+", help="NetCDF files (files, folders, quoted globs)")
+    w = sub.add_parser("weather", help="daily or sub-daily NetCDF (gridMET, NLDAS-2, Daymet), native grid")
+    w.add_argument("files", nargs="+", help="NetCDF files (files, folders, quoted globs); hourly files are "
+                                            "aggregated to days")
     w.add_argument("--preset", choices=["gridmet", "nldas", "daymet"], help="variable mapping table")
     w.add_argument("--map", action="append", metavar="NAME=QUANTITY[:UNITS]",
                    help="mapping entry, e.g. Rainf=precip:'kg m-2'; repeatable")
+    w.add_argument("--incomplete-days", choices=["nan", "refuse"], default="nan",
+                   help="a day of sub-daily files without all its steps: NaN (default, counted) or refuse")
     _common(w, timed=True)
     w.set_defaults(func=_cmd_weather)
