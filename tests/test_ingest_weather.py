@@ -226,6 +226,26 @@ def test_hourly_files_are_aggregated_to_days_from_their_hours(tmp_path):
     assert r.sizes["time"] == 2 and not any(r.incomplete.values())
 
 
+def test_hourly_files_append_the_next_day(tmp_path):
+    hours = pd.date_range("2015-07-01", periods=48, freq="h")
+    _hourly(tmp_path / "both" / "h.nc", hours)
+    _hourly(tmp_path / "d1" / "h.nc", hours[:24])
+    whole = cubes.open_cube(ingest_weather([tmp_path / "both"], tmp_path / "whole.zarr", preset="nldas").path,
+                            "weather").load()  # fmt: skip
+    ingest_weather([tmp_path / "d1"], tmp_path / "w.zarr", preset="nldas")
+    import netCDF4
+
+    with netCDF4.Dataset(tmp_path / "both" / "h.nc") as src:  # the second day's hours, as their own file
+        v = {k: (src[k][24:].filled(np.nan), src[k].units) for k in ("Tair", "SWdown", "Rainf", "Qair", "PSurf")}
+        lat, lon = src["lat"][:], src["lon"][:]
+    write_netcdf(tmp_path / "d2" / "h.nc", v, times=hours[24:], lat=lat, lon=lon)
+    r = ingest_weather([tmp_path / "d2"], tmp_path / "w.zarr", preset="nldas", append=True)
+    ds = cubes.open_cube(r.path, "weather").load()
+    assert r.appended and ds.sizes["time"] == 2
+    for name in ("tair", "swrad", "vpd", "precip"):
+        np.testing.assert_allclose(ds[name].values, whole[name].values, rtol=1e-6, err_msg=name)
+
+
 def test_sub_daily_rates_are_averaged_and_steps_may_be_3_hourly(tmp_path):
     hours = pd.date_range("2015-07-01", periods=8, freq="3h")
     raw = _hourly(tmp_path / "rate.nc", hours, rain_units="kg m-2 s-1")

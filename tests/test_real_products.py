@@ -21,7 +21,6 @@ import xarray as xr
 
 from kgml_grid import cubes
 from kgml_grid.cli import main
-from kgml_grid.grid import centred_grid
 from kgml_grid.ingest import IngestWarning
 from kgml_grid.ingest.examples import write_netcdf
 from kgml_grid.ingest.weather import saturation_vp
@@ -331,27 +330,25 @@ def test_multi_band_geotiffs_need_a_band(tmp_path, capsys, name, where, band):
     _agrees(out, _expected(RASTERS / name, _target(grid_args), band=band, scale=0.1), min_valid=100)
 
 
-def test_gpm_imerg_scale_only_in_the_tiff_description_is_warned_about(tmp_path):
-    from kgml_grid.ingest import RasterSource, ingest_satellite
-
+def test_gpm_imerg_scale_only_in_the_tiff_description_is_warned_about(tmp_path, capsys):
     gpm = RASTERS / "geotiff-test-data" / "gpm_1d.20240617.tif"
-    grid = centred_grid(-96.5, 41.2, ny=40, nx=40, res=2000.0, crs="EPSG:5070")
-    src = RasterSource("gpp_sat", (str(gpm),), pattern="gpm_1d.{date:%Y%m%d}.tif")
+    grid_args = _grid_args(-96.5, 41.2, 0.4, 2000)
+    argv = ["ingest", "satellite", f"--source=gpp_sat={gpm}", "--pattern=gpp_sat=gpm_1d.{date:%Y%m%d}.tif",
+            *grid_args]  # fmt: skip
     with pytest.warns(IngestWarning) as caught:
-        raw = ingest_satellite([src], tmp_path / "raw.zarr", grid=grid)
-    text = [str(w.message) for w in caught]
-    assert len(text) == 2, text
+        text = _ok([*argv, "--out", str(tmp_path / "raw.zarr")], capsys)
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 2, msgs
     assert re.search(r"gpm_1d.20240617.tif: the TIFF description says '.*Unit=0.1\(mm\) ScaleFactor=10', a scale "
-                     r"GDAL does not apply .* --scale gpp_sat=0.1", text[0])  # fmt: skip
+                     r"GDAL does not apply .* --scale gpp_sat=0.1", msgs[0])  # fmt: skip
     # raw tenths of mm: some cells exceed any daily range and are masked, with the hint to check the scale
     assert re.search(r"raw.zarr: values outside the schema's valid range were set to NaN: gpp_sat \d+ .* check "
-                     r"the scale factor", text[1]) and raw.masked["gpp_sat"] > 0  # fmt: skip
-    assert raw.span == "2024-06-17..2024-06-17 (1 days)"
+                     r"the scale factor", msgs[1])  # fmt: skip
+    assert "2024-06-17..2024-06-17 (1 days)" in text and "outside the valid range (NaN): gpp_sat" in text
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # with the scale given: no warning at all
-        res = ingest_satellite([RasterSource("gpp_sat", (str(gpm),), pattern="gpm_1d.{date:%Y%m%d}.tif", scale=0.1)],
-                               tmp_path / "mm.zarr", grid=grid)  # fmt: skip
-    _agrees(res.path, _expected(gpm, grid, scale=0.1), min_valid=1600)  # EPSG:4326 onto EPSG:5070
+        _ok([*argv, "--scale=gpp_sat=0.1", "--out", str(tmp_path / "mm.zarr")], capsys)
+    _agrees(tmp_path / "mm.zarr", _expected(gpm, _target(grid_args), scale=0.1), min_valid=1000)  # 4326 -> 5070
 
 
 def test_modis_sinusoidal_netcdf_with_a_proj_attribute(tmp_path, capsys):

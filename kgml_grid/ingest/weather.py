@@ -629,7 +629,8 @@ def plan_weather(
     try:
         use = needed_quantities([*by_q, *derived])
     except IngestError as e:
-        raise IngestError(f"{e} in {len(files)} file(s): {names}") from None
+        made = f"; {' and '.join(derived)} are made from the sub-daily tair" if derived else ""
+        raise IngestError(f"{e} in {len(files)} file(s): {names}{made}") from None
     sources = {q: tuple(by_q[q]) for q in use if q in by_q}
     steps = {q: all_steps[q] for q in sources}
     derived = {q: s for q, s in derived.items() if q in use}
