@@ -737,32 +737,39 @@ def _slab(plan: WeatherPlan, v: WeatherVar, f: WeatherFile, ds: xr.Dataset, step
     return a * v.scale + v.offset
 
 
-def _fill(plan: WeatherPlan, q: str, days: pd.DatetimeIndex, tile: Tile, by_path: Mapping[str, WeatherFile],
+def _fill(plan: WeatherPlan, days: pd.DatetimeIndex, tile: Tile, by_path: Mapping[str, WeatherFile],
           opened: _OpenFiles) -> dict[str, np.ndarray]:  # fmt: skip
-    """Daily values of quantity ``q`` (and of the quantities derived from it) over one tile."""
-    s, vs = plan.steps[q], plan.sources[q]
-    made = [q, *(d for d, src in plan.derived.items() if src == q)]
-    out = {n: np.full((len(days), *tile.shape), np.nan, dtype=np.float64) for n in made}
-    if not s.subdaily:  # one stamp per day: read each file's days of this block at once
-        for vi, v in enumerate(vs):
+    """Daily values of every source quantity (and those derived from them) over one tile."""
+    out: dict[str, np.ndarray] = {}
+    sub: list[tuple[str, list[str]]] = []
+    for q, s in plan.steps.items():
+        made = [q, *(d for d, src in plan.derived.items() if src == q)]
+        for n in made:
+            out[n] = np.full((len(days), *tile.shape), np.nan, dtype=np.float64)
+        if s.subdaily:
+            sub.append((q, made))
+            continue
+        for vi, v in enumerate(plan.sources[q]):  # one stamp per day: each file's days of this block at once
             want = [(i, s.days[d][0][1]) for i, d in enumerate(days) if d in s.days and s.days[d][0][0] == vi]
             if want:
                 pos, steps = (np.array(x) for x in zip(*want, strict=True))
                 f = by_path[v.path]
                 out[q][pos] = _slab(plan, v, f, opened(v.path), steps if f.dims[0] else None, tile)
-        return out
-    hows = {n: how_to_aggregate(n, vs[0].units) for n in made}
-    for i, d in enumerate(days):  # one day's steps at a time: memory is a day x tile
-        hits = s.complete(d)
-        if not hits:
-            continue
-        stack = np.concatenate([
-            _slab(plan, vs[vi], by_path[vs[vi].path], opened(vs[vi].path),
-                  np.array([k]) if by_path[vs[vi].path].dims[0] else None, tile)
-            for vi, k in hits
-        ])  # fmt: skip
-        for n in made:
-            out[n][i] = aggregate(stack, hows[n])
+    # sub-daily: one day at a time (memory: a day's steps x tile), every quantity of the day
+    # before the next day, so that a day's files are opened once per tile
+    for i, d in enumerate(days):
+        for q, made in sub:
+            s, vs = plan.steps[q], plan.sources[q]
+            hits = s.complete(d)
+            if not hits:
+                continue
+            stack = np.concatenate([
+                _slab(plan, vs[vi], by_path[vs[vi].path], opened(vs[vi].path),
+                      np.array([k]) if by_path[vs[vi].path].dims[0] else None, tile)
+                for vi, k in hits
+            ])  # fmt: skip
+            for n in made:
+                out[n][i] = aggregate(stack, how_to_aggregate(n, vs[0].units))
     return out
 
 
@@ -780,9 +787,7 @@ def write_weather(plan: WeatherPlan, path: Path) -> None:
         for block in plan.blocks:
             days = plan.axis[block.start - plan.start_index: block.stop - plan.start_index]
             for tile in plan.tiles:
-                q: dict[str, np.ndarray] = {}
-                for name in plan.sources:
-                    q.update(_fill(plan, name, days, tile, by_path, opened))
+                q = _fill(plan, days, tile, by_path, opened)
                 with np.errstate(invalid="ignore"):
                     outv = convert(q)
                 del q
