@@ -435,9 +435,12 @@ def inspect_weather(
             check_file_step(stamps, p)
         prefix = PurePath(p).name.split("_")[0].split(".")[0]
         gridded = [n for n, v in ds.data_vars.items() if _split_dims(v)[1] and _split_dims(v)[2]]
+        # the file-name prefix names the file's one variable (with a time axis, when any has one:
+        # Daymet-style 2-D lat/lon variables do not count)
+        timed = [n for n in gridded if _split_dims(ds[n])[0] is not None] or gridded
         mapped: list[tuple[str, str, str | None]] = []
         for n in gridded:
-            key = n if n in table else (prefix if len(gridded) == 1 and prefix in table else None)
+            key = n if n in table else (prefix if timed == [n] and prefix in table else None)
             if key is not None:
                 mapped.append((str(n), *table[key]))
         for n, v in ds.data_vars.items():  # a mapped name without lat/lon is a real cause to name
