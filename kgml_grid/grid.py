@@ -6,6 +6,8 @@ south (descending) as in rasters, ``x`` west to east.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,6 +156,45 @@ def coarse_index(
             f"({int(bad.sum())} pixels outside)"
         )
     return row, col
+
+
+def cells_spanned(
+    fine: GridSpec, coarse: GridSpec, tile: tuple[int, int], *, samples: int = 3
+) -> tuple[int, int]:
+    """At most how many coarse rows and columns one tile of ``tile`` fine pixels touches.
+
+    In one CRS that is ``ceil(tile * fine.res / coarse.res) + 2`` per side (the ``+ 2``
+    for a tile that straddles cell edges). Across CRSs the two resolutions are in
+    different units (metres and degrees), so the tile's footprint is transformed into the
+    coarse CRS instead (edges densified, so curved edges are covered) at ``samples x
+    samples`` positions over the grid (corners, edge middles, centre: a map projection's
+    scale changes monotonically over a region this size), and the largest extent is
+    taken. Pure: metadata only.
+
+    Returns
+    -------
+    (rows, cols) : tuple of int
+    """
+    ty, tx = min(tile[0], fine.ny), min(tile[1], fine.nx)
+    if _same_crs(fine.crs, coarse.crs):
+        ratio = fine.res / coarse.res
+        return math.ceil(ty * ratio) + 2, math.ceil(tx * ratio) + 2
+    tr = _transformer(fine.crs, coarse.crs)
+    rows = cols = 0
+    for r0 in {round(i * (fine.ny - ty) / max(samples - 1, 1)) for i in range(samples)}:
+        for c0 in {round(j * (fine.nx - tx) / max(samples - 1, 1)) for j in range(samples)}:
+            w, n = fine.x0 + c0 * fine.res, fine.y0 - r0 * fine.res
+            b = tr.transform_bounds(w, n - ty * fine.res, w + tx * fine.res, n, densify_pts=21)
+            cols = max(cols, math.ceil((b[2] - b[0]) / coarse.res) + 2)
+            rows = max(rows, math.ceil((b[3] - b[1]) / coarse.res) + 2)
+    return rows, cols
+
+
+@functools.lru_cache(maxsize=32)
+def _transformer(src: str, dst: str):  # type: ignore[no-untyped-def]
+    from pyproj import Transformer
+
+    return Transformer.from_crs(src, dst, always_xy=True)
 
 
 def _same_crs(a: str, b: str) -> bool:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import pandas as pd
 import xarray as xr
 
 from kgml_grid import schema
-from kgml_grid.grid import GridSpec, coarse_index
+from kgml_grid.grid import GridSpec, cells_spanned, coarse_index
 
 __all__ = [
     "DAILY_VARS",
@@ -875,8 +874,9 @@ def make_plan(
     bp = batch_pixels or batch_pixels_for(tmax, cfg)
     if bp < 1:
         raise PlanError(f"batch_pixels must be >= 1, got {bp}")
-    ratio = cube_grid.res / wgrid.res
-    wcells = (math.ceil(ys[0] * ratio) + 2) * (math.ceil(xs[0] * ratio) + 2)
+    # weather cells one tile reads, in the weather grid's own units (degrees for lat/lon)
+    wrows, wcols = cells_spanned(grid, wgrid, (ys[0], xs[0]))
+    wcells = wrows * wcols
     max_crop = int(crop_counts.max()) if crop_counts.size else 0
     memory = memory_estimate(
         days=tmax, tile=(ys[0], xs[0]), crop_pixels=max_crop or ys[0] * xs[0],

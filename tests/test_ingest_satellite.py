@@ -377,3 +377,94 @@ def test_overwrite_replaces_a_cube(sat, tmp_path):
     ds = cubes.open_cube(out, "satellite")
     assert list(ds.data_vars) == ["gpp_sat"] and res.sizes["time"] == 8
     assert str(ds.time.values[0])[:10] == "2015-01-02" and np.isnan(ds.gpp_sat.values[-2:]).all()
+
+
+# --- NetCDF / HDF5 layers and band choice --------------------------------------------------------
+
+
+def _layer_netcdf(path: Path, raw: np.ndarray, *, crs_how: str, south_up: bool = False,
+                  group: str | None = None) -> Path:  # fmt: skip
+    """The GeoTIFF fixture's grid and values as a NetCDF layer (int16, scale/offset, fill)."""
+    import netCDF4
+    from pyproj import CRS
+
+    ny, nx = raw.shape
+    x = SRC_TR.c + SRC_RES * (np.arange(nx) + 0.5)
+    y = SRC_TR.f - SRC_RES * (np.arange(ny) + 0.5)
+    if south_up:
+        y, raw = y[::-1], raw[::-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with netCDF4.Dataset(path, "w") as nc:
+        g = nc.createGroup(group) if group else nc
+        g.createDimension("y", ny)
+        g.createDimension("x", nx)
+        g.createDimension("time", 1)
+        g.createVariable("y", "f8", ("y",))[:] = y
+        g.createVariable("x", "f8", ("x",))[:] = x
+        v = g.createVariable("GPP", "i2", ("time", "y", "x"), fill_value=np.int16(-9999))
+        v.scale_factor, v.add_offset = 0.01, 0.5
+        v.set_auto_maskandscale(False)
+        v[0] = raw
+        if crs_how == "grid_mapping":
+            m = g.createVariable("spatial_ref", "i4")
+            m.setncatts({**CRS.from_user_input(UTM).to_cf(), "crs_wkt": CRS.from_user_input(UTM).to_wkt()})
+            v.grid_mapping = "spatial_ref"
+        elif crs_how == "proj_attribute":
+            v.crs = "+proj=utm +zone=14 +datum=WGS84 +units=m +no_defs"
+        g.createVariable("quality", "u1", ("y", "x"))[:] = 0
+    return path
+
+
+@pytest.mark.parametrize(("crs_how", "south_up", "group"), [
+    ("grid_mapping", False, None), ("proj_attribute", True, None), ("grid_mapping", False, "Geophysical_Data"),
+])  # fmt: skip
+def test_netcdf_and_hdf5_layers_ingest_like_the_geotiff(sat, tmp_path, crs_how, south_up, group):
+    _, _, ds = sat
+    suffix = "h5" if group else "nc"
+    for day in GPP_DAYS:
+        _layer_netcdf(tmp_path / "nc" / f"SLOPE_GPP_2015{day:03d}.{suffix}", _gpp_raw(day), crs_how=crs_how,
+                      south_up=south_up, group=group)  # fmt: skip
+    layer = f"{group}/GPP" if group else "GPP"
+    src = RasterSource("gpp_sat", (str(tmp_path / "nc"),), pattern=f"SLOPE_GPP_{{date:%Y%j}}.{suffix}", layer=layer)
+    res = ingest_satellite([src], tmp_path / "s.zarr", grid=TARGET, chunks=CHUNKS)
+    got = cubes.open_cube(res.path, "satellite").gpp_sat.values
+    np.testing.assert_allclose(got, ds.gpp_sat.values, rtol=0, atol=1e-5, equal_nan=True)
+    info = inspect_raster(tmp_path / "nc" / f"SLOPE_GPP_2015001.{suffix}", layer=layer)
+    assert (info.scale, info.offset, info.nodata, info.layer.flip_y) == (0.01, 0.5, -9999.0, south_up)
+
+
+def test_netcdf_layer_refusals_name_the_cause(tmp_path):
+    f = _layer_netcdf(tmp_path / "a.nc", _gpp_raw(1), crs_how="grid_mapping")
+    with pytest.raises(IngestError, match=r"a.nc: holds 2 gridded variables \(GPP, quality\); choose one with layer="):
+        inspect_raster(f)
+    with pytest.raises(IngestError, match=r"a.nc: has no variable 'gpp'; gridded variables: GPP, quality"):
+        inspect_raster(f, layer="gpp")
+    with pytest.raises(IngestError, match=r"a.nc: band=2 applies to multi-band GeoTIFFs; choose a NetCDF/HDF5 layer"):
+        inspect_raster(f, band=2, layer="GPP")
+    g = _layer_netcdf(tmp_path / "b.nc", _gpp_raw(1), crs_how="none")
+    with pytest.raises(IngestError, match=r"b.nc: variable 'GPP' has no CRS: no CF grid_mapping, no PROJ/WKT attribute"):
+        inspect_raster(g, layer="GPP")
+    tif = write_geotiff(tmp_path / "c.tif", _gpp_raw(1), crs=UTM, transform=SRC_TR)
+    with pytest.raises(IngestError, match=r"c.tif: layer='GPP' applies to NetCDF/HDF5 files"):
+        inspect_raster(tif, layer="GPP")
+
+
+def test_a_multi_band_geotiff_needs_a_band(tmp_path):
+    import rasterio
+
+    p = tmp_path / "rgb.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=SRC_SHAPE[1], height=SRC_SHAPE[0], count=3, dtype="int16",
+                       crs=UTM, transform=SRC_TR) as dst:  # fmt: skip
+        for b in (1, 2, 3):
+            dst.write(_gpp_raw(b), b)
+        dst.set_band_description(2, "nir")
+    with pytest.raises(IngestError, match=r"rgb.tif: has 3 bands \(2: nir\); choose one with band= \(--band VAR=N, "
+                                          r"1..3\): a multi-band file is never read as band 1 silently"):
+        inspect_raster(p)
+    with pytest.raises(IngestError, match=r"rgb.tif: has 3 band\(s\); band 4 was requested"):
+        inspect_raster(p, band=4)
+    info = inspect_raster(p, band=2)
+    out = read_tile(info, TARGET, plan_tiles(TARGET.shape, TARGET.shape)[0], resampling="nearest")
+    u, _ = _uv()
+    clear = np.abs(u - np.round(u)) > 0.01
+    np.testing.assert_allclose(out[clear], (200 + 10 * np.floor(u))[clear], rtol=1e-6)

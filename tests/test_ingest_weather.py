@@ -174,11 +174,129 @@ def _refused(paths, tmp_path: Path, match: str, **kw) -> None:
     assert not out.exists()
 
 
-def test_refuses_hourly_files(tmp_path):
-    hours = pd.date_range("2015-07-01", periods=24, freq="h")
-    f = write_netcdf(tmp_path / "NLDAS_FORA0125_H.A20150701.nc", {"Tair": (np.full((24, 3, 3), 290.0), "K")},
-                     times=hours, lat=G_LAT[:3], lon=G_LON[:3])  # fmt: skip
-    _refused([f], tmp_path, rf"{f}: time step is 1 hours; files must be daily", preset="nldas")
+def _hourly(path: Path, hours: pd.DatetimeIndex, *, rain_units: str = "kg m-2") -> dict[str, np.ndarray]:
+    """NLDAS-like sub-daily file: every variable varies by hour and cell (south-to-north lat)."""
+    lat = 40.5 + 0.125 * (np.arange(14) + 0.5)
+    lon = -97.5 + 0.125 * (np.arange(16) + 0.5)
+    h = np.arange(len(hours), dtype=float)[:, None, None]
+    cell = (np.arange(14)[:, None] * 0.1 + np.arange(16)[None, :] * 0.01)[None]
+    v = {
+        "Tair": 280.0 + 8 * np.sin(h / 24 * 2 * np.pi) + cell,
+        "SWdown": np.maximum(0.0, 600 * np.sin((h % 24 - 6) / 12 * np.pi)) + cell,
+        "Rainf": (h % 5) * 0.2 + cell,
+        "Qair": 0.004 + 0.0001 * h + 0.001 * cell,
+        "PSurf": 96000.0 + 10 * h + cell,
+    }
+    units = {"Tair": "K", "SWdown": "W m-2", "Rainf": rain_units, "Qair": "kg kg-1", "PSurf": "Pa"}
+    write_netcdf(path, {k: (a, units[k]) for k, a in v.items()}, times=hours, lat=lat, lon=lon,
+                 time_units="hours since 2015-07-01 00:00:00")  # fmt: skip
+    return {k: a[:, ::-1] for k, a in v.items()}  # north to south, as in the cube
+
+
+def test_hourly_files_are_aggregated_to_days_from_their_hours(tmp_path):
+    # two whole days and 5 hours of a third, in 3-hourly and hourly files
+    hours = pd.date_range("2015-07-01", periods=53, freq="h")
+    raw = _hourly(tmp_path / "NLDAS_FORA0125_H.A201507.nc", hours)
+    res = ingest_weather([tmp_path / "NLDAS_FORA0125_H.A201507.nc"], tmp_path / "w.zarr", preset="nldas")
+    ds = cubes.open_cube(res.path, "weather").load()
+    assert ds.sizes["time"] == 3 and list(ds.time.values[:2]) == list(pd.date_range("2015-07-01", periods=2))
+    day = {k: a[:48].reshape(2, 24, *a.shape[1:]) for k, a in raw.items()}
+    t = day["Tair"] - 273.15
+    np.testing.assert_allclose(ds.tair.values[:2], t.mean(1), atol=1e-4)
+    np.testing.assert_allclose(ds.swrad.values[:2], day["SWdown"].mean(1) * 0.0864, rtol=1e-5)
+    np.testing.assert_allclose(ds.precip.values[:2], day["Rainf"].sum(1), rtol=1e-5)
+    q, p = day["Qair"].mean(1), day["PSurf"].mean(1) / 100
+    es = (saturation_vp(t.max(1)) + saturation_vp(t.min(1))) / 2
+    vpd = np.maximum(es - q * p / (0.622 + 0.378 * q), 0.0)
+    assert (vpd > 0).any() and (vpd == 0).any()  # both sides of the clip at 0
+    np.testing.assert_allclose(ds.vpd.values[:2], vpd, rtol=1e-4, atol=1e-5)
+    # the third day has 5 of its 24 hours: NaN, counted per quantity
+    assert np.isnan(ds.tair.values[2]).all() and np.isnan(ds.precip.values[2]).all()
+    assert res.incomplete == {"tair": 1, "swrad": 1, "qair": 1, "psurf": 1, "precip": 1}
+    assert res.aggregated["tair"] == "24 steps of 1 h"
+    assert "days without all their steps (NaN): tair 1" in res.summary()
+    with pytest.raises(IngestError, match=r"A201507.nc: tair of 2015-07-03 has 5 of its 24 steps of 1 h "
+                                          r"\(1 incomplete day\(s\) in 2015-07-01..2015-07-03\); give every step"):
+        ingest_weather([tmp_path / "NLDAS_FORA0125_H.A201507.nc"], tmp_path / "r.zarr", preset="nldas",
+                       incomplete_days="refuse")  # fmt: skip
+    assert not (tmp_path / "r.zarr").exists()
+    # --end before the incomplete day: nothing incomplete to refuse
+    r = ingest_weather([tmp_path / "NLDAS_FORA0125_H.A201507.nc"], tmp_path / "e.zarr", preset="nldas",
+                       end="2015-07-02", incomplete_days="refuse")  # fmt: skip
+    assert r.sizes["time"] == 2 and not any(r.incomplete.values())
+
+
+def test_hourly_files_append_the_next_day(tmp_path):
+    hours = pd.date_range("2015-07-01", periods=48, freq="h")
+    _hourly(tmp_path / "both" / "h.nc", hours)
+    _hourly(tmp_path / "d1" / "h.nc", hours[:24])
+    whole = cubes.open_cube(ingest_weather([tmp_path / "both"], tmp_path / "whole.zarr", preset="nldas").path,
+                            "weather").load()  # fmt: skip
+    ingest_weather([tmp_path / "d1"], tmp_path / "w.zarr", preset="nldas")
+    import netCDF4
+
+    with netCDF4.Dataset(tmp_path / "both" / "h.nc") as src:  # the second day's hours, as their own file
+        v = {k: (src[k][24:].filled(np.nan), src[k].units) for k in ("Tair", "SWdown", "Rainf", "Qair", "PSurf")}
+        lat, lon = src["lat"][:], src["lon"][:]
+    write_netcdf(tmp_path / "d2" / "h.nc", v, times=hours[24:], lat=lat, lon=lon)
+    r = ingest_weather([tmp_path / "d2"], tmp_path / "w.zarr", preset="nldas", append=True)
+    ds = cubes.open_cube(r.path, "weather").load()
+    assert r.appended and ds.sizes["time"] == 2
+    for name in ("tair", "swrad", "vpd", "precip"):
+        np.testing.assert_allclose(ds[name].values, whole[name].values, rtol=1e-6, err_msg=name)
+
+
+def test_sub_daily_rates_are_averaged_and_steps_may_be_3_hourly(tmp_path):
+    hours = pd.date_range("2015-07-01", periods=8, freq="3h")
+    raw = _hourly(tmp_path / "rate.nc", hours, rain_units="kg m-2 s-1")
+    res = ingest_weather([tmp_path / "rate.nc"], tmp_path / "w.zarr", preset="nldas")
+    ds = cubes.open_cube(res.path, "weather").load()
+    assert res.aggregated["precip"] == "8 steps of 3 h" and not any(res.incomplete.values())
+    np.testing.assert_allclose(ds.precip.values[0], raw["Rainf"].mean(0) * 86400, rtol=1e-5)
+    np.testing.assert_allclose(ds.tair.values[0], raw["Tair"].mean(0) - 273.15, atol=1e-4)
+
+
+def test_a_step_that_does_not_divide_a_day_is_refused(tmp_path):
+    hours = pd.date_range("2015-07-01", periods=4, freq="7h")
+    _hourly(tmp_path / "odd.nc", hours)
+    _refused([tmp_path / "odd.nc"], tmp_path, r"odd.nc: tair: time step 0 days 07:00:00 .* does not divide a day",
+             preset="nldas", grid=None)  # fmt: skip
+
+
+def test_singleton_levels_and_a_scalar_day_are_read_wider_levels_refused(tmp_path):
+    import xarray as xr
+
+    days = pd.date_range("2015-01-01", periods=1)
+    files = _gridmet(tmp_path / "a", days)
+    # tmmx as a one-day file: no time dimension, a scalar `day` coordinate, and a height level
+    with xr.open_dataset(files[0]) as f0:
+        one = f0.load()
+    one["air_temperature"] = one["air_temperature"].isel(day=0).expand_dims(height=[2.0])
+    files[0].unlink()
+    one.isel(day=0).to_netcdf(files[0])
+    res = ingest_weather(files, tmp_path / "w.zarr", preset="gridmet", grid=TARGET)
+    ds = cubes.open_cube(res.path, "weather").load()
+    i, j = _ij(ds)
+    tmmx = _tmmx(days)[:, i][:, :, j]
+    np.testing.assert_allclose(ds.tair.values, tmmx - 5 - 273.15, atol=1e-4)
+    with xr.open_dataset(files[1]) as f1:
+        two = f1.load()
+    two["air_temperature"] = xr.concat([two["air_temperature"]] * 2, "height").assign_coords(height=[2.0, 10.0])
+    two.to_netcdf(tmp_path / "tmmn_wide.nc")
+    _refused([*files[:1], tmp_path / "tmmn_wide.nc", *files[2:]], tmp_path / "r",
+             r"tmmn_wide.nc: variable 'air_temperature' \(tmin\) has dims .* with 'height' of 2 levels; only one "
+             r"level can be read")  # fmt: skip
+
+
+def test_monthly_and_8_day_files_are_refused_naming_the_step(tmp_path):
+    months = pd.date_range("1980-01-01", periods=12, freq="MS")
+    f = write_netcdf(tmp_path / "tmmx_1980.nc", {"air_temperature": (np.full((12, 18, 22), 280.0), "K")},
+                     times=months, lat=G_LAT, lon=G_LON)  # fmt: skip
+    _refused([f], tmp_path, rf"{f}: time step is 1 month \(12 steps, 1980-01-01..1980-12-01\): monthly values")
+    eight = pd.date_range("2015-01-01", periods=5, freq="8D")
+    g = write_netcdf(tmp_path / "tmmn_2015.nc", {"air_temperature": (np.full((5, 18, 22), 280.0), "K")},
+                     times=eight, lat=G_LAT, lon=G_LON)  # fmt: skip
+    _refused([g], tmp_path, rf"{g}: time step is 8 days \(5 steps")
 
 
 def test_refuses_unknown_or_missing_units(tmp_path):

@@ -19,8 +19,16 @@ from kgml_grid.checkpoint import checkpoint_hash, fit_norm, save_checkpoint
 from kgml_grid.cli import main
 from kgml_grid.execute import build_graph, upscale
 from kgml_grid.features import assemble, pixel_inputs, pixel_targets
+from kgml_grid.grid import GridSpec, _same_crs, cells_spanned, coarse_index
 from kgml_grid.model import DAILY_TARGETS, ModelConfig, build_model
-from kgml_grid.plan import BlockKey, PlanError, make_plan, parse_bytes, parse_chunks
+from kgml_grid.plan import (
+    BlockKey,
+    PlanError,
+    make_plan,
+    memory_estimate,
+    parse_bytes,
+    parse_chunks,
+)
 from kgml_grid.schema import FEATURES, feature_units
 
 
@@ -302,3 +310,116 @@ def test_plan_time_axis_is_daily(tiny_world, ckpt):
     plan = make_plan(tiny_world.catalog, ckpt, start="2011-02-03", end="2011-02-10")
     assert list(plan.time) == list(pd.date_range("2011-02-03", "2011-02-10"))
     assert plan.partial_last_season and plan.years == [2011]
+
+
+# --------------------------------------------------------------------------------------
+# weather on a lat/lon grid under the projected target grid
+# --------------------------------------------------------------------------------------
+
+
+def _weather_catalog(world, d: Path, weather: xr.Dataset, wgrid, name: str) -> Path:
+    """The world's catalog with its weather layer replaced by ``weather`` on ``wgrid``."""
+    ds = cubes.annotate(weather, wgrid, title=f"weather {name}")
+    cubes.write_cube(ds, d / f"weather_{name}.zarr", {"time": 365, "y": 64, "x": 64})
+    root = world.root
+    crs = open_catalog(world.catalog).crs
+    entries = {n: {"layer": n, "path": str(root / f"{n}.zarr")} for n in ("satellite", "soil", "crop", "truth")}
+    entries["weather"] = {"layer": "weather", "path": str(d / f"weather_{name}.zarr"),
+                          "crs": "EPSG:4326" if wgrid.crs == "EPSG:4326" else crs}  # fmt: skip
+    return write_catalog(d / f"catalog_{name}.yaml", catalog_yaml(entries, crs=crs, description=name))
+
+
+@pytest.fixture(scope="module")
+def latlon_worlds(tiny_world, tmp_path_factory):
+    """The tiny world with its weather on EPSG:4326 at 0.125 deg (NLDAS-2's grid), sampled
+    from the world's own weather at each lat/lon cell centre, and the same weather on a
+    projected grid (the fine grid itself: each pixel holds its lat/lon cell's values), so
+    that every pixel sees identical weather in both."""
+    import math
+
+    from pyproj import Transformer
+
+    from kgml_grid.grid import lonlat
+
+    d = tmp_path_factory.mktemp("latlon")
+    layers = open_catalog(tiny_world.catalog).open_all()
+    wx = layers["weather"].load()
+    g, wg = tiny_world.grid, tiny_world.weather_grid
+    lon, lat = lonlat(g)
+    res = 0.125
+    w, e = math.floor(lon.min() / res) * res - res, math.ceil(lon.max() / res) * res + res
+    s, n = math.floor(lat.min() / res) * res - res, math.ceil(lat.max() / res) * res + res
+    ll = GridSpec("EPSG:4326", w, n, res, round((n - s) / res), round((e - w) / res))
+    # each lat/lon cell takes the projected weather cell under its centre (nearest inside)
+    cx, cy = Transformer.from_crs("EPSG:4326", g.crs, always_xy=True).transform(
+        *np.meshgrid(ll.x, ll.y, indexing="xy"))  # fmt: skip
+    wr = np.clip(np.floor((wg.y0 - cy) / wg.res).astype(int), 0, wg.ny - 1)
+    wc = np.clip(np.floor((cx - wg.x0) / wg.res).astype(int), 0, wg.nx - 1)
+    names = ("tair", "swrad", "vpd", "precip")
+    time = wx["time"].values
+    on_ll = {v: (("time", "y", "x"), wx[v].values[:, wr, wc]) for v in names}
+    r, c = coarse_index(g, ll)
+    on_fine = {v: (("time", "y", "x"), on_ll[v][1][:, r, c]) for v in names}
+    cat_ll = _weather_catalog(tiny_world, d, xr.Dataset(on_ll, coords={"time": time}), ll, "latlon")
+    cat_fine = _weather_catalog(tiny_world, d, xr.Dataset(on_fine, coords={"time": time}), g, "projected")
+    return cat_ll, cat_fine, ll
+
+
+def test_latlon_weather_plans_with_sane_memory_and_upscales_like_projected(latlon_worlds, ckpt, tmp_path):
+    from kgml_grid.execute import SerialExecutor, upscale
+
+    cat_ll, cat_fine, _ = latlon_worlds
+    assert len(set(np.unique(open_catalog(cat_ll).open_all()["weather"]["tair"].values[0]))) > 1
+    kw = {"start": "2010-01-01", "end": "2010-12-31", "chunks": "y=10,x=12,time=365"}
+    p_ll, p_fine = make_plan(cat_ll, ckpt, **kw), make_plan(cat_fine, ckpt, **kw)
+    assert p_ll.weather_grid.res == 0.125 and _same_crs(p_ll.weather_grid.crs, "EPSG:4326")
+    # a 10 x 12 tile of 500 m pixels lies in 1 or 2 cells of 0.125 deg per side; the
+    # estimate bounds that with its 2-cell margin for straddling
+    spans = [(s.wy[1] - s.wy[0], s.wx[1] - s.wx[0]) for s in (p_ll.tile_spec(*t) for t in p_ll.tiles)]
+    rows, cols = cells_spanned(p_ll.grid, p_ll.weather_grid, (10, 12))
+    assert all(1 <= a <= 2 and 1 <= b <= 2 for a, b in spans), spans
+    assert (rows, cols) == (3, 3)
+    assert p_ll.memory_per_task < p_fine.memory_per_task < 50 * 2**20
+    # training samples read the same weather per pixel from either cube
+    r, c = np.array([0, 7, 19]), np.array([0, 13, 23])
+    with dask.config.set(scheduler="threads"):
+        d_ll = pixel_inputs(open_catalog(cat_ll).open_all(), r, c)[1]
+        d_fine = pixel_inputs(open_catalog(cat_fine).open_all(), r, c)[1]
+    for v in ("tair", "swrad", "vpd", "precip"):
+        np.testing.assert_array_equal(d_ll[v], d_fine[v], err_msg=v)
+    ref = SerialExecutor().execute(p_fine).dataset
+    crop = ref["nee"].notnull().any("time")
+    assert int(crop.sum()) > 100
+    # through the library call that writes a store (serial executor, no cluster)
+    res = upscale(cat_ll, ckpt, tmp_path / "ll.zarr", cluster="serial", progress=False, **kw)
+    got = xr.open_zarr(res.out, consolidated=False)
+    for v in ("ra", "rh", "reco", "nee", "yield"):
+        np.testing.assert_allclose(got[v].values, ref[v].values, rtol=0, atol=1e-6, err_msg=v)
+
+
+@pytest.mark.parametrize(("target", "weather"), [
+    # CONUS Albers at 250 m under NLDAS-2 (0.125 deg): the issue's case
+    (GridSpec("EPSG:5070", -2_400_000, 3_200_000, 250, 12_000, 19_000), GridSpec("EPSG:4326", -125, 53, 0.125, 224, 464)),
+    # the other way round: a lat/lon target (0.0025 deg) under Daymet-like 1 km LCC weather
+    (GridSpec("EPSG:4326", -97.0, 42.0, 0.0025, 800, 800),
+     GridSpec("+proj=lcc +lat_0=42.5 +lon_0=-100 +lat_1=25 +lat_2=60 +ellps=WGS84 +units=m", -200_000,
+              200_000, 1000, 400, 400)),
+])  # fmt: skip
+def test_weather_cells_per_tile_in_the_weather_grids_units(target, weather):
+    rows, cols = cells_spanned(target, weather, (256, 256))
+    # the tiles' real weather windows (from the pixel -> cell mapping) at corners and centre
+    for r0, c0 in [(0, 0), (0, target.nx - 256), (target.ny - 256, 0), (target.ny - 256, target.nx - 256),
+                   (target.ny // 2, target.nx // 2)]:  # fmt: skip
+        sub = GridSpec(target.crs, target.x0 + c0 * target.res, target.y0 - r0 * target.res, target.res, 256, 256)
+        try:
+            r, c = coarse_index(sub, weather)
+        except ValueError:
+            continue  # this corner lies outside the weather grid
+        assert int(np.ptp(r)) + 1 <= rows and int(np.ptp(c)) + 1 <= cols
+        assert rows <= int(np.ptp(r)) + 1 + 4 and cols <= int(np.ptp(c)) + 1 + 4
+    kw = {"days": 365, "tile": (256, 256), "crop_pixels": 256 * 256, "model": {"hidden": 64}, "batch_pixels": 4096}
+    total = memory_estimate(weather_cells=rows * cols, **kw)["total"]
+    weather = total - memory_estimate(weather_cells=0, **kw)["total"]
+    # a year of 4 variables over the tile's cells: a small part of the task, not the
+    # petabytes that metres divided by degrees gave ((256 * 250 / 0.125 + 2) ** 2 cells)
+    assert weather == 4 * 4 * 365 * rows * cols < 0.01 * total < 16 * 2**30

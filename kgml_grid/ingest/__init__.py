@@ -6,14 +6,14 @@ of kgml_grid reads (see ``docs/ingest.md``):
 ===============================  ===========================  =============================
 function                         input                        cube
 ===============================  ===========================  =============================
-:func:`ingest_satellite`         GeoTIFF/COG per date         satellite (time, y, x), target
-                                 (SLOPE GPP, GLASS/MODIS LAI,
-                                 SMAP soil moisture)
+:func:`ingest_satellite`         GeoTIFF/COG or NetCDF/HDF5   satellite (time, y, x), target
+                                 layer per date (SLOPE GPP,
+                                 GLASS/MODIS LAI, SMAP)
 :func:`ingest_soil`              GeoTIFF per property         soil (y, x), target grid
                                  (gSSURGO)
 :func:`ingest_crop`              CDL class GeoTIFF per year   crop (year, y, x), target grid
-:func:`ingest_weather`           daily NetCDF (gridMET,       weather (time, y, x), native
-                                 NLDAS-2, Daymet)             grid
+:func:`ingest_weather`           daily or hourly NetCDF       weather (time, y, x), native
+                                 (gridMET, NLDAS-2, Daymet)   grid, daily
 ===============================  ===========================  =============================
 
 Rasters are reprojected onto the target grid (:func:`target_grid`, :func:`grid_like`) one

@@ -9,6 +9,8 @@
     kgml-grid ingest soil --out soil.zarr --property sand=sand.tif ... --like real.yaml
     kgml-grid ingest crop --out crop.zarr 'cdl/CDL_*.tif' --like real.yaml --catalog real.yaml
     kgml-grid ingest weather --out weather.zarr 'gridmet/*.nc' --preset gridmet --like real.yaml
+    kgml-grid ingest weather --out weather.zarr 'nldas/NLDAS_FORA0125_H.A2015*.nc4' --preset nldas \\
+        --like real.yaml --incomplete-days refuse
 
 Options given per variable are written ``VAR=VALUE``; without ``VAR=`` they apply to
 every variable. The target grid comes from ``--crs/--bounds/--res``, else ``--like`` (a
@@ -111,10 +113,13 @@ def _cmd_satellite(a: argparse.Namespace) -> int:
     nodata = _per_var(a.nodata, _SAT_VARS, float, "--nodata")
     vrange = _per_var(a.valid_range, _SAT_VARS, _range, "--valid-range")
     resampling = _per_var(a.resampling, _SAT_VARS, str, "--resampling")
+    band = _per_var(a.band, _SAT_VARS, int, "--band")
+    layer = _per_var(a.layer, _SAT_VARS, str, "--layer")
     sources = [
         RasterSource(v, tuple(p), pattern=_pick(pattern, v), scale=_pick(scale, v),
                      offset=_pick(offset, v), nodata=_pick(nodata, v), valid_range=_pick(vrange, v),
-                     resampling=_pick(resampling, v) or "bilinear", crs=a.source_crs)
+                     resampling=_pick(resampling, v) or "bilinear", crs=a.source_crs, band=_pick(band, v),
+                     layer=_pick(layer, v))
         for v, p in paths.items()
     ]
     return _done(ingest_satellite(
@@ -138,9 +143,12 @@ def _cmd_soil(a: argparse.Namespace) -> int:
     offset = _per_var(a.offset, _SOIL_VARS, float, "--offset")
     nodata = _per_var(a.nodata, _SOIL_VARS, float, "--nodata")
     resampling = _per_var(a.resampling, _SOIL_VARS, str, "--resampling")
+    band = _per_var(a.band, _SOIL_VARS, int, "--band")
+    layer = _per_var(a.layer, _SOIL_VARS, str, "--layer")
     sources = {
         v: RasterSource(v, (p,), scale=_pick(scale, v), offset=_pick(offset, v), nodata=_pick(nodata, v),
-                        resampling=_pick(resampling, v) or "average", crs=a.source_crs)
+                        resampling=_pick(resampling, v) or "average", crs=a.source_crs, band=_pick(band, v),
+                        layer=_pick(layer, v))
         for v, p in props.items()
     }
     return _done(ingest_soil(sources, a.out, grid=_grid(a), chunks=_chunks(a.chunks), overwrite=a.overwrite,
@@ -173,6 +181,7 @@ def _cmd_weather(a: argparse.Namespace) -> int:
         a.files, a.out, preset=a.preset, mapping=mapping, grid=_grid(a, required=False),
         crs=a.source_crs, chunks=_chunks(a.chunks), start=a.start, end=a.end, append=a.append,
         fill_gap=a.fill_gap, overwrite=a.overwrite, catalog=a.catalog, entry=a.entry or "weather",
+        incomplete_days=a.incomplete_days,
     ))  # fmt: skip
 
 
@@ -198,12 +207,19 @@ def _common(p: argparse.ArgumentParser, *, timed: bool = False, appendable: bool
     p.add_argument("--source-crs", help="CRS the input files must have (refuse others)")
 
 
+def _layer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--band", action="append", metavar="[VAR=]N",
+                   help="band of a multi-band GeoTIFF (required there: never band 1 silently)")
+    p.add_argument("--layer", action="append", metavar="[VAR=]NAME",
+                   help="variable of a NetCDF/HDF5 file (GROUP/NAME in an HDF5 group); needed when it has several")
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``ingest`` and its ``satellite|soil|crop|weather`` subcommands."""
     ing = subparsers.add_parser("ingest", help="real products (GeoTIFF, NetCDF) to aligned Zarr cubes")
     sub = ing.add_subparsers(dest="ingest_command", required=True)
 
-    s = sub.add_parser("satellite", help="one GeoTIFF per date (SLOPE GPP, GLASS/MODIS LAI, SMAP)")
+    s = sub.add_parser("satellite", help="one GeoTIFF or NetCDF/HDF5 layer per date (SLOPE GPP, GLASS/MODIS LAI, SMAP)")
     s.add_argument("--source", action="append", required=True, metavar="VAR=PATH",
                    help=f"files of one variable ({', '.join(_SAT_VARS)}): file, folder or quoted glob; repeatable")
     s.add_argument("--pattern", action="append", metavar="[VAR=]PATTERN",
@@ -213,6 +229,7 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--nodata", action="append", metavar="[VAR=]F", help="nodata value (default: the file's)")
     s.add_argument("--valid-range", action="append", metavar="[VAR=]LO,HI", help="valid raw values")
     s.add_argument("--resampling", action="append", metavar="[VAR=]METHOD", help="default bilinear")
+    _layer_options(s)
     _common(s, timed=True)
     s.set_defaults(func=_cmd_satellite)
 
@@ -223,6 +240,7 @@ def add_parser(subparsers: Any) -> None:
     o.add_argument("--offset", action="append", metavar="[NAME=]F")
     o.add_argument("--nodata", action="append", metavar="[NAME=]F")
     o.add_argument("--resampling", action="append", metavar="[NAME=]METHOD", help="default average")
+    _layer_options(o)
     _common(o, appendable=False)
     o.set_defaults(func=_cmd_soil)
 
@@ -236,10 +254,13 @@ def add_parser(subparsers: Any) -> None:
     _common(c)
     c.set_defaults(func=_cmd_crop)
 
-    w = sub.add_parser("weather", help="daily NetCDF (gridMET, NLDAS-2 daily, Daymet), native grid")
-    w.add_argument("files", nargs="+", help="NetCDF files (files, folders, quoted globs)")
+    w = sub.add_parser("weather", help="daily or sub-daily NetCDF (gridMET, NLDAS-2, Daymet), native grid")
+    w.add_argument("files", nargs="+", help="NetCDF files (files, folders, quoted globs); hourly files are "
+                                            "aggregated to days")
     w.add_argument("--preset", choices=["gridmet", "nldas", "daymet"], help="variable mapping table")
     w.add_argument("--map", action="append", metavar="NAME=QUANTITY[:UNITS]",
                    help="mapping entry, e.g. Rainf=precip:'kg m-2'; repeatable")
+    w.add_argument("--incomplete-days", choices=["nan", "refuse"], default="nan",
+                   help="a day of sub-daily files without all its steps: NaN (default, counted) or refuse")
     _common(w, timed=True)
     w.set_defaults(func=_cmd_weather)

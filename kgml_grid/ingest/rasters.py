@@ -1,7 +1,10 @@
 """Reading GeoTIFF/COG rasters one output tile at a time, and checking them first.
 
 :func:`inspect_raster` reads only metadata and refuses a file that cannot be used (missing,
-unreadable, no CRS, rotated, wrong band, unexpected CRS), naming it. :func:`read_tile` then
+unreadable, no CRS, rotated, a band not chosen in a multi-band file or out of range, an
+unexpected CRS), naming it. NetCDF/HDF5 layers go through
+:mod:`kgml_grid.ingest.ncraster` and are read the same way; HDF4 is refused with the
+``gdal_translate`` to run. :func:`read_tile` then
 reads, for one output tile, only the source window that covers it (plus the resampling
 kernel's reach), turns raw values into physical ones (nodata -> NaN, ``raw * scale +
 offset``) and reprojects that window onto the tile with ``rasterio.warp.reproject``. A whole
@@ -14,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,8 +28,10 @@ import numpy as np
 from affine import Affine
 
 from kgml_grid.grid import GridSpec, _same_crs
+from kgml_grid.ingest import ncraster
 from kgml_grid.ingest import tiles as _tiles
 from kgml_grid.ingest.errors import file_error
+from kgml_grid.ingest.ncraster import LayerRef
 from kgml_grid.ingest.tiles import PixelWindow, Tile
 
 #: GDAL block cache while ingesting (MiB): small, so it cannot hold a whole raster.
@@ -72,6 +78,8 @@ class RasterInfo:
     nodata: float | None
     scale: float
     offset: float
+    layer: LayerRef | None = None  # a NetCDF/HDF5 layer (None: read through GDAL)
+    description: str | None = None  # a TIFF description naming a scale GDAL does not apply
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -133,16 +141,31 @@ def _tag_float(tags: dict[str, str], keys: Sequence[str], path: str, what: str) 
     return None
 
 
+#: Words of a TIFF description that mean a scale or unit GDAL does not know (GPM IMERG's
+#: ``Unit=0.1(mm) ScaleFactor=10``).
+_DESCRIPTION_SCALE = re.compile(r"scale\s*factor|scale\s*=|unit\s*=", re.IGNORECASE)
+
+
 def inspect_raster(
-    path: str | os.PathLike[str], *, band: int = 1, expect_crs: str | None = None
-) -> RasterInfo:
+    path: str | os.PathLike[str], *, band: int | None = None, expect_crs: str | None = None,
+    layer: str | None = None,
+) -> RasterInfo:  # fmt: skip
     """Open ``path``, check it can be ingested, and return its metadata.
+
+    Parameters
+    ----------
+    band : int, optional
+        Band of a GeoTIFF (1-based); required when the file has several bands.
+    layer : str, optional
+        Variable of a NetCDF/HDF5 file (``group/name`` inside a group); required when
+        the file has several gridded variables.
 
     Raises
     ------
     IngestError
-        Naming the file: it does not exist, cannot be read as a raster, has no CRS or no
-        geotransform, is rotated or south-up, lacks ``band``, or its CRS differs from
+        Naming the file: it does not exist, cannot be read as a raster (HDF4: with the
+        conversion to run), has no CRS or no geotransform, is rotated or south-up, has
+        several bands and none was chosen, lacks ``band``, or its CRS differs from
         ``expect_crs``.
     """
     import rasterio
@@ -151,11 +174,30 @@ def inspect_raster(
     p = os.fspath(path)
     if "://" not in p and not Path(p).exists():
         raise file_error(p, "no such file")
+    if ncraster.is_netcdf(p):
+        if band not in (None, 1):
+            raise file_error(p, f"band={band} applies to multi-band GeoTIFFs; choose a NetCDF/HDF5 layer with "
+                                "layer= (--layer VAR=NAME)")  # fmt: skip
+        info = ncraster.inspect_layer(p, layer=layer)
+        _check_geo(info.crs, info.transform, p, expect_crs)
+        return info
+    if layer is not None:
+        raise file_error(p, f"layer={layer!r} applies to NetCDF/HDF5 files; this one is read by GDAL "
+                            "(for a multi-band GeoTIFF choose band=, --band VAR=N)")  # fmt: skip
+    description = None
     try:
         with rasterio.open(p) as src:
             crs = src.crs
             transform = src.transform
             count = src.count
+            if band is None:
+                if count != 1:
+                    names = ", ".join(f"{i + 1}: {d}" for i, d in enumerate(src.descriptions) if d)
+                    raise file_error(
+                        p, f"has {count} bands{f' ({names})' if names else ''}; choose one with band= "
+                        f"(--band VAR=N, 1..{count}): a multi-band file is never read as band 1 silently"
+                    )  # fmt: skip
+                band = 1
             if not 1 <= band <= count:
                 raise file_error(p, f"has {count} band(s); band {band} was requested")
             dtype = src.dtypes[band - 1]
@@ -166,10 +208,23 @@ def inspect_raster(
                 tags = {**src.tags(), **src.tags(band)}
                 scale = _tag_float(tags, _SCALE_TAGS, p, "scale factor") or 1.0
                 offset = _tag_float(tags, _OFFSET_TAGS, p, "offset") or 0.0
+                text = tags.get("TIFFTAG_IMAGEDESCRIPTION") or src.descriptions[band - 1] or ""
+                if scale == 1.0 and offset == 0.0 and _DESCRIPTION_SCALE.search(text):
+                    description = text
             height, width = src.height, src.width
     except RasterioError as e:
+        if ncraster.is_hdf4(p):
+            raise ncraster.hdf4_error(p) from None
         raise file_error(p, f"cannot be read as a raster: {e}") from None
-    if crs is None:
+    _check_geo(crs.to_wkt() if crs is not None else None, transform, p, expect_crs)
+    return RasterInfo(
+        p, crs.to_wkt(), transform, int(height), int(width), str(dtype), band,
+        None if nodata is None else float(nodata), scale, offset, description=description,
+    )  # fmt: skip
+
+
+def _check_geo(wkt: str | None, transform: Affine, p: str, expect_crs: str | None) -> None:
+    if wkt is None:
         raise file_error(
             p, "has no CRS (no georeferencing metadata); assign one, e.g. with "
             "'gdal_edit.py -a_srs EPSG:nnnn', before ingesting"
@@ -181,13 +236,8 @@ def inspect_raster(
             p, f"has a rotated or south-up geotransform {tuple(transform)[:6]}; warp it north-up first "
             "(gdalwarp)"
         )  # fmt: skip
-    wkt = crs.to_wkt()
     if expect_crs is not None and not _same_crs(wkt, expect_crs):
         raise file_error(p, f"CRS is {_label(wkt)}, expected {_label(expect_crs)}")
-    return RasterInfo(
-        p, wkt, transform, int(height), int(width), str(dtype), band,
-        None if nodata is None else float(nodata), scale, offset,
-    )  # fmt: skip
 
 
 def _label(crs: str) -> str:
@@ -279,6 +329,8 @@ def to_physical(
 
 
 def _read_window(info: RasterInfo, win: PixelWindow) -> np.ndarray:
+    if info.layer is not None:
+        return ncraster.read_window(info.path, info.layer, info.height, win.row0, win.row1, win.col0, win.col1)
     import rasterio
     from rasterio.errors import RasterioError
     from rasterio.windows import Window

@@ -35,6 +35,11 @@ class IngestResult:
         Per variable, days (or years) of the written range that no file covered (NaN).
     masked : mapping
         Per variable, values outside the schema's valid range set to NaN.
+    incomplete : mapping
+        Per source quantity of sub-daily weather, days with some but not all of their
+        steps (NaN).
+    aggregated : mapping
+        Per source quantity of sub-daily weather, what made each day (``"24 steps of 1 h"``).
     catalog : Path or None
         The catalog the cube was registered in.
     entry : str or None
@@ -52,6 +57,8 @@ class IngestResult:
     appended: bool = False
     missing: Mapping[str, int] = field(default_factory=dict)
     masked: Mapping[str, int] = field(default_factory=dict)
+    incomplete: Mapping[str, int] = field(default_factory=dict)
+    aggregated: Mapping[str, str] = field(default_factory=dict)
     catalog: Path | None = None
     entry: str | None = None
 
@@ -67,6 +74,11 @@ class IngestResult:
         gaps = {k: v for k, v in self.missing.items() if v}
         if gaps:
             lines.append("  no file (NaN): " + ", ".join(f"{k} {v}" for k, v in gaps.items()))
+        if self.aggregated:
+            lines.append("  aggregated to days: " + ", ".join(f"{k} from {v}" for k, v in self.aggregated.items()))
+        part = {k: v for k, v in self.incomplete.items() if v}
+        if part:
+            lines.append("  days without all their steps (NaN): " + ", ".join(f"{k} {v}" for k, v in part.items()))
         bad = {k: v for k, v in self.masked.items() if v}
         if bad:
             lines.append("  outside the valid range (NaN): " + ", ".join(f"{k} {v}" for k, v in bad.items()))

@@ -105,8 +105,17 @@ def _series(source: RasterSource, grid: GridSpec, first: pd.Timestamp | None,
             f"{source.variable}: none of the {len(paths)} files falls in "
             f"{first.date() if first is not None else '...'}..{last.date() if last is not None else '...'}"
         )
-    infos = {d: inspect_raster(p, band=source.band, expect_crs=source.crs) for d, p in keep.items()}
+    infos = {d: inspect_raster(p, band=source.band, expect_crs=source.crs, layer=source.layer)
+             for d, p in keep.items()}  # fmt: skip
     check_consistent(list(infos.values()), what=source.variable)
+    first = next(iter(infos.values()))
+    if first.description is not None and source.scale is None:
+        warnings.warn(
+            f"{first.path}: the TIFF description says {first.description!r}, a scale GDAL does not apply "
+            f"(the file has no scale/offset), so {source.variable} is read raw; give the scale (GPM IMERG's "
+            f"'Unit=0.1(mm) ScaleFactor=10' is --scale {source.variable}=0.1)",
+            IngestWarning, stacklevel=4,
+        )  # fmt: skip
     check_overlap(next(iter(infos.values())), grid)
     return Series(source, infos)
 

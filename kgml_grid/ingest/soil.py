@@ -68,7 +68,7 @@ def plan_soil(
         if len(files) != 1:
             raise IngestError(f"soil property {name!r}: one raster is expected, got {len(files)}: {files[:3]}")
         s = replace(s, paths=(files[0],))
-        info = inspect_raster(files[0], band=s.band, expect_crs=s.crs)
+        info = inspect_raster(files[0], band=s.band, expect_crs=s.crs, layer=s.layer)
         check_overlap(info, grid)
         out[name] = (s, info)
     return out

@@ -19,7 +19,7 @@ from kgml_grid import schema
 from kgml_grid.ingest.errors import IngestError
 from kgml_grid.ingest.rasters import RESAMPLING_METHODS, ValueRule
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
+RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF", ".nc", ".nc4", ".h5", ".hdf5", ".hdf", ".HDF")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class RasterSource:
     variable : str
         Schema variable (``gpp_sat``, ``lai``, ``soil_moisture``, ``sand``, ...).
     paths : tuple of str
-        Files, folders (every ``*.tif``/``*.tiff`` inside) or glob patterns.
+        Files, folders (every GeoTIFF, NetCDF, HDF5 or HDF file inside) or glob patterns.
     pattern : str, optional
         File-name date pattern (satellite series), see :mod:`kgml_grid.ingest.dates`.
     nodata, scale, offset : float, optional
@@ -41,8 +41,11 @@ class RasterSource:
         Raw values outside this closed interval are no data.
     resampling : str
         GDAL resampling onto the target grid (``bilinear``, ``nearest``, ``average``, ...).
-    band : int
-        Band to read (1-based).
+    band : int, optional
+        Band to read (1-based); required for a multi-band GeoTIFF (never band 1 silently).
+    layer : str, optional
+        Variable of a NetCDF/HDF5 file (``group/name`` in an HDF5 group); required when the
+        file has several gridded variables.
     crs : str, optional
         CRS the files must have; a file in another CRS is refused.
     """
@@ -55,8 +58,9 @@ class RasterSource:
     offset: float | None = None
     valid_range: tuple[float, float] | None = None
     resampling: str = "bilinear"
-    band: int = 1
+    band: int | None = None
     crs: str | None = None
+    layer: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.paths, (str, os.PathLike)):
@@ -70,7 +74,7 @@ class RasterSource:
             )
         if self.valid_range is not None and not self.valid_range[0] <= self.valid_range[1]:
             raise IngestError(f"{self.variable}: valid_range {self.valid_range} is empty")
-        if self.band < 1:
+        if self.band is not None and self.band < 1:
             raise IngestError(f"{self.variable}: band must be >= 1, got {self.band}")
 
     @property
@@ -99,7 +103,7 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *, what: str) -> list[
         elif Path(s).is_dir():
             hits = sorted(str(q) for q in Path(s).iterdir() if q.suffix in RASTER_SUFFIXES)
             if not hits:
-                raise IngestError(f"{s}: the folder holds no .tif/.tiff file ({what})")
+                raise IngestError(f"{s}: the folder holds no raster file (.tif, .nc, .h5, .hdf) ({what})")
             out.extend(hits)
         else:
             out.append(s)

@@ -1,4 +1,4 @@
-"""Daily weather NetCDF (gridMET, NLDAS-2 daily aggregates, Daymet) to the weather cube.
+"""Weather NetCDF (gridMET, NLDAS-2, Daymet; daily or sub-daily) to the daily weather cube.
 
 Weather stays on its **native grid** (a lat/lon grid, or a projected grid with a CF
 ``grid_mapping``); when a target grid is given only the part covering it (plus one cell)
@@ -20,25 +20,33 @@ vpd hPa      vpd: kPa, Pa, hPa                 x 10, / 100, x 1
              or qair (kg kg-1) + psurf (Pa)    with tmax and tmin: (es(tmax) + es(tmin)) / 2;
                                                e = q p / (0.622 + 0.378 q); clipped at 0
 precip       precip: mm, kg m-2 (daily total)  x 1
-mm d-1       precip: kg m-2 s-1, mm s-1        x 86400
+mm d-1       precip: kg m-2 s-1, mm s-1        x 86400 (mm h-1: x 24)
 ===========  ================================  ======================================
 
 Presets (:data:`PRESETS`): ``gridmet`` (tmmx, tmmn, srad, vpd, pr: files named
-``tmmx_2015.nc`` etc., whose single variable is found by the file-name prefix),
-``nldas`` (daily aggregates of NLDAS-2 FORA: Tair, SWdown, Rainf as a daily total, Qair,
-PSurf; GRIB names TMP, DSWRF, APCP, SPFH, PRES too) and ``daymet`` (tmax, tmin, srad,
-dayl, prcp, vp). Files must be daily: hourly NLDAS must be aggregated first (daily mean of
-Tair, SWdown, Qair, PSurf; daily sum of Rainf), e.g. ``cdo daymean`` / ``cdo daysum``.
-Missing days become NaN days of a complete daily axis.
+``tmmx_2015.nc`` or ``tmmx_20190121.nc`` etc., whose single variable is found by the
+file-name prefix), ``nldas`` (NLDAS-2 FORA: Tair, SWdown, Rainf, Qair, PSurf; the GRIB
+names TMP, DSWRF, APCP, SPFH, PRES of the GES DISC NetCDF files too) and ``daymet`` (tmax,
+tmin, srad, dayl, prcp, vp).
+
+As the archives ship them: variables with singleton extra dimensions (NLDAS's ``height``
+of 2 m temperature and humidity, ``lev``) are read at their one level; a file without a
+time dimension but with a scalar date coordinate is one day; **sub-daily files** (hourly
+NLDAS-2 FORA) are aggregated to days here (:mod:`kgml_grid.ingest.timesteps`: daily means
+of temperature, shortwave, humidity and pressure, ``tmax``/``tmin`` from the hours,
+precipitation summed), one day of one tile at a time; a day without all its steps is NaN
+and counted, or refused on request. Monthly files (TerraClimate) are refused, naming the
+step; GRIB files are refused with the conversion to run. Missing days become NaN days of a
+complete daily axis.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -56,6 +64,7 @@ from kgml_grid.ingest.register import register_entry
 from kgml_grid.ingest.result import IngestResult
 from kgml_grid.ingest.target import crs_label, resolve_chunks
 from kgml_grid.ingest.tiles import Tile, bounds_in, daily_axis, index_blocks, plan_tiles
+from kgml_grid.ingest.timesteps import Steps, aggregate, check_file_step, classify, how_to_aggregate
 
 LAYER = "weather"
 OUTPUTS = ("tair", "swrad", "vpd", "precip")
@@ -100,6 +109,7 @@ UNITS: Mapping[str, Mapping[str, tuple[float, float]]] = {
                          "kg/m^2", "kg m-2 d-1", "kg m-2 day-1", "mm/d-1"), (1.0, 0.0)),
         **dict.fromkeys(("kg m-2 s-1", "kg/m2/s", "kg m^-2 s^-1", "kg m**-2 s**-1", "mm s-1", "mm/s"),
                         (86400.0, 0.0)),
+        **dict.fromkeys(("mm h-1", "mm/h", "mm/hr", "kg m-2 h-1"), (24.0, 0.0)),
         "m": (1000.0, 0.0),
     },
 }  # fmt: skip
@@ -211,6 +221,8 @@ def needed_quantities(available: Iterable[str]) -> tuple[str, ...]:
             use += ["tmax", "tmin"]
     elif {"qair", "psurf"} <= a:
         use += ["qair", "psurf"]
+        if {"tmax", "tmin"} <= a and "tmax" not in use:  # es from tmax/tmin (FAO-56) when known
+            use += ["tmax", "tmin"]
     else:
         raise IngestError(f"weather: no vapour pressure deficit: need vpd, or vp, or qair and psurf "
                           f"(found {sorted(a)})")  # fmt: skip
@@ -254,7 +266,12 @@ def parse_mapping(
 
 @dataclass(frozen=True)
 class WeatherVar:
-    """One mapped variable of one file."""
+    """One mapped variable of one file.
+
+    ``times`` are the file's time stamps as given (not truncated to days); ``squeeze``
+    names singleton dimensions (``height``, ``lev``) read at their only index; ``units``
+    are whitespace-normalised (they decide whether sub-daily steps are summed).
+    """
 
     path: str
     name: str
@@ -262,18 +279,27 @@ class WeatherVar:
     scale: float
     offset: float
     times: pd.DatetimeIndex
+    units: str = ""
+    squeeze: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class WeatherFile:
-    """What one NetCDF file provides, on which native grid."""
+    """What one NetCDF file provides, on which native grid.
+
+    ``dims`` are the time, y and x dimension names; time is ``None`` for a single-day
+    file whose date is a scalar coordinate (gridMET/NCSS ``tmmx_20190121.nc``).
+    """
 
     path: str
     grid: GridSpec
-    dims: tuple[str, str, str]  # time, y, x names in the file
+    dims: tuple[str | None, str, str]
     flip_y: bool
     variables: tuple[WeatherVar, ...]
 
+
+#: File suffixes of GRIB, refused with the conversion to run (:func:`_refuse_grib`).
+GRIB_SUFFIXES = (".grb", ".grb2", ".grib", ".grib2", ".grb1")
 
 def _regular(values: np.ndarray, path: str, what: str) -> tuple[float, float]:
     v = np.asarray(values, dtype="float64")
@@ -322,25 +348,56 @@ def _crs_of(ds: xr.Dataset, names: Sequence[str], ydim: str, path: str, crs: str
     raise file_error(path, "has no CRS: no CF grid_mapping and no lat/lon dimensions; pass crs=")
 
 
-def _times(ds: xr.Dataset, tdim: str, path: str) -> pd.DatetimeIndex:
-    if tdim not in ds.coords:
-        raise file_error(path, f"dimension {tdim!r} has no coordinate values (dates)")
-    idx = ds.indexes[tdim]
-    if hasattr(idx, "to_datetimeindex"):  # cftime calendars (Daymet's 365-day years)
-        try:
-            idx = idx.to_datetimeindex(unsafe=True)
-        except ValueError as e:
-            raise file_error(path, f"time coordinate {tdim!r} cannot be read as dates: {e}") from None
-    if not isinstance(idx, pd.DatetimeIndex):
-        raise file_error(path, f"time coordinate {tdim!r} is not made of dates (units attribute?)")
-    if idx.size > 1:
-        step = np.diff(np.sort(idx.values)).astype("timedelta64[s]").astype("int64")
-        if (step < 86400).any():
-            raise file_error(
-                path, f"time step is {int(step.min()) / 3600:g} hours; files must be daily (aggregate hourly "
-                "NLDAS first: daily mean Tair, SWdown, Qair, PSurf, daily sum Rainf, e.g. cdo daymean/daysum)"
-            )  # fmt: skip
-    return idx.normalize()
+def _is_grib(path: str) -> bool:
+    if path.lower().endswith(GRIB_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GRIB"
+    except OSError:
+        return False
+
+
+def _refuse_grib(path: str) -> IngestError:
+    stem = PurePath(path).with_suffix(".nc4").name
+    return file_error(
+        path, "is GRIB, which ingest weather does not read: cfgrib with the ecCodes wheels installs, but "
+        "decodes NLDAS-2's GRIB1 parameter table 130 as variables named 'unknown'. Use the NetCDF "
+        "version (the GES DISC subsetter's netCDF4 output, as NLDAS_FORA0125_H.A20000101.0000.002.grb.SUB.nc4) "
+        f"or convert it first: cdo -f nc4 copy {path} {stem}, then map CDO's var<code> names: "
+        "--map var11=tair:K --map var51=qair:kg/kg --map var1=psurf:Pa --map var204=swrad:W/m2 "
+        "--map var61=precip:kg/m2"
+    )  # fmt: skip
+
+
+def _time_coord(ds: xr.Dataset, path: str) -> tuple[str | None, pd.DatetimeIndex | None]:
+    """The time dimension (or ``None`` with a scalar date) and its stamps, as in the file."""
+    for name, c in ds.coords.items():
+        if c.ndim > 1 or not (name in _T_DIMS or c.attrs.get("standard_name") == "time"):
+            continue
+        if c.ndim == 1 and name not in ds.dims:
+            continue
+        vals = c.values if c.ndim else np.asarray([c.values])
+        idx = pd.Index(vals)
+        if not isinstance(idx, pd.DatetimeIndex) and idx.dtype == object and idx.size:
+            try:  # cftime calendars (Daymet's 365-day years)
+                idx = xr.CFTimeIndex(vals).to_datetimeindex(unsafe=True)
+            except (TypeError, ValueError) as e:
+                raise file_error(path, f"time coordinate {name!r} cannot be read as dates: {e}") from None
+        if not isinstance(idx, pd.DatetimeIndex):
+            raise file_error(path, f"time coordinate {name!r} is not made of dates (units attribute?)")
+        if idx.hasnans:
+            raise file_error(path, f"time coordinate {name!r} has missing values")
+        return (str(name) if c.ndim else None), idx
+    return None, None
+
+
+def _split_dims(da: xr.DataArray) -> tuple[str | None, str | None, str | None, dict[str, int]]:
+    tdim = next((str(d) for d in da.dims if d in _T_DIMS), None)
+    ydim = next((str(d) for d in da.dims if d in _Y_DIMS), None)
+    xdim = next((str(d) for d in da.dims if d in _X_DIMS), None)
+    extra = {str(d): int(n) for d, n in da.sizes.items() if d not in (tdim, ydim, xdim)}
+    return tdim, ydim, xdim, extra
 
 
 def inspect_weather(
@@ -351,44 +408,81 @@ def inspect_weather(
 ) -> WeatherFile:
     """Open one NetCDF file (metadata only) and find its mapped variables, units and grid.
 
+    A mapped variable may carry singleton extra dimensions (NLDAS's ``height`` of 2 m
+    temperature, ``lev``); a file without a time dimension is one day when it has a
+    scalar date coordinate (gridMET/NCSS single-day files).
+
     Raises
     ------
     IngestError
-        Naming the file: unreadable, no time/lat/lon dimensions, no mapped variable, missing
-        or unknown units, not daily, an irregular or non-square grid, no CRS.
+        Naming the file: missing, GRIB (with the conversion to run), unreadable, a time
+        step longer than a day (monthly TerraClimate), no mapped variable, a mapped
+        variable with a non-singleton extra dimension or without lat/lon, no date,
+        missing or unknown units, an irregular or non-square grid, no CRS.
     """
     p = os.fspath(path)
     if not Path(p).exists():
         raise file_error(p, "no such file")
+    if _is_grib(p):
+        raise _refuse_grib(p)
     try:
         ds = xr.open_dataset(p, decode_times=True, cache=False)
     except Exception as e:  # netCDF4/HDF5 raise many types for a bad file
         raise file_error(p, f"cannot be read as NetCDF: {e}") from None
     with ds:
-        cand = [n for n, v in ds.data_vars.items() if v.ndim == 3]
+        tname, stamps = _time_coord(ds, p)
+        if stamps is not None:
+            check_file_step(stamps, p)
         prefix = PurePath(p).name.split("_")[0].split(".")[0]
+        gridded = [n for n, v in ds.data_vars.items() if _split_dims(v)[1] and _split_dims(v)[2]]
+        # the file-name prefix names the file's one variable (with a time axis, when any has one:
+        # Daymet-style 2-D lat/lon variables do not count)
+        timed = [n for n in gridded if _split_dims(ds[n])[0] is not None] or gridded
         mapped: list[tuple[str, str, str | None]] = []
-        for n in cand:
-            key = n if n in table else (prefix if len(cand) == 1 and prefix in table else None)
+        for n in gridded:
+            key = n if n in table else (prefix if timed == [n] and prefix in table else None)
             if key is not None:
                 mapped.append((str(n), *table[key]))
+        for n, v in ds.data_vars.items():  # a mapped name without lat/lon is a real cause to name
+            if n in table and n not in gridded:
+                raise file_error(p, f"variable {n!r} ({table[n][0]}) has dims {v.dims}; expected time, lat/y, lon/x")
         if not mapped:
+            found = [f"{n} {tuple(map(str, ds[n].dims))}" for n in gridded]
             raise file_error(
                 p, f"no variable of the mapping table ({', '.join(sorted(table))}) here; found "
-                f"{[str(n) for n in cand] or 'no 3-D variable'}"
+                f"{found or 'no variable on a lat/lon or y/x grid'}"
             )  # fmt: skip
-        dims = ds[mapped[0][0]].dims
-        tdim = next((d for d in dims if d in _T_DIMS), None)
-        ydim = next((d for d in dims if d in _Y_DIMS), None)
-        xdim = next((d for d in dims if d in _X_DIMS), None)
-        if tdim is None or ydim is None or xdim is None:
-            raise file_error(p, f"variable {mapped[0][0]!r} has dims {dims}; expected time, lat/y, lon/x")
-        for n, *_ in mapped:
-            if set(ds[n].dims) != {tdim, ydim, xdim}:
-                raise file_error(p, f"variable {n!r} has dims {ds[n].dims}, expected {(tdim, ydim, xdim)}")
-        times = _times(ds, tdim, p)
-        if times.has_duplicates:
-            raise file_error(p, f"date {times[times.duplicated()][0].date()} appears twice")
+        dims = None
+        squeezes: dict[str, tuple[str, ...]] = {}
+        for n, quantity, _ in mapped:
+            tdim, ydim, xdim, extra = _split_dims(ds[n])
+            wide = {d: k for d, k in extra.items() if k != 1}
+            if wide:
+                raise file_error(
+                    p, f"variable {n!r} ({quantity}) has dims {ds[n].dims} with "
+                    + ", ".join(f"{d!r} of {k} levels" for d, k in wide.items())
+                    + "; only one level can be read (select it first, e.g. cdo sellevel or ncks -d DIM,INDEX)"
+                )  # fmt: skip
+            if tdim is None and tname is not None:
+                raise file_error(p, f"variable {n!r} ({quantity}) has dims {ds[n].dims}, without the time "
+                                    f"dimension {tname!r}")  # fmt: skip
+            if dims is None:
+                dims = (tdim, ydim, xdim)
+            elif (tdim, ydim, xdim) != dims:
+                raise file_error(p, f"variable {n!r} has dims {ds[n].dims}; the other mapped variables have "
+                                    f"{tuple(d for d in dims if d)}")  # fmt: skip
+            squeezes[n] = tuple(extra)
+        assert dims is not None
+        tdim, ydim, xdim = dims
+        if tdim is not None and tname != tdim:
+            raise file_error(p, f"dimension {tdim!r} has no coordinate values (dates)")
+        if stamps is None:
+            raise file_error(
+                p, f"variable {mapped[0][0]!r} has no dates: no time dimension and no scalar time coordinate "
+                f"({', '.join(_T_DIMS)})"
+            )  # fmt: skip
+        if stamps.has_duplicates:
+            raise file_error(p, f"time {stamps[stamps.duplicated()][0]} appears twice")
         xs = np.asarray(ds[xdim].values, dtype="float64") if xdim in ds.coords else None
         ys = np.asarray(ds[ydim].values, dtype="float64") if ydim in ds.coords else None
         if xs is None or ys is None:
@@ -424,16 +518,24 @@ def inspect_weather(
                     p, f"variable {n!r} ({quantity}) has units {units!r}, which are not known; accepted: "
                     f"{sorted(UNITS[QUANTITIES[quantity]])}"
                 )  # fmt: skip
-            wvars.append(WeatherVar(p, n, quantity, f[0], f[1], times))
-    return WeatherFile(p, grid, (str(tdim), str(ydim), str(xdim)), flip, tuple(wvars))
+            wvars.append(WeatherVar(p, n, quantity, f[0], f[1], stamps, normalize_units(units), squeezes[n]))
+    return WeatherFile(p, grid, (tdim, ydim, xdim), flip, tuple(wvars))
 
 
 @dataclass(frozen=True)
 class WeatherPlan:
-    """Files, quantities, the kept window of the native grid, days, tiles and blocks."""
+    """Files, quantities, the kept window of the native grid, days, tiles and blocks.
+
+    ``sources`` maps each quantity read to its file variables; ``steps`` how those
+    variables' stamps make days (:class:`~kgml_grid.ingest.timesteps.Steps`); ``derived``
+    the quantities made from another's sub-daily steps (``tmax``/``tmin`` from ``tair``);
+    ``incomplete`` the days of the axis with some but not all steps, per quantity (NaN).
+    """
 
     files: tuple[WeatherFile, ...]
     sources: Mapping[str, tuple[WeatherVar, ...]]  # quantity -> variables over files
+    steps: Mapping[str, Steps]
+    derived: Mapping[str, str]  # derived quantity -> the quantity whose steps make it
     native: GridSpec
     rows: slice
     cols: slice
@@ -443,6 +545,7 @@ class WeatherPlan:
     tiles: tuple[Tile, ...]
     blocks: tuple[slice, ...]
     chunks: Mapping[str, int]
+    incomplete: Mapping[str, int]
 
 
 def _window(native: GridSpec, target: GridSpec | None, files: str) -> tuple[slice, slice]:
@@ -468,6 +571,17 @@ def _sub(native: GridSpec, rows: slice, cols: slice) -> GridSpec:
                     native.res, rows.stop - rows.start, cols.stop - cols.start)  # fmt: skip
 
 
+#: What ``incomplete_days`` may be: NaN days counted in the result, or a refusal.
+INCOMPLETE_DAYS = ("nan", "refuse")
+
+
+def _derive(sources: Mapping[str, Sequence[WeatherVar]], steps: Mapping[str, Steps]) -> dict[str, str]:
+    """Quantities made from another's sub-daily steps: tmax/tmin from hourly tair."""
+    if "tair" in steps and steps["tair"].subdaily and not ({"tmax", "tmin"} & set(sources)):
+        return {"tmax": "tair", "tmin": "tair"}
+    return {}
+
+
 def plan_weather(
     paths: Sequence[str],
     table: Mapping[str, tuple[str, str | None]],
@@ -479,17 +593,26 @@ def plan_weather(
     end: pd.Timestamp | None = None,
     existing: _store.ExistingCube | None = None,
     fill_gap: bool = False,
+    incomplete_days: str = "nan",
 ) -> WeatherPlan:
     """Check every file (metadata only) and decide what to write.
+
+    Sub-daily files (hourly NLDAS-2) are planned as daily values aggregated from each
+    day's steps (:mod:`kgml_grid.ingest.timesteps`); a day without all its steps is NaN,
+    or refused with ``incomplete_days="refuse"``.
 
     Raises
     ------
     IngestError
-        Naming the file for a refused input, a file on another grid than the first, a date
-        given twice for one quantity; when appending, overlap or a gap.
+        Naming the file for a refused input, a file on another grid than the first, a
+        time given twice for one quantity, a quantity that cannot be made (naming what
+        was found); when appending, overlap or a gap; with ``incomplete_days="refuse"``,
+        a day without all its steps.
     """
     if not paths:
         raise IngestError("weather: no input files")
+    if incomplete_days not in INCOMPLETE_DAYS:
+        raise IngestError(f"weather: incomplete_days={incomplete_days!r}; expected one of {', '.join(INCOMPLETE_DAYS)}")
     files = tuple(inspect_weather(p, table, crs=crs) for p in sorted(paths))
     ref = files[0]
     for f in files[1:]:
@@ -503,16 +626,17 @@ def plan_weather(
     for f in files:
         for v in f.variables:
             by_q.setdefault(v.quantity, []).append(v)
-    use = needed_quantities(by_q)
-    sources = {q: tuple(by_q[q]) for q in use}
-    for q, vs in sources.items():
-        seen: dict[pd.Timestamp, str] = {}
-        for v in vs:
-            for t in v.times:
-                if t in seen:
-                    raise file_error(v.path, f"{q} of {t.date()} is also given by {seen[t]}")
-                seen[t] = v.path
+    all_steps = {q: classify(q, [v.times for v in vs], [v.path for v in vs]) for q, vs in by_q.items()}
+    derived = _derive(by_q, all_steps)
     names = ", ".join(PurePath(f.path).name for f in files[:3]) + (" ..." if len(files) > 3 else "")
+    try:
+        use = needed_quantities([*by_q, *derived])
+    except IngestError as e:
+        made = f"; {' and '.join(derived)} are made from the sub-daily tair" if derived else ""
+        raise IngestError(f"{e} in {len(files)} file(s): {names}{made}") from None
+    sources = {q: tuple(by_q[q]) for q in use if q in by_q}
+    steps = {q: all_steps[q] for q in sources}
+    derived = {q: s for q, s in derived.items() if q in use}
     if existing is not None:
         g = existing.grid
         if not _same_crs(g.crs, ref.grid.crs) or not math.isclose(g.res, ref.grid.res, rel_tol=1e-6):
@@ -530,19 +654,22 @@ def plan_weather(
             coarse_index(target, grid, name=f"weather ({names})")
         except ValueError as e:
             raise IngestError(str(e)) from None
-    all_days = sorted({t for vs in sources.values() for v in vs for t in v.times})
+    all_days = sorted({d for s in steps.values() for d in s.days})
+
+    def first_file(day: pd.Timestamp) -> str:
+        q, s = next((q, s) for q, s in steps.items() if day in s.days)
+        return sources[q][s.days[day][0][0]].path
+
     if existing is not None:
         old_last = pd.Timestamp(existing.coord[-1])
         first = old_last + pd.Timedelta(days=1)
         if all_days[0] <= old_last:
-            v = next(v for vs in sources.values() for v in vs if all_days[0] in v.times)
-            raise file_error(v.path, f"date {all_days[0].date()} overlaps the cube {existing.path} "
-                                     f"(which ends {old_last.date()}); append only later dates")  # fmt: skip
+            raise file_error(first_file(all_days[0]), f"date {all_days[0].date()} overlaps the cube {existing.path} "
+                                                      f"(which ends {old_last.date()}); append only later dates")  # fmt: skip
         if all_days[0] > first and not fill_gap:
-            v = next(v for vs in sources.values() for v in vs if all_days[0] in v.times)
-            raise file_error(v.path, f"the new dates start {all_days[0].date()} but the cube {existing.path} "
-                                     f"ends {old_last.date()}; pass fill_gap=True (--fill-gap) to fill the "
-                                     "gap with NaN days")  # fmt: skip
+            raise file_error(first_file(all_days[0]), f"the new dates start {all_days[0].date()} but the cube "
+                                                      f"{existing.path} ends {old_last.date()}; pass fill_gap=True "
+                                                      "(--fill-gap) to fill the gap with NaN days")  # fmt: skip
         start_index = len(existing.coord)
     else:
         first = pd.Timestamp(start).normalize() if start is not None else all_days[0]
@@ -551,53 +678,119 @@ def plan_weather(
     if last < first:
         raise IngestError(f"weather: the time range {first.date()}..{last.date()} is empty")
     axis = daily_axis(first, last)
+    incomplete = {q: s.incomplete(axis) for q, s in steps.items() if s.subdaily}
+    if incomplete_days == "refuse":
+        for q, days in incomplete.items():
+            if days:
+                s, d = steps[q], days[0]
+                got = len(s.days[d])
+                raise file_error(
+                    sources[q][s.days[d][0][0]].path,
+                    f"{q} of {d.date()} has {got} of its {s.per_day} steps of {s.label()} "
+                    f"({len(days)} incomplete day(s) in {axis[0].date()}..{axis[-1].date()}); give every step "
+                    "of each day, or let such days be NaN (incomplete_days='nan', --incomplete-days nan)",
+                )  # fmt: skip
     tiles = plan_tiles(grid.shape, (chunks["y"], chunks["x"]))
     blocks = index_blocks(start_index, start_index + len(axis), chunks["time"])
-    return WeatherPlan(files, sources, ref.grid, rows, cols, grid, axis, start_index, tiles, blocks,
-                       dict(chunks))  # fmt: skip
+    return WeatherPlan(files, sources, steps, derived, ref.grid, rows, cols, grid, axis, start_index, tiles,
+                       blocks, dict(chunks), {q: len(d) for q, d in incomplete.items()})  # fmt: skip
 
 
-def _read(plan: WeatherPlan, v: WeatherVar, f: WeatherFile, ds: xr.Dataset, days: pd.DatetimeIndex,
-          tile: Tile, out: np.ndarray) -> None:  # fmt: skip
-    pos = days.get_indexer(v.times)
-    hit = np.flatnonzero(pos >= 0)
-    if hit.size == 0:
-        return
+class _OpenFiles:
+    """NetCDF files opened on demand, at most ``size`` at once (a year of hourly NLDAS-2
+    is 8,760 files; xarray's lazy datasets each hold their metadata)."""
+
+    def __init__(self, size: int = 48) -> None:
+        self.size = size
+        self._open: OrderedDict[str, xr.Dataset] = OrderedDict()
+
+    def __call__(self, path: str) -> xr.Dataset:
+        ds = self._open.pop(path, None)
+        if ds is None:
+            ds = xr.open_dataset(path, decode_times=False, cache=False)
+            while len(self._open) >= self.size:
+                self._open.popitem(last=False)[1].close()
+        self._open[path] = ds
+        return ds
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+def _slab(plan: WeatherPlan, v: WeatherVar, f: WeatherFile, ds: xr.Dataset, steps: np.ndarray | None,
+          tile: Tile) -> np.ndarray:  # fmt: skip
+    """Values of ``v`` at time indices ``steps`` (None: a single-day file) over one tile,
+    ``[len(steps), ny, nx]`` float64 in canonical units."""
     tdim, ydim, xdim = f.dims
     r0, r1 = plan.rows.start + tile.row0, plan.rows.start + tile.row1
     c0, c1 = plan.cols.start + tile.col0, plan.cols.start + tile.col1
     rows = slice(f.grid.ny - r1, f.grid.ny - r0) if f.flip_y else slice(r0, r1)
+    sel: dict[str, object] = {ydim: rows, xdim: slice(c0, c1), **dict.fromkeys(v.squeeze, 0)}
+    if tdim is not None:
+        sel[tdim] = steps
     try:
-        da = ds[v.name].isel({tdim: hit, ydim: rows, xdim: slice(c0, c1)}).transpose(tdim, ydim, xdim)
+        da = ds[v.name].isel(sel)
+        da = da.transpose(tdim, ydim, xdim) if tdim is not None else da.transpose(ydim, xdim).expand_dims("t")
         a = np.asarray(da.values, dtype=np.float64)
     except Exception as e:  # HDF5/netCDF errors on a damaged file
         raise file_error(v.path, f"cannot read {v.name!r}: {e}") from None
     if f.flip_y:
         a = a[:, ::-1, :]
-    out[pos[hit]] = a * v.scale + v.offset
+    return a * v.scale + v.offset
+
+
+def _fill(plan: WeatherPlan, days: pd.DatetimeIndex, tile: Tile, by_path: Mapping[str, WeatherFile],
+          opened: _OpenFiles) -> dict[str, np.ndarray]:  # fmt: skip
+    """Daily values of every source quantity (and those derived from them) over one tile."""
+    out: dict[str, np.ndarray] = {}
+    sub: list[tuple[str, list[str]]] = []
+    for q, s in plan.steps.items():
+        made = [q, *(d for d, src in plan.derived.items() if src == q)]
+        for n in made:
+            out[n] = np.full((len(days), *tile.shape), np.nan, dtype=np.float64)
+        if s.subdaily:
+            sub.append((q, made))
+            continue
+        for vi, v in enumerate(plan.sources[q]):  # one stamp per day: each file's days of this block at once
+            want = [(i, s.days[d][0][1]) for i, d in enumerate(days) if d in s.days and s.days[d][0][0] == vi]
+            if want:
+                pos, steps = (np.array(x) for x in zip(*want, strict=True))
+                f = by_path[v.path]
+                out[q][pos] = _slab(plan, v, f, opened(v.path), steps if f.dims[0] else None, tile)
+    # sub-daily: one day at a time (memory: a day's steps x tile), every quantity of the day
+    # before the next day, so that a day's files are opened once per tile
+    for i, d in enumerate(days):
+        for q, made in sub:
+            s, vs = plan.steps[q], plan.sources[q]
+            hits = s.complete(d)
+            if not hits:
+                continue
+            stack = np.concatenate([
+                _slab(plan, vs[vi], by_path[vs[vi].path], opened(vs[vi].path),
+                      np.array([k]) if by_path[vs[vi].path].dims[0] else None, tile)
+                for vi, k in hits
+            ])  # fmt: skip
+            for n in made:
+                out[n][i] = aggregate(stack, how_to_aggregate(n, vs[0].units))
+    return out
 
 
 def missing_days(plan: WeatherPlan) -> dict[str, int]:
     """Days of the plan's axis that no file gives, per source quantity (pure)."""
-    return {q: len(plan.axis.difference(pd.DatetimeIndex([t for v in vs for t in v.times])))
-            for q, vs in plan.sources.items()}  # fmt: skip
+    return {q: int(sum(d not in s.days for d in plan.axis)) for q, s in plan.steps.items()}
 
 
 def write_weather(plan: WeatherPlan, path: Path) -> None:
-    """Fill the plan's days in an initialised store, one tile and time block at a time."""
-    with contextlib.ExitStack() as stack:
-        opened = {f.path: stack.enter_context(xr.open_dataset(f.path, decode_times=False, cache=False))
-                  for f in plan.files}  # fmt: skip
-        by_path = {f.path: f for f in plan.files}
+    """Fill the plan's days in an initialised store, one tile and time block at a time
+    (sub-daily input: one day's steps of one tile at a time)."""
+    by_path = {f.path: f for f in plan.files}
+    opened = _OpenFiles()
+    try:
         for block in plan.blocks:
             days = plan.axis[block.start - plan.start_index: block.stop - plan.start_index]
             for tile in plan.tiles:
-                q: dict[str, np.ndarray] = {}
-                for name, vs in plan.sources.items():
-                    buf = np.full((len(days), *tile.shape), np.nan, dtype=np.float64)
-                    for v in vs:
-                        _read(plan, v, by_path[v.path], opened[v.path], days, tile, buf)
-                    q[name] = buf
+                q = _fill(plan, days, tile, by_path, opened)
                 with np.errstate(invalid="ignore"):
                     outv = convert(q)
                 del q
@@ -607,6 +800,8 @@ def write_weather(plan: WeatherPlan, path: Path) -> None:
                 )  # fmt: skip
                 del outv
                 release_memory()
+    finally:
+        opened.close()
 
 
 def _template(plan: WeatherPlan, title: str, prov: Mapping[str, object]) -> xr.Dataset:
@@ -618,8 +813,11 @@ def _template(plan: WeatherPlan, title: str, prov: Mapping[str, object]) -> xr.D
     return cubes.annotate(xr.Dataset(data, coords={"time": plan.axis}), plan.grid, title=title, **prov)
 
 
+
+
 def expand_netcdf(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """NetCDF files named by paths, folders (``*.nc``, ``*.nc4``) or glob patterns, sorted."""
+    """NetCDF files named by paths, folders (``*.nc``, ``*.nc4``; GRIB files there too, to be
+    refused) or glob patterns, sorted."""
     import glob
 
     out: list[str] = []
@@ -631,7 +829,9 @@ def expand_netcdf(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
                 raise IngestError(f"{s}: the pattern matches no file (weather)")
             out += hits
         elif Path(s).is_dir():
-            hits = sorted(str(q) for q in Path(s).iterdir() if q.suffix in (".nc", ".nc4", ".NC"))
+            # GRIB files are listed too, so that they are refused (with the conversion) rather than skipped
+            hits = sorted(str(q) for q in Path(s).iterdir()
+                          if q.suffix in (".nc", ".nc4", ".NC") or q.name.lower().endswith(GRIB_SUFFIXES))  # fmt: skip
             if not hits:
                 raise IngestError(f"{s}: the folder holds no .nc/.nc4 file (weather)")
             out += hits
@@ -656,13 +856,17 @@ def ingest_weather(
     overwrite: bool = False,
     catalog: str | os.PathLike[str] | None = None,
     entry: str = LAYER,
+    incomplete_days: str = "nan",
 ) -> IngestResult:
-    """Ingest daily weather NetCDF files into the weather cube, on their native grid.
+    """Ingest daily or sub-daily weather NetCDF files into the daily weather cube, on their
+    native grid.
 
     Parameters
     ----------
     paths : sequence
-        NetCDF files, folders or glob patterns (several variables and years together).
+        NetCDF files, folders or glob patterns (several variables and years together):
+        daily files, single-day files (a scalar date), or sub-daily files (hourly NLDAS-2
+        FORA), which are aggregated to days (:mod:`kgml_grid.ingest.timesteps`).
     out : path
         The cube (a local ``.zarr`` folder).
     preset : str, optional
@@ -675,6 +879,9 @@ def ingest_weather(
         CRS of the files when they carry no grid mapping and are not on lat/lon.
     chunks, start, end, append, fill_gap, overwrite, catalog, entry
         As for :func:`~kgml_grid.ingest.satellite.ingest_satellite`.
+    incomplete_days : {"nan", "refuse"}
+        A day of sub-daily input without all its steps is NaN (counted in the result's
+        ``incomplete``), or refused before anything is written.
 
     Raises
     ------
@@ -688,15 +895,17 @@ def ingest_weather(
     if append:
         existing = _store.existing_cube(out, LAYER, dim="time")
         plan = plan_weather(files, table, chunks=resolve_chunks(existing.chunks), target=grid, crs=crs,
-                            end=end_ts, existing=existing, fill_gap=fill_gap)  # fmt: skip
+                            end=end_ts, existing=existing, fill_gap=fill_gap,
+                            incomplete_days=incomplete_days)  # fmt: skip
         with _store.append_store(out, _template(plan, "", {}), dim="time"):
             write_weather(plan, Path(out))
     else:
         _store.check_new(out, overwrite=overwrite, inputs=paths)
         plan = plan_weather(files, table, chunks=resolve_chunks(chunks), target=grid, crs=crs,
-                            start=start_ts, end=end_ts)  # fmt: skip
+                            start=start_ts, end=end_ts, incomplete_days=incomplete_days)  # fmt: skip
         prov = {"kgml_ingest": json.dumps({q: sorted({v.path for v in vs}) for q, vs in plan.sources.items()}),
-                "kgml_weather_mapping": json.dumps({k: list(v) for k, v in table.items()})}  # fmt: skip
+                "kgml_weather_mapping": json.dumps({k: list(v) for k, v in table.items()}),
+                "kgml_weather_steps": json.dumps({q: s.label() for q, s in plan.steps.items()})}  # fmt: skip
         with _store.new_store(out, _template(plan, "kgml_grid weather cube (native grid)", prov),
                               plan.chunks, overwrite=overwrite) as work:  # fmt: skip
             write_weather(plan, work)
@@ -715,4 +924,6 @@ def ingest_weather(
         files=len(plan.files), tiles=len(plan.tiles),
         span=f"{plan.axis[0].date()}..{plan.axis[-1].date()} ({len(plan.axis)} days)",
         appended=append, missing=missing_days(plan), catalog=cat, entry=entry if cat is not None else None,
+        incomplete=dict(plan.incomplete),
+        aggregated={q: f"{s.per_day} steps of {s.label()}" for q, s in plan.steps.items() if s.subdaily},
     )  # fmt: skip
