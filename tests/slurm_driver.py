@@ -31,7 +31,6 @@ def cluster_yaml(path: Path, work: Path, **extra: object) -> Path:
         "memory": "2GB",
         "walltime": "00:20:00",
         "job_name": "kgml-upscale",
-        "python": sys.executable,
         "interface": "lo",  # scheduler and workers on 127.0.0.1
         "local_directory": str(work / "scratch"),
         "log_directory": str(work / "joblogs"),
