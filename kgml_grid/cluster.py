@@ -144,17 +144,17 @@ CONNECT_TIMEOUT = 20.0
 CLUSTER_KEYS: dict[str, frozenset[str]] = {
     "local": frozenset({"kind", "n_workers", "threads_per_worker", "processes", "memory_limit", "host",
                         "dashboard_address", "gpus", "scheduler_port", "interface", "silence_logs",
-                        "local_directory", "worker_dashboard_address", "timeout"}),
+                        "local_directory", "worker_dashboard_address"}),
     "address": frozenset({"kind", "address", "timeout"}),
     "scheduler_file": frozenset({"kind", "scheduler_file", "path", "timeout"}),
     "slurm": frozenset({"kind", "jobs", "adapt", "job_name", "queue", "account", "walltime", "cores",
                         "processes", "memory", "job_cpu", "job_mem", "job_extra_directives",
                         "job_directives_skip", "job_script_prologue", "local_directory",
                         "log_directory", "worker_extra_args", "interface", "scheduler_options",
-                        "death_timeout", "nanny", "protocol", "name", "silence_logs", "timeout"}),
+                        "death_timeout", "nanny", "protocol", "name", "silence_logs"}),
     "kubernetes": frozenset({"kind", "name", "namespace", "image", "n_workers", "resources",
                              "worker_command", "env", "scheduler_service_type",
-                             "port_forward_cluster_ip", "shutdown_on_close", "adapt", "timeout"}),
+                             "port_forward_cluster_ip", "shutdown_on_close", "adapt"}),
 }  # fmt: skip
 #: Keys of the nested mappings.
 _NESTED_KEYS = {
@@ -370,7 +370,7 @@ def local_cluster(cfg: Mapping[str, Any] | None = None) -> Any:
     from distributed import LocalCluster
 
     cfg = load_cluster_config({"kind": "local", **dict(cfg or {})})
-    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source", "timeout")}
+    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source")}
     gpus = opts.pop("gpus", "auto")
     n_gpus = _count_gpus() if gpus == "auto" else int(gpus or 0)
     if opts.get("n_workers") is None:
@@ -398,7 +398,7 @@ def slurm_cluster(cfg: Mapping[str, Any]) -> Any:
     except ImportError:  # pragma: no cover - a declared dependency
         raise ImportError("kind: slurm needs dask-jobqueue: pip install dask-jobqueue") from None
     cfg = load_cluster_config({**dict(cfg), "kind": "slurm"})
-    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source", "jobs", "adapt", "timeout")}
+    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source", "jobs", "adapt")}
     sched = dict(opts.pop("scheduler_options", None) or {})
     if not opts.get("interface") and "host" not in sched:
         sched["host"] = LOCALHOST
@@ -429,7 +429,7 @@ def kubernetes_cluster(cfg: Mapping[str, Any]) -> Any:
             "dask-operator --generate-name dask-kubernetes-operator); see cluster/README.md"
         ) from None
     cfg = load_cluster_config({**dict(cfg), "kind": "kubernetes"})
-    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source", "adapt", "timeout")}
+    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source", "adapt")}
     env = {str(k): str(v) for k, v in dict(opts.get("env") or {}).items()}
     opts["env"] = {**housekeeping_env(env), **env}
     return KubeCluster(**opts)
@@ -476,9 +476,13 @@ def make_client(
     cfg = load_cluster_config(spec)
     kind = cfg["kind"]
     src = cfg.get("_source", "--cluster")
-    wait = float(connect_timeout if connect_timeout is not None else cfg.get("timeout", CONNECT_TIMEOUT))
+    raw_wait = connect_timeout if connect_timeout is not None else cfg.get("timeout", CONNECT_TIMEOUT)
+    try:
+        wait = float(raw_wait)
+    except (TypeError, ValueError):
+        wait = float("nan")
     if not wait > 0:
-        raise ClusterConfigError(f"{src}: connect timeout {wait!r} s: need a number of seconds > 0")
+        raise ClusterConfigError(f"{src}: timeout {raw_wait!r}: need a number of seconds > 0")
     cluster = None
     if kind == "local":
         if n_workers is not None:

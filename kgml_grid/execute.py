@@ -32,7 +32,13 @@ a resumed run starts from the one before it; both write the same values). A reru
 ``resume=True`` restarts every tile after its last recorded block from that block's
 state and redoes only what is missing; the store is marked complete
 (:func:`kgml_grid.cubes.mark_complete`) only after every block is recorded. Do not run
-two upscalings into the same store at once.
+two upscalings into the same store at once. The records also hold a fingerprint of
+every input cube (``inputs.json``, :mod:`kgml_grid.fingerprint`), taken before the
+store is made: a resume against inputs that changed since is refused, saying what
+changed (finishing it would mix blocks of the old and the new inputs).
+
+A block that fails on a full disk says so (:func:`block_failure`); the completed blocks
+stay recorded for ``--resume``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from kgml_grid.cli import main
-from kgml_grid.cluster import CONNECT_TIMEOUT, ClusterConnectError, make_client
+from kgml_grid.cluster import CONNECT_TIMEOUT, ClusterConfigError, ClusterConnectError, make_client
 from kgml_grid.errors import one_line, report
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -178,6 +178,10 @@ def test_default_connect_timeout_is_20_s_and_a_cluster_file_can_set_it(tmp_path,
     with pytest.raises(ClusterConnectError, match=r"no answer within 5 s"):
         make_client(str(p), verbose=False)
     assert seen == [CONNECT_TIMEOUT, 5] and CONNECT_TIMEOUT == 20
+    with pytest.raises(ClusterConfigError, match=r"c\.yaml: timeout 'soon': need a number of seconds > 0"):
+        p.write_text(yaml.safe_dump({"kind": "address", "address": address, "timeout": "soon"}))
+        make_client(str(p), verbose=False)
+    assert len(seen) == 2  # refused before any connection was tried
 
 
 def test_cluster_file_with_preload_is_refused_before_anything_is_written(tiny_world, ckpt, tmp_path, capsys):
