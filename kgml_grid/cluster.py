@@ -244,8 +244,7 @@ def check_cluster_keys(cfg: Mapping[str, Any]) -> None:
             raise ClusterConfigError(f"{source}: env must be a mapping of NAME: value")
         for name in env:
             _check_env_name(source, "env", str(name))
-    for line in cfg.get("job_script_prologue") or []:
-        line = str(line)
+    for line in _as_list(cfg.get("job_script_prologue")):
         if not _PROLOGUE.match(line) or _SHELL_META.search(line):
             raise ClusterConfigError(
                 f"{source}: job_script_prologue line {line!r} is not plain setup; allowed: one "
@@ -254,11 +253,18 @@ def check_cluster_keys(cfg: Mapping[str, Any]) -> None:
             )
         if line.split()[0] == "export":
             _check_env_name(source, "job_script_prologue", line.split()[1].split("=", 1)[0])
-    for d in cfg.get("job_extra_directives") or []:
-        if not str(d).startswith("-") or "\n" in str(d):
+    for d in _as_list(cfg.get("job_extra_directives")):
+        if not d.startswith("-") or "\n" in d:
             raise ClusterConfigError(
                 f"{source}: job_extra_directives entry {d!r} must be one sbatch option (e.g. --gres=gpu:1)"
             )
+
+
+def _as_list(value: Any) -> list[str]:
+    """A YAML value meant as a list of lines (one string is one line)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 def check_n_workers(n: Any, what: str = "--workers") -> int | None:
@@ -404,7 +410,7 @@ def slurm_cluster(cfg: Mapping[str, Any]) -> Any:
         sched["host"] = LOCALHOST
     sched.setdefault("dashboard_address", DASHBOARD)
     opts["scheduler_options"] = sched
-    prologue = [str(line) for line in opts.get("job_script_prologue") or []]
+    prologue = _as_list(opts.get("job_script_prologue"))
     set_there = {w.split("=", 1)[0] for line in prologue for w in line.replace("export ", " ").split() if "=" in w}
     opts["job_script_prologue"] = [f"export {k}={v}" for k, v in housekeeping_env({}).items()
                                    if k not in set_there] + prologue  # fmt: skip
