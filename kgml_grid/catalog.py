@@ -2,10 +2,20 @@
 
 kgml_grid reads Intake *v1-style* YAML (``sources:`` with ``driver: zarr``), which
 intake 2 still loads through ``intake.open_catalog`` with intake-xarray's Zarr
-source. Before Intake sees a file, the YAML is parsed here with ``yaml.safe_load``
-and every entry is checked: only the ``zarr`` driver is accepted, so a catalog can
-never make Intake import and run arbitrary code. Each entry names its layer in
-``metadata.layer`` and the CRS it must have in ``metadata.crs``.
+source. Before Intake sees a file, the YAML is parsed here as plain data
+(:func:`kgml_grid.safe_yaml.load_yaml`: ``safe_load`` semantics, duplicate keys
+refused) and checked, so that a catalog can never make Intake import or run code:
+
+* only the keys kgml_grid understands are accepted, at every level (:data:`TOP_KEYS`,
+  :data:`ENTRY_KEYS`, :data:`ARGS_KEYS`, ...): no ``plugins`` (Intake imports the
+  modules it names), no ``parameters``/``user_parameters``;
+* only the ``zarr`` driver;
+* no Jinja template other than ``{{ CATALOG_DIR }}`` in any string;
+* a remote ``urlpath`` (``s3://``, ``https://``, ...) only when its fsspec
+  implementation is installed (else the package to install is named).
+
+Each entry names its layer in ``metadata.layer`` and the CRS it must have in
+``metadata.crs``.
 
 Example::
 
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +43,7 @@ import xarray as xr
 import yaml
 
 from kgml_grid import cubes, schema
+from kgml_grid.safe_yaml import YamlError, load_yaml
 
 if TYPE_CHECKING:
     from kgml_grid.grid import GridSpec
@@ -153,15 +165,100 @@ class Catalog:
         return "\n".join(lines)
 
 
+#: The keys kgml_grid understands, per level of a catalog file; anything else is refused
+#: (Intake acts on keys such as ``plugins``, ``parameters`` or ``user_parameters``,
+#: which import modules or render templates: a catalog is data, never code).
+TOP_KEYS = frozenset({"description", "metadata", "sources"})
+META_KEYS = frozenset({"version", "kgml_grid"})
+KGML_META_KEYS = frozenset({"format", "crs", "towers", "resolution_m", "world", "seed", "preset"})
+ENTRY_KEYS = frozenset({"description", "driver", "args", "metadata"})
+ARGS_KEYS = frozenset({"urlpath", "consolidated", "decode_coords", "storage_options", "chunks"})
+ENTRY_META_KEYS = frozenset({"layer", "crs", "products"})
+
+_CATALOG_DIR = re.compile(r"\{\{\s*CATALOG_DIR\s*\}\}")
+_TEMPLATE = re.compile(r"\{\{|\}\}|\{%|%\}|\{#")
+_PROTOCOL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def _check_keys(path: Path, where: str, mapping: Mapping[Any, Any], allowed: frozenset[str]) -> None:
+    unknown = [k for k in mapping if k not in allowed]
+    if unknown:
+        k = unknown[0]
+        hint = " (catalogs are data: Intake plugins are never loaded from them)" if k == "plugins" else ""
+        raise CatalogError(
+            f"{path}: {where}key {k!r} is not one kgml_grid understands{hint}; allowed: "
+            f"{', '.join(sorted(allowed))}. Remove it"
+        )
+
+
+def _check_templates(path: Path, node: Any, where: str = "") -> None:
+    """Refuse any Jinja template but ``{{ CATALOG_DIR }}`` in any string of the file
+    (Intake renders templates, and its ``env()``/``shell()`` helpers read the
+    environment or run commands)."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _check_templates(path, k, where)
+            _check_templates(path, v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_templates(path, v, f"{where}[{i}]")
+    elif isinstance(node, str) and _TEMPLATE.search(_CATALOG_DIR.sub("", node)):
+        raise CatalogError(
+            f"{path}: {where or 'a key'} is {node!r}: the only template allowed is "
+            "'{{ CATALOG_DIR }}' (catalogs are data; no other Jinja expressions are rendered). "
+            "Write the value out"
+        )
+
+
+def check_urlpath(path: Path, name: str, urlpath: str) -> None:
+    """Refuse a remote ``urlpath`` whose protocol fsspec cannot serve here, naming the
+    optional package to install (instead of an ImportError deep inside Intake).
+
+    Raises
+    ------
+    CatalogError
+        For an unknown protocol, or one whose fsspec implementation is not installed.
+    """
+    for part in urlpath.split("::"):
+        m = _PROTOCOL.match(part)
+        if not m or m.group(1).lower() == "file":
+            continue
+        proto = m.group(1).lower()
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class(proto)
+        except ValueError:
+            raise CatalogError(
+                f"{path}: entry {name!r} has urlpath {urlpath!r}: protocol {proto}:// is not "
+                "known to fsspec; use a local path or an object-store URL (s3://, gs://, https://)"
+            ) from None
+        except ImportError as e:
+            pkg = _FSSPEC_PACKAGES.get(proto, "the fsspec implementation")
+            raise CatalogError(
+                f"{path}: entry {name!r} has urlpath {urlpath!r}: reading {proto}:// needs {pkg} "
+                f"({e}); pip install {pkg}, or point urlpath at a local copy"
+            ) from None
+
+
+#: pip packages of fsspec's remote protocols (fsspec's registry names the class).
+_FSSPEC_PACKAGES = {
+    "http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs",
+    "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs", "adl": "adlfs",
+}  # fmt: skip
+
+
 def _parse(path: Path) -> tuple[dict[str, Any], dict[str, Entry]]:
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise CatalogError(f"catalog {path} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise CatalogError(f"catalog {path} cannot be read as a YAML file: {e}") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise CatalogError(f"{path}: not valid YAML: {e}") from None
+        raw = load_yaml(text, source=str(path))
+    except YamlError as e:
+        raise CatalogError(str(e)) from None
     if not isinstance(raw, dict):
         raise CatalogError(f"{path}: a catalog must be a YAML mapping with 'sources:'")
     if raw.get("version") == 2 or "entries" in raw or "data" in raw:
@@ -169,16 +266,27 @@ def _parse(path: Path) -> tuple[dict[str, Any], dict[str, Entry]]:
             f"{path}: Intake v2 catalogs are not supported; write v1-style YAML "
             "('sources:' with 'driver: zarr')"
         )
+    _check_keys(path, "top-level ", raw, TOP_KEYS)
+    _check_templates(path, raw)
     sources = raw.get("sources")
     if not isinstance(sources, dict) or not sources:
         raise CatalogError(f"{path}: no 'sources:' mapping of entries")
-    fmt = ((raw.get("metadata") or {}).get("kgml_grid") or {}).get("format", CATALOG_FORMAT)
+    top_meta = raw.get("metadata") or {}
+    if not isinstance(top_meta, dict):
+        raise CatalogError(f"{path}: 'metadata' must be a mapping")
+    _check_keys(path, "metadata ", top_meta, META_KEYS)
+    kmeta = top_meta.get("kgml_grid") or {}
+    if not isinstance(kmeta, dict):
+        raise CatalogError(f"{path}: 'metadata.kgml_grid' must be a mapping")
+    _check_keys(path, "metadata.kgml_grid ", kmeta, KGML_META_KEYS)
+    fmt = kmeta.get("format", CATALOG_FORMAT)
     if fmt != CATALOG_FORMAT:
         raise CatalogError(f"{path}: metadata.kgml_grid.format is {fmt!r}, expected {CATALOG_FORMAT}")
     entries: dict[str, Entry] = {}
     for name, src in sources.items():
         if not isinstance(src, dict):
             raise CatalogError(f"{path}: entry {name!r} must be a mapping")
+        _check_keys(path, f"entry {name!r}: ", src, ENTRY_KEYS)
         driver = src.get("driver")
         if driver not in ALLOWED_DRIVERS:
             raise CatalogError(
@@ -186,14 +294,21 @@ def _parse(path: Path) -> tuple[dict[str, Any], dict[str, Entry]]:
                 "(catalogs are data: no code is imported from them)"
             )
         args = src.get("args") or {}
+        if not isinstance(args, dict):
+            raise CatalogError(f"{path}: entry {name!r}: 'args' must be a mapping")
+        _check_keys(path, f"entry {name!r} args: ", args, ARGS_KEYS)
         urlpath = args.get("urlpath")
         if not isinstance(urlpath, str):
             raise CatalogError(f"{path}: entry {name!r} has no args.urlpath")
+        check_urlpath(path, str(name), urlpath)
         if args.get("consolidated", False) is not False:
             raise CatalogError(
                 f"{path}: entry {name!r} must set 'consolidated: false' (Zarr v3 stores)"
             )
         meta = src.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise CatalogError(f"{path}: entry {name!r}: 'metadata' must be a mapping")
+        _check_keys(path, f"entry {name!r} metadata: ", meta, ENTRY_META_KEYS)
         layer = meta.get("layer", name)
         if layer not in schema.LAYERS:
             raise CatalogError(
@@ -209,8 +324,11 @@ def open_catalog(path: str | os.PathLike[str]) -> Catalog:
     Raises
     ------
     CatalogError
-        For a missing file, invalid YAML, an Intake v2 file, a driver other than
-        ``zarr``, or an unknown layer: naming the file and entry.
+        For a missing file, invalid YAML or a duplicate key (naming key and line), an
+        Intake v2 file, a key kgml_grid does not understand (``plugins``, say), a
+        template other than ``{{ CATALOG_DIR }}``, a driver other than ``zarr``, a
+        remote urlpath whose fsspec package is missing, or an unknown layer: naming
+        the file, the entry and the key.
     """
     p = Path(path).resolve()
     raw, entries = _parse(p)

@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,25 @@ def torch_threads(n: int | None) -> Any:
     finally:
         if n:
             torch.set_num_threads(before)
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device_spec(device: str | torch.device, *, option: str = "--device") -> str:
+    """``device`` normalised (``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``), checked for its
+    spelling only: nothing is initialised, so the client can check a device meant for the
+    workers before any cluster starts.
+
+    Raises
+    ------
+    ValueError
+        For another spelling (``'tpu'``, ``'gpu'``), naming the option and the choices.
+    """
+    spec = str(device).strip().lower()
+    if not _DEVICE.fullmatch(spec):
+        raise ValueError(f"{option} {str(device)!r}: unknown device; use auto, cpu, cuda or cuda:N")
+    return spec
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

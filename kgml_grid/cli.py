@@ -135,9 +135,22 @@ def _cmd_transfer(a: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    from kgml_grid.upscale_commands import positive_int
+
+    return positive_int(text)
+
+
+def _device_spec(text: str) -> str:
+    from kgml_grid.upscale_commands import device_spec
+
+    return device_spec(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kgml-grid", description=__doc__)
     p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (any command)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="generate a synthetic world (cubes, towers, catalog)")
@@ -161,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--upscale-start", default="auto",
                    help="first day upscaled over the whole domain ('auto': the last 3 years)")
     d.add_argument("--no-upscale", action="store_true")
-    d.add_argument("--workers", type=int, default=2, help="Dask worker processes for upscaling")
+    d.add_argument("--workers", type=_positive_int, default=2, help="Dask worker processes for upscaling (>= 1)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only a demo run kgml_grid wrote)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
@@ -189,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mb-tol", type=float, default=0.0,
                    help="imbalance left unpenalised, as a fraction of Reco")  # fmt: skip
     t.add_argument("--threads", type=int, default=1, help="torch threads on CPU (0: torch's choice)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--device", default="auto", type=_device_spec, help="auto, cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
@@ -205,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--qc", type=float, default=0.5, help="minimum daily NEE QC fraction of a target day")
     ft.add_argument("--max-minutes", type=float, default=None)
     ft.add_argument("--threads", type=int, default=1, help="torch threads on CPU (0: torch's choice)")
-    ft.add_argument("--device", default="auto")
+    ft.add_argument("--device", default="auto", type=_device_spec, help="auto, cpu, cuda or cuda:N")
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--quiet", action="store_true")
     ft.set_defaults(func=_cmd_finetune)
@@ -246,7 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upscale(sub)
     from kgml_grid.bench_commands import add_parser as _add_bench
     _add_bench(sub)
+    _add_debug(sub)
     return p
+
+
+def _add_debug(sub: argparse._SubParsersAction) -> None:
+    """``--debug`` after the command too (``kgml-grid upscale ... --debug``), on every
+    command and sub-command; SUPPRESS keeps the global value when it is not given."""
+    for parser in sub.choices.values():
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show the traceback of an error")  # fmt: skip
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug(action)
 
 
 def _version() -> str:
@@ -256,13 +281,28 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kgml-grid`` console script."""
+    """Entry point of the ``kgml-grid`` console script.
+
+    An error ends the command with one line, ``kgml-grid CMD: error: MESSAGE``, and exit
+    code 2 (bad input) or 1 (a run that failed); ``--debug`` shows the traceback instead
+    (:mod:`kgml_grid.errors`).
+    """
+    from kgml_grid.errors import report
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"kgml-grid {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"kgml-grid {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        code, msg = report(e)
+        print(f"kgml-grid {args.command}: error: {msg}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -6,10 +6,21 @@
   (one worker per GPU when the machine has GPUs, else one per core, at most 8);
 * ``'tcp://host:port'``: an existing scheduler;
 * a scheduler file (``*.json``, as written by ``dask scheduler --scheduler-file``);
-* a YAML file (``cluster/*.yaml``), parsed with ``yaml.safe_load``, whose ``kind`` is
-  ``local``, ``address``, ``scheduler_file``, ``slurm`` (dask-jobqueue) or
-  ``kubernetes`` (the Dask Kubernetes operator); every other key is passed to the
-  cluster class (see ``cluster/README.md``).
+* a YAML file (``cluster/*.yaml``), parsed as plain data (``safe_load`` semantics,
+  duplicate keys refused: :mod:`kgml_grid.safe_yaml`), whose ``kind`` is ``local``,
+  ``address``, ``scheduler_file``, ``slurm`` (dask-jobqueue) or ``kubernetes`` (the
+  Dask Kubernetes operator); the other keys go to the cluster class (see
+  ``cluster/README.md``).
+
+A cluster file is data: only the keys of :data:`CLUSTER_KEYS` for its kind are
+accepted (no ``preload``, ``worker_class``, ``scheduler_cls``, ``job_cls``,
+``python``...), worker arguments may not hold ``--preload``/``--worker-class``,
+environment variables may not name preloads, plugins, classes, ``LD_*`` or
+``PYTHONPATH``-like variables, and each SLURM prologue line must be plain setup
+(``source``, ``module load``, ``conda activate``, ``cd``, ``export NAME=VALUE``):
+:func:`check_cluster_keys`. ``--workers`` must be >= 1, and an existing scheduler
+that does not answer within :data:`CONNECT_TIMEOUT` seconds (20) fails naming its
+address (:class:`ClusterConnectError`).
 
 The scheduler and the dashboard bind to 127.0.0.1 unless the configuration says
 otherwise (``host``/``interface``/``dashboard_address``); the dashboard link is
@@ -36,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,8 +62,13 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "CLUSTER_KEYS",
+    "CONNECT_TIMEOUT",
     "KINDS",
     "ClusterConfigError",
+    "ClusterConnectError",
+    "check_cluster_keys",
+    "check_n_workers",
     "close_client",
     "housekeeping_config",
     "housekeeping_env",
@@ -111,7 +128,164 @@ def housekeeping_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class ClusterConfigError(ValueError):
-    """A cluster specification cannot be understood."""
+    """A cluster specification cannot be understood, or asks for something refused."""
+
+
+class ClusterConnectError(RuntimeError):
+    """The scheduler cannot be reached, or no worker joined it in time."""
+
+
+#: Seconds to wait for an existing scheduler to answer (``--connect-timeout``).
+CONNECT_TIMEOUT = 20.0
+
+#: The keys a cluster file may hold, per kind. Anything else is refused: keys such as
+#: ``preload``, ``worker_class``, ``scheduler_cls``, ``job_cls`` or ``python`` make Dask
+#: import or run code, and a cluster file is data.
+CLUSTER_KEYS: dict[str, frozenset[str]] = {
+    "local": frozenset({"kind", "n_workers", "threads_per_worker", "processes", "memory_limit", "host",
+                        "dashboard_address", "gpus", "scheduler_port", "interface", "silence_logs",
+                        "local_directory", "worker_dashboard_address"}),
+    "address": frozenset({"kind", "address", "timeout"}),
+    "scheduler_file": frozenset({"kind", "scheduler_file", "path", "timeout"}),
+    "slurm": frozenset({"kind", "jobs", "adapt", "job_name", "queue", "account", "walltime", "cores",
+                        "processes", "memory", "job_cpu", "job_mem", "job_extra_directives",
+                        "job_directives_skip", "job_script_prologue", "local_directory",
+                        "log_directory", "worker_extra_args", "interface", "scheduler_options",
+                        "death_timeout", "nanny", "protocol", "name", "silence_logs"}),
+    "kubernetes": frozenset({"kind", "name", "namespace", "image", "n_workers", "resources",
+                             "worker_command", "env", "scheduler_service_type",
+                             "port_forward_cluster_ip", "shutdown_on_close", "adapt"}),
+}  # fmt: skip
+#: Keys of the nested mappings.
+_NESTED_KEYS = {
+    "scheduler_options": frozenset({"host", "port", "interface", "dashboard_address", "protocol"}),
+    "adapt": frozenset({"minimum", "maximum", "minimum_jobs", "maximum_jobs", "interval",
+                        "wait_count", "target_duration"}),
+    "resources": frozenset({"requests", "limits"}),
+}  # fmt: skip
+#: Keys known to name code (said so in the message).
+_CODE_KEYS = frozenset({"preload", "preload_argv", "preload_nanny", "worker_class", "scheduler_cls",
+                        "job_cls", "python", "shebang", "plugins", "worker_kwargs", "scheduler_kwargs",
+                        "nanny_kwargs", "security", "loop", "config_name"})  # fmt: skip
+#: ``dask worker`` flags that load code: refused in ``worker_extra_args``/``worker_command``.
+_CODE_FLAGS = ("--preload", "--preload-nanny", "--worker-class")
+_ENV_CODE = re.compile(r"PRELOAD|PLUGIN|CLASS|^LD_|^PYTHON(STARTUP|PATH|HOME|USERBASE|INSPECT)$", re.I)
+_PROLOGUE = re.compile(
+    r"^\s*(?:(?:source|\.|cd|conda\s+activate|module\s+(?:load|unload|purge|use|restore))(?:\s|$)"
+    r"|export\s+[A-Za-z_]\w*=)"
+)
+_SHELL_META = re.compile(r"[;&|`<>\n]|\$\(")
+
+
+def _refuse(source: str, kind: str, key: str, allowed: frozenset[str], where: str = "") -> ClusterConfigError:
+    why = " (it names code that Dask would import or run; a cluster file is data)" if key in _CODE_KEYS else ""
+    return ClusterConfigError(
+        f"{source}: key '{where}{key}' is not allowed for kind: {kind}{why}; allowed: "
+        f"{', '.join(sorted(allowed - {'kind'}))}. Remove it"
+    )
+
+
+def _check_args(source: str, key: str, args: Any) -> None:
+    items = args.split() if isinstance(args, str) else list(args or [])
+    for a in (str(v) for v in items):
+        if a.split("=", 1)[0] in _CODE_FLAGS:
+            raise ClusterConfigError(
+                f"{source}: {key} holds {a!r}, which makes the workers import code; "
+                "a cluster file is data: remove it"
+            )
+
+
+def _check_env_name(source: str, key: str, name: str) -> None:
+    if _ENV_CODE.search(name):
+        raise ClusterConfigError(
+            f"{source}: {key} sets {name}, which can make processes load code; "
+            "a cluster file is data: remove it"
+        )
+
+
+def check_cluster_keys(cfg: Mapping[str, Any]) -> None:
+    """Refuse any key of a cluster configuration outside :data:`CLUSTER_KEYS` of its kind,
+    and values that would load code (``--preload`` in worker arguments, ``*PRELOAD*``
+    environment variables, prologue lines that are not plain setup).
+
+    Raises
+    ------
+    ClusterConfigError
+        Naming the file, the key and what is allowed.
+    """
+    kind = str(cfg.get("kind"))
+    source = str(cfg.get("_source", "cluster config"))
+    allowed = CLUSTER_KEYS[kind]
+    for key in cfg:
+        if key == "_source":
+            continue
+        if key not in allowed:
+            raise _refuse(source, kind, str(key), allowed)
+        sub = _NESTED_KEYS.get(str(key))
+        val = cfg[key]
+        if sub is not None and val is not None:
+            if not isinstance(val, Mapping):
+                raise ClusterConfigError(f"{source}: {key} must be a mapping, got {val!r}")
+            for k in val:
+                if k not in sub:
+                    raise _refuse(source, kind, str(k), sub | {"kind"}, where=f"{key}.")
+    for key in ("worker_extra_args", "worker_command"):
+        _check_args(source, key, cfg.get(key))
+    cmd = cfg.get("worker_command")
+    if cmd is not None:
+        words = cmd.split() if isinstance(cmd, str) else [str(w) for w in cmd]
+        if words[:2] != ["dask", "worker"] and words[:1] != ["dask-worker"]:
+            raise ClusterConfigError(
+                f"{source}: worker_command {cmd!r} must start with 'dask worker' (it runs in every pod)"
+            )
+    env = cfg.get("env")
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise ClusterConfigError(f"{source}: env must be a mapping of NAME: value")
+        for name in env:
+            _check_env_name(source, "env", str(name))
+    for line in _as_list(cfg.get("job_script_prologue")):
+        if not _PROLOGUE.match(line) or _SHELL_META.search(line):
+            raise ClusterConfigError(
+                f"{source}: job_script_prologue line {line!r} is not plain setup; allowed: one "
+                "'source FILE', 'module load ...', 'conda activate ENV', 'cd DIR' or "
+                "'export NAME=VALUE' per line, without ; | & ` $( or redirections"
+            )
+        if line.split()[0] == "export":
+            _check_env_name(source, "job_script_prologue", line.split()[1].split("=", 1)[0])
+    for d in _as_list(cfg.get("job_extra_directives")):
+        if not d.startswith("-") or "\n" in d:
+            raise ClusterConfigError(
+                f"{source}: job_extra_directives entry {d!r} must be one sbatch option (e.g. --gres=gpu:1)"
+            )
+
+
+def _as_list(value: Any) -> list[str]:
+    """A YAML value meant as a list of lines (one string is one line)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def check_n_workers(n: Any, what: str = "--workers") -> int | None:
+    """``n`` as a worker count >= 1 (None stays None: automatic).
+
+    Raises
+    ------
+    ClusterConfigError
+        For 0, a negative number or something that is not an integer (a cluster of no
+        workers would wait forever).
+    """
+    if n is None:
+        return None
+    try:
+        value = int(n)
+        ok = value == float(n) and not isinstance(n, bool)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or value < 1:
+        raise ClusterConfigError(f"{what} {n!r}: need a whole number of workers >= 1")
+    return value
 
 
 # --------------------------------------------------------------------------------------
@@ -153,10 +327,12 @@ def load_cluster_config(spec: str | os.PathLike[str] | Mapping[str, Any] | None 
             return {"kind": "scheduler_file", "scheduler_file": str(path)}
         if path.suffix not in (".yaml", ".yml"):
             raise ClusterConfigError(f"--cluster {s!r}: expected a .yaml or .json file")
+        from kgml_grid.safe_yaml import YamlError, load_yaml
+
         try:
-            cfg = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ClusterConfigError(f"{path}: not valid YAML: {e}") from None
+            cfg = load_yaml(path.read_text(), source=str(path))
+        except YamlError as e:
+            raise ClusterConfigError(str(e)) from None
         if not isinstance(cfg, dict):
             raise ClusterConfigError(f"{path}: a cluster file must be a YAML mapping with 'kind:'")
         cfg.setdefault("_source", str(path))
@@ -165,6 +341,12 @@ def load_cluster_config(spec: str | os.PathLike[str] | Mapping[str, Any] | None 
         raise ClusterConfigError(
             f"{cfg.get('_source', 'cluster config')}: kind {kind!r}; expected one of {', '.join(KINDS)}"
         )
+    check_cluster_keys(cfg)
+    src = cfg.get("_source", "cluster config")
+    if kind in ("local", "kubernetes"):
+        check_n_workers(cfg.get("n_workers"), f"{src}: n_workers")
+    if kind == "slurm" and "jobs" in cfg:
+        check_n_workers(cfg["jobs"], f"{src}: jobs")
     return cfg
 
 
@@ -193,7 +375,8 @@ def local_cluster(cfg: Mapping[str, Any] | None = None) -> Any:
     """A ``LocalCluster`` of worker processes, bound to 127.0.0.1 by default."""
     from distributed import LocalCluster
 
-    opts = {k: v for k, v in dict(cfg or {}).items() if k not in ("kind", "_source")}
+    cfg = load_cluster_config({"kind": "local", **dict(cfg or {})})
+    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source")}
     gpus = opts.pop("gpus", "auto")
     n_gpus = _count_gpus() if gpus == "auto" else int(gpus or 0)
     if opts.get("n_workers") is None:
@@ -212,7 +395,7 @@ def slurm_cluster(cfg: Mapping[str, Any]) -> Any:
     """A ``dask_jobqueue.SLURMCluster`` from a ``kind: slurm`` config (no job submitted).
 
     ``jobs`` (submit this many jobs) and ``adapt`` (``{minimum, maximum}`` jobs) are
-    read by :func:`make_client`; every other key goes to ``SLURMCluster``. Unless the
+    read by :func:`make_client`; every other key (of :data:`CLUSTER_KEYS`) goes to ``SLURMCluster``. Unless the
     config sets ``interface`` or ``scheduler_options.host``, the scheduler binds to
     127.0.0.1 (fine on one node; set ``interface`` so that compute nodes reach it).
     """
@@ -220,13 +403,14 @@ def slurm_cluster(cfg: Mapping[str, Any]) -> Any:
         from dask_jobqueue import SLURMCluster
     except ImportError:  # pragma: no cover - a declared dependency
         raise ImportError("kind: slurm needs dask-jobqueue: pip install dask-jobqueue") from None
-    opts = {k: v for k, v in dict(cfg).items() if k not in ("kind", "_source", "jobs", "adapt")}
+    cfg = load_cluster_config({**dict(cfg), "kind": "slurm"})
+    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source", "jobs", "adapt")}
     sched = dict(opts.pop("scheduler_options", None) or {})
     if not opts.get("interface") and "host" not in sched:
         sched["host"] = LOCALHOST
     sched.setdefault("dashboard_address", DASHBOARD)
     opts["scheduler_options"] = sched
-    prologue = [str(line) for line in opts.get("job_script_prologue") or []]
+    prologue = _as_list(opts.get("job_script_prologue"))
     set_there = {w.split("=", 1)[0] for line in prologue for w in line.replace("export ", " ").split() if "=" in w}
     opts["job_script_prologue"] = [f"export {k}={v}" for k, v in housekeeping_env({}).items()
                                    if k not in set_there] + prologue  # fmt: skip
@@ -250,7 +434,8 @@ def kubernetes_cluster(cfg: Mapping[str, Any]) -> Any:
             "cluster: helm install --repo https://helm.dask.org --create-namespace -n "
             "dask-operator --generate-name dask-kubernetes-operator); see cluster/README.md"
         ) from None
-    opts = {k: v for k, v in dict(cfg).items() if k not in ("kind", "_source", "adapt")}
+    cfg = load_cluster_config({**dict(cfg), "kind": "kubernetes"})
+    opts = {k: v for k, v in cfg.items() if k not in ("kind", "_source", "adapt")}
     env = {str(k): str(v) for k, v in dict(opts.get("env") or {}).items()}
     opts["env"] = {**housekeeping_env(env), **env}
     return KubeCluster(**opts)
@@ -262,17 +447,30 @@ def make_client(
     n_workers: int | None = None,
     verbose: bool = True,
     timeout: float = 120,
+    connect_timeout: float | None = None,
 ) -> Any:
     """A ``distributed.Client`` for ``spec`` (see the module docstring).
 
     Parameters
     ----------
     n_workers : int, optional
-        Workers of a local cluster (or jobs of a SLURM cluster, pods on Kubernetes).
+        Workers of a local cluster (or jobs of a SLURM cluster, pods on Kubernetes);
+        at least 1.
     verbose : bool
         Print the dashboard link.
     timeout : float
-        Seconds to wait for the first worker.
+        Seconds to wait for the first worker of a local cluster.
+    connect_timeout : float, optional
+        Seconds to wait for an existing scheduler (an address or a scheduler file) to
+        answer: the file's ``timeout:``, else :data:`CONNECT_TIMEOUT` (20 s).
+
+    Raises
+    ------
+    ClusterConfigError
+        For a spec that cannot be understood or that is refused, or ``n_workers < 1``.
+    ClusterConnectError
+        When the scheduler does not answer within ``connect_timeout`` (naming the
+        address), or no worker of a local cluster starts within ``timeout``.
 
     Notes
     -----
@@ -280,8 +478,17 @@ def make_client(
     """
     from distributed import Client
 
+    n_workers = check_n_workers(n_workers)
     cfg = load_cluster_config(spec)
     kind = cfg["kind"]
+    src = cfg.get("_source", "--cluster")
+    raw_wait = connect_timeout if connect_timeout is not None else cfg.get("timeout", CONNECT_TIMEOUT)
+    try:
+        wait = float(raw_wait)
+    except (TypeError, ValueError):
+        wait = float("nan")
+    if not wait > 0:
+        raise ClusterConfigError(f"{src}: timeout {raw_wait!r}: need a number of seconds > 0")
     cluster = None
     if kind == "local":
         if n_workers is not None:
@@ -290,13 +497,13 @@ def make_client(
         client = Client(cluster)
     elif kind == "address":
         if "address" not in cfg:
-            raise ClusterConfigError(f"{cfg.get('_source', 'config')}: kind address needs 'address:'")
-        client = Client(str(cfg["address"]), timeout=timeout)
+            raise ClusterConfigError(f"{src}: kind address needs 'address:'")
+        client = _connect(str(cfg["address"]), wait, address=str(cfg["address"]))
     elif kind == "scheduler_file":
         path = cfg.get("scheduler_file") or cfg.get("path")
         if not path or not Path(path).exists():
-            raise ClusterConfigError(f"{cfg.get('_source', 'config')}: scheduler file {path!r} does not exist")
-        client = Client(scheduler_file=str(path), timeout=timeout)
+            raise ClusterConfigError(f"{src}: scheduler file {path!r} does not exist")
+        client = _connect(f"{_file_address(path)} (scheduler file {path})", wait, scheduler_file=str(path))
     elif kind == "slurm":
         cluster = slurm_cluster(cfg)
         adapt = cfg.get("adapt")
@@ -314,8 +521,17 @@ def make_client(
         client = Client(cluster)
     if cluster is not None:
         _OWNED[client] = cluster
-    if kind in ("local", "slurm", "kubernetes") and not cfg.get("adapt"):
-        with contextlib.suppress(Exception):
+    if kind == "local":
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            close_client(client)
+            raise ClusterConnectError(
+                f"no worker of the local cluster started within {timeout:g} s; see the log above "
+                "(memory_limit, ports), or use --cluster serial"
+            ) from None
+    elif kind in ("slurm", "kubernetes") and not cfg.get("adapt"):
+        with contextlib.suppress(Exception):  # jobs and pods may queue: the run waits for them
             client.wait_for_workers(1, timeout=timeout)
     if verbose:
         from kgml_grid.execute import dashboard_link
@@ -324,6 +540,27 @@ def make_client(
         n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         print(f"dask cluster ({kind}): {n} workers; dashboard: {link or 'none'}", file=sys.stderr)
     return client
+
+
+def _file_address(path: str | os.PathLike[str]) -> str:
+    """The address a scheduler file names (for messages), or the file itself."""
+    try:
+        return str(json.loads(Path(path).read_text()).get("address") or path)
+    except (OSError, ValueError, AttributeError):
+        return str(path)
+
+
+def _connect(shown: str, wait: float, **kwargs: Any) -> Any:
+    """``Client(**kwargs, timeout=wait)``, failing with the address ``shown`` and the fix."""
+    from distributed import Client
+
+    try:
+        return Client(timeout=wait, **kwargs)
+    except (OSError, TimeoutError) as e:
+        raise ClusterConnectError(
+            f"cannot reach the Dask scheduler at {shown}: no answer within {wait:g} s ({e}); check "
+            "the address and that the scheduler is running, or raise --connect-timeout"
+        ) from None
 
 
 def close_client(client: Any) -> None:

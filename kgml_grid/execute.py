@@ -34,6 +34,14 @@ state and redoes only what is missing; the store is marked complete
 (:func:`kgml_grid.cubes.mark_complete`) only after every block is recorded. Do not run
 two upscalings into the same store at once.
 
+The records also hold a fingerprint of
+every input cube (``inputs.json``, :mod:`kgml_grid.fingerprint`), taken before the
+store is made: a resume against inputs that changed since is refused, saying what
+changed (finishing it would mix blocks of the old and the new inputs).
+
+A block that fails on a full disk says so (:func:`block_failure`); the completed blocks
+stay recorded for ``--resume``.
+
 Outputs are checked before a block is written (:func:`check_outputs`): a block whose
 crop pixels all have NaN outputs, or with any infinite output, fails with a
 :class:`BlockError` naming it and is not recorded, so the store is never marked
@@ -62,7 +70,11 @@ import pandas as pd
 import xarray as xr
 
 from kgml_grid import blockio, cubes, outputs
+from kgml_grid.errors import is_disk_full
 from kgml_grid.features import WEATHER_FEATURES, assemble, year_end_mask
+from kgml_grid.fingerprint import compare as compare_fingerprints
+from kgml_grid.fingerprint import dumps as fingerprint_dumps
+from kgml_grid.fingerprint import input_fingerprints
 from kgml_grid.plan import (
     DAILY_VARS,
     BlockKey,
@@ -90,6 +102,8 @@ __all__ = [
 ]
 
 RECORDS_SUFFIX = ".kgml_blocks"
+#: Fingerprints of the input cubes, in the records folder (:mod:`kgml_grid.fingerprint`).
+INPUTS_FILE = "inputs.json"
 
 
 class BlockError(RuntimeError):
@@ -474,6 +488,16 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def block_failure(key: BlockKey | None, exc: BaseException, out: Path | str | None) -> str:
+    """The one-line message of a failed block (a full disk said as such)."""
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+    if is_disk_full(exc):
+        where = f" writing {out}" if out is not None else ""
+        return (f"{key} failed: no space left on the device{where} ({detail}). Completed blocks "
+                "are recorded: free space, then rerun with --resume")  # fmt: skip
+    return f"{key} failed: {detail}. Completed blocks are recorded; fix the cause and rerun with --resume"
+
+
 def run_block(bt: BlockTask, tt: TileTask, prev: State | StateRef | None) -> State:
     """The task: compute one block, write its region and records, return the new state."""
     output, state = compute_block(tt, bt, prev)
@@ -585,12 +609,16 @@ def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool)
                 f"--resume: {out} was written with another plan: " + "; ".join(diffs)
                 + "; pass --overwrite to start again"
             )
+        _check_inputs(plan, out, records)
         rec_plan = records / "plan.json"
         if rec_plan.exists() and json.loads(rec_plan.read_text()).get("plan_id") != plan.plan_id:
             outputs.remove_output(records, "records", error=PlanError)  # another run's: not ours to trust
         if not rec_plan.exists():
             _write_records_plan(plan, records)
+        if not (records / INPUTS_FILE).exists():
+            _write_inputs(records, input_fingerprints(plan.paths))
         return completed_blocks(out)
+    inputs = input_fingerprints(plan.paths)  # before anything is written
     # a new store: records of a store that is gone, or the old store and its records
     if decision == "replace":
         outputs.remove_output(out, "upscale", error=PlanError)
@@ -601,7 +629,38 @@ def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool)
     template = plan.template(provenance=_provenance(plan)).chunk(plan.output_chunks)
     cubes.init_store(template, out, plan.output_chunks, compressors=_output_compressors())
     _write_records_plan(plan, records)
+    _write_inputs(records, inputs)
     return set()
+
+
+def _write_inputs(records: Path, inputs: Mapping[str, Any]) -> None:
+    _atomic_write(records / INPUTS_FILE, lambda p: p.write_text(fingerprint_dumps(inputs)))
+
+
+def _check_inputs(plan: Plan, out: Path, records: Path) -> None:
+    """Refuse to resume when an input cube changed since the store was started (the
+    fingerprints in the records; :mod:`kgml_grid.fingerprint`)."""
+    path = records / INPUTS_FILE
+    if not path.exists():
+        warnings.warn(
+            f"--resume: the records of {out} hold no fingerprint of the inputs (started by an "
+            "older kgml_grid?): cannot tell whether the cubes changed since; recording them now",
+            stacklevel=3,
+        )
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        raise PlanError(f"--resume: {path} is not valid JSON; pass --overwrite to start again") from None
+    changes, unchecked = compare_fingerprints(old, input_fingerprints(plan.paths))
+    if changes:
+        raise PlanError(
+            f"--resume: the inputs of {out} changed since the run started: " + "; ".join(changes)
+            + ". Finishing it would mix blocks computed from the old and the new inputs: "
+            "pass --overwrite to start again (or restore the inputs)"
+        )
+    for u in unchecked:
+        warnings.warn(f"--resume: {u}; make sure it did not change since the run started", stacklevel=3)
 
 
 def _output_compressors() -> tuple[Any, ...]:
@@ -768,7 +827,12 @@ class SerialExecutor:
 
         try:
             for key in tqdm(todo, desc="upscaling", unit="block", disable=not self.progress):
-                state[key.tile] = run_block(_block_task(plan, key), tiles[key.tile], state[key.tile])
+                try:
+                    state[key.tile] = run_block(_block_task(plan, key), tiles[key.tile], state[key.tile])
+                except OSError as e:
+                    if not is_disk_full(e):
+                        raise
+                    raise BlockError(block_failure(key, e, Path(out))) from e
         finally:
             blockio.drop_run(run_id)
         finish_store(plan, out, n_done=plan.n_blocks)
@@ -951,7 +1015,7 @@ class DaskExecutor:
                   f"computing {n_todo}", file=sys.stderr)  # fmt: skip
         try:
             if n_todo:
-                self._run(graph)
+                self._run(graph, out)
         finally:
             with contextlib.suppress(Exception):  # best effort: frees the workers' chunk caches
                 self.client.run(blockio.drop_run, graph.run_id)
@@ -959,7 +1023,7 @@ class DaskExecutor:
         return UpscaleResult(plan, out, computed=n_todo, already_done=plan.n_blocks - n_todo,
                              seconds=_time.perf_counter() - t0, dashboard=link)  # fmt: skip
 
-    def _run(self, graph: UpscaleGraph) -> None:
+    def _run(self, graph: UpscaleGraph, out: Path | None = None) -> None:
         from distributed import as_completed
 
         keys = list(graph.blocks)
@@ -982,22 +1046,30 @@ class DaskExecutor:
         bar = tqdm(total=len(keys), desc="upscaling", unit="block",
                    disable=not self.progress or widget)  # fmt: skip
         try:
-            for fut in ac:
-                if fut.status == "error":
-                    exc = fut.exception()
-                    key = by_key.get(fut.key)
-                    remaining = list(ac.futures) if hasattr(ac, "futures") else []
-                    self.client.cancel(remaining)
-                    raise BlockError(
-                        f"{key} failed: {type(exc).__name__}: {exc}. Completed blocks are recorded; "
-                        "fix the cause and rerun with --resume"
-                    ) from exc
-                if fut.status == "cancelled":
-                    raise BlockError(f"{by_key.get(fut.key)} was cancelled; rerun with --resume")
-                bar.update(1)
-                del fut
+            failure = self._wait(ac, by_key, bar, out)
         finally:
             bar.close()
+        if failure is not None:
+            # no future may stay referenced by the traceback (in a notebook it lives on):
+            # the scheduler keeps a task while a future of it exists
+            del ac
+            raise failure
+
+    def _wait(self, ac: Any, by_key: Mapping[Any, BlockKey], bar: Any, out: Path | None) -> BlockError | None:
+        """Count the blocks as they finish; at the first failure cancel the rest and
+        return the error (raised by the caller, once no future is referenced here)."""
+        for fut in ac:
+            if fut.status == "error":
+                exc = fut.exception()
+                self.client.cancel([fut, *(list(ac.futures) if hasattr(ac, "futures") else [])])
+                failure = BlockError(block_failure(by_key.get(fut.key), exc, out))
+                failure.__cause__ = exc
+                return failure
+            if fut.status == "cancelled":
+                return BlockError(f"{by_key.get(fut.key)} was cancelled; rerun with --resume")
+            bar.update(1)
+            del fut
+        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -1091,6 +1163,7 @@ def upscale(
     progress: bool = True,
     batch_pixels: int | None = None,
     device: str = "auto",
+    connect_timeout: float | None = None,
 ) -> UpscaleResult:
     """Plan and run an upscaling: the library call behind ``kgml-grid upscale``.
 
@@ -1114,12 +1187,25 @@ def upscale(
         Finish an interrupted run (only missing blocks are computed) / replace ``out``.
     dry_run : bool
         Plan only: nothing is computed, no cluster started, nothing written.
+    n_workers : int, optional
+        Workers of a local cluster (>= 1).
+    device : str
+        Worker device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (spelling checked here,
+        before any cluster starts).
+    connect_timeout : float, optional
+        Seconds to wait for an existing scheduler (default
+        :data:`kgml_grid.cluster.CONNECT_TIMEOUT`, 20 s).
 
     Returns
     -------
     UpscaleResult
         ``.dataset`` is the lazy output; ``.plan`` the plan.
     """
+    from kgml_grid.checkpoint import check_device_spec
+    from kgml_grid.cluster import check_n_workers
+
+    device = check_device_spec(device)
+    n_workers = check_n_workers(n_workers)
     plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs,
                      chunks=chunks, batch_pixels=batch_pixels)  # fmt: skip
     out = Path(out).resolve()
@@ -1135,7 +1221,7 @@ def upscale(
         )
     from kgml_grid.cluster import close_client, make_client
 
-    own = make_client(cluster or "local", n_workers=n_workers, verbose=progress)
+    own = make_client(cluster or "local", n_workers=n_workers, verbose=progress, connect_timeout=connect_timeout)
     try:
         return DaskExecutor(own, device=device, progress=progress).execute(
             plan, out, resume=resume, overwrite=overwrite

@@ -718,10 +718,26 @@ def _window_of(
     crs_note = ""
     if bbox_crs is not None:
         from pyproj import CRS, Transformer
+        from pyproj.exceptions import CRSError
 
-        if CRS.from_user_input(bbox_crs) != CRS.from_user_input(grid.crs):
-            tr = Transformer.from_crs(bbox_crs, grid.crs, always_xy=True)
+        from kgml_grid.cubes import _crs_name
+
+        grid_crs = _crs_name(grid.crs)
+        try:
+            bcrs = CRS.from_user_input(bbox_crs)
+        except CRSError:
+            raise PlanError(
+                f"--bbox-crs {bbox_crs!r} is not a CRS known to PROJ; write an EPSG code such as "
+                f"EPSG:4326 (longitude/latitude) or the grid's own {grid_crs}"
+            ) from None
+        if bcrs != CRS.from_user_input(grid.crs):
+            tr = Transformer.from_crs(bcrs, grid.crs, always_xy=True)
             xs, ys = tr.transform([west, west, east, east], [south, north, south, north])
+            if not np.all(np.isfinite(np.asarray([xs, ys], dtype=float))):
+                raise PlanError(
+                    f"--bbox {west},{south},{east},{north} (--bbox-crs {bbox_crs}) cannot be "
+                    f"transformed to the grid's CRS {grid_crs}: outside the area of use of {bbox_crs}"
+                )
             crs_note = f" ({bbox_crs} {west},{south},{east},{north})"
             west, east, south, north = min(xs), max(xs), min(ys), max(ys)
     gw, gs, ge, gn = grid.bounds

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from typing import Any
 
 USAGE_EXAMPLES = """\
@@ -34,28 +33,25 @@ def _cmd_upscale(a: argparse.Namespace) -> int:
 
     if a.maps and not a.dry_run:
         _check_maps(a)
-    try:
-        res = upscale(
-            a.catalog,
-            a.model,
-            a.out,
-            start=a.start,
-            end=a.end,
-            bbox=a.bbox,
-            bbox_crs=a.bbox_crs,
-            chunks=a.chunks,
-            cluster=a.cluster,
-            n_workers=a.workers,
-            resume=a.resume,
-            overwrite=a.overwrite,
-            dry_run=a.dry_run,
-            progress=not a.quiet,
-            batch_pixels=a.batch_pixels,
-            device=a.device,
-        )
-    except ImportError as e:
-        print(f"kgml-grid upscale: error: {e}", file=sys.stderr)
-        return 2
+    res = upscale(
+        a.catalog,
+        a.model,
+        a.out,
+        start=a.start,
+        end=a.end,
+        bbox=a.bbox,
+        bbox_crs=a.bbox_crs,
+        chunks=a.chunks,
+        cluster=a.cluster,
+        n_workers=a.workers,
+        resume=a.resume,
+        overwrite=a.overwrite,
+        dry_run=a.dry_run,
+        progress=not a.quiet,
+        batch_pixels=a.batch_pixels,
+        device=a.device,
+        connect_timeout=a.connect_timeout,
+    )
     print(res.summary())
     if a.maps and not a.dry_run:
         from kgml_grid.maps import annual_maps
@@ -63,6 +59,38 @@ def _cmd_upscale(a: argparse.Namespace) -> int:
         for p in annual_maps(a.out, a.maps, overwrite=a.overwrite):
             print(f"map: {p}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--workers 0`` would wait forever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def device_spec(text: str) -> str:
+    """An argparse type: auto, cpu, cuda or cuda:N (spelling only; nothing initialised)."""
+    from kgml_grid.checkpoint import check_device_spec
+
+    try:
+        return check_device_spec(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N") from None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -93,14 +121,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     u.add_argument("--cluster", default="local",
                    help="'local' (default), tcp://HOST:PORT, a scheduler file, a cluster/*.yaml, "
                         "or 'serial' (no Dask)")  # fmt: skip
-    u.add_argument("--workers", type=int, default=None, help="workers of a local cluster")
+    u.add_argument("--workers", type=positive_int, default=None, help="workers of a local cluster (>= 1)")
+    u.add_argument("--connect-timeout", type=positive_float, default=None, metavar="S",
+                   help="seconds to wait for an existing scheduler (default 20)")  # fmt: skip
     u.add_argument("--resume", action="store_true", help="finish an interrupted run: only missing blocks")
     u.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUT (and --maps DIR): only an upscaling store kgml_grid "
                         "wrote, never an input of the run")  # fmt: skip
     u.add_argument("--dry-run", action="store_true", help="print the plan; compute and write nothing")
-    u.add_argument("--batch-pixels", type=int, default=None, help="pixels per model batch")
-    u.add_argument("--device", default="auto", help="worker device: auto (GPU if any), cpu, cuda:N")
+    u.add_argument("--batch-pixels", type=positive_int, default=None, help="pixels per model batch")
+    u.add_argument("--device", default="auto", type=device_spec,
+                   help="worker device: auto (GPU if any), cpu, cuda or cuda:N")  # fmt: skip
     u.add_argument("--maps", metavar="DIR", help="also write annual maps of Ra, Rh, NEE (PNG) here")
     u.add_argument("--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=_cmd_upscale)

@@ -1,15 +1,11 @@
 """Executors: exact time chunking, Dask on real processes against the serial reference,
-resumable output, the worker-resident model."""
+resumable output, the worker-resident model (faults: test_faults.py)."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +23,6 @@ from kgml_grid.execute import (
     completed_blocks,
     direct_run,
     records_dir,
-    upscale,
 )
 from kgml_grid.plan import DAILY_VARS, PlanError, make_plan
 
@@ -219,67 +214,7 @@ def test_memory_check_uses_the_workers_limit(tiny_world, ckpt, client, tmp_path)
     assert not (tmp_path / "o.zarr").exists() and not records_dir(tmp_path / "o.zarr").exists()
 
 
-def _idle(client, timeout=60):
-    """Wait until the scheduler has forgotten the dead client's tasks and no worker is
-    still executing one (a running task finishes even when its client is gone)."""
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        n_sched = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
-        n_work = sum(client.run(lambda dask_worker: len(dask_worker.state.tasks)).values())
-        if n_sched == 0 and n_work == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("the cluster did not go idle")
-
-
-@pytest.mark.cluster
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_store_recomputing_only_missing_blocks(
-    tiny_world, ckpt, client, cluster, tmp_path
-):
-    chunks = "y=10,x=12,time=37"
-    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, chunks=chunks)
-    clean = SerialExecutor().execute(plan, tmp_path / "clean.zarr")
-    out = tmp_path / "out.zarr"
-    cmd = [sys.executable, "-m", "kgml_grid.cli", "upscale", "--catalog", str(tiny_world.catalog),
-           "--model", str(ckpt), "--out", str(out), "--start", START, "--end", END,
-           "--chunks", chunks, "--cluster", str(cluster), "--quiet"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    done_dir = records_dir(out) / "done"
-    t_end = time.monotonic() + 120
-    try:
-        while time.monotonic() < t_end:
-            n = len(list(done_dir.glob("*.json"))) if done_dir.exists() else 0
-            if n >= 6 or proc.poll() is not None:
-                break
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode() if proc.stdout else ""
-    _idle(client)  # tasks the dead client left running have finished or been released
-    done_before = completed_blocks(out)
-    assert 0 < len(done_before) < plan.n_blocks
-    with pytest.raises(PlanError, match="pass --resume to finish it or --overwrite"):
-        upscale(tiny_world.catalog, ckpt, out, start=START, end=END, chunks=chunks, client=client)
-    with pytest.raises(PlanError, match=r"another plan: chunks:"):
-        upscale(tiny_world.catalog, ckpt, out, start=START, end=END, chunks="y=10,x=12,time=30",
-                client=client, resume=True, progress=False)  # fmt: skip
-    assert xr.open_zarr(out, consolidated=False).attrs["kgml_complete"] == 0
-    res = upscale(tiny_world.catalog, ckpt, out, start=START, end=END, chunks=chunks,
-                  client=client, resume=True, progress=False)  # fmt: skip
-    # only the missing blocks were computed: counted by the run and by the records
-    assert res.computed == plan.n_blocks - len(done_before) and res.already_done == len(done_before)
-    records = [json.loads(p.read_text()) for p in (records_dir(out) / "done").glob("*.json")]
-    run_ids = {r["run_id"] for r in records}
-    assert len(records) == plan.n_blocks and len(run_ids) == 2
-    newest = [r for r in records if r["block"] not in {b.name for b in done_before}]
-    assert len(newest) == res.computed and len({r["run_id"] for r in newest}) == 1
-    ds = res.dataset
-    assert ds.attrs["kgml_complete"] == 1
-    for v in VARS:  # identical to a clean run
-        np.testing.assert_array_equal(ds[v].values, clean.dataset[v].values, err_msg=v)
+# The killed-client + --resume test lives in test_faults.py with the other fault injections.
 
 
 def test_serial_store_skips_tiles_without_crop_and_refuses_other_checkpoints(tiny_world, ckpt, tmp_path):
