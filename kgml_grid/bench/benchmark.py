@@ -152,7 +152,9 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     outputs.check_files(list(files.values()), ours=is_bench_result(files["json"]), what="a benchmark's results",
                         inputs=inputs, overwrite=cfg.overwrite)  # fmt: skip
     if cfg.work is not None:
-        outputs.check_target(cfg.work, kind="bench-work", inputs=inputs, overwrite=cfg.overwrite, option="--work")
+        outputs.check_target(
+            cfg.work, kind="bench-work", inputs=inputs, overwrite=cfg.overwrite, option="--work"
+        )
     t_all = _time.perf_counter()
     result: dict[str, Any] = {
         outputs.MARKER_ATTR: "bench",
@@ -184,27 +186,38 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         model = Path(cfg.model) if cfg.model else make_bench_checkpoint(
             catalog, work / f"ckpt_h{cfg.hidden}", hidden=cfg.hidden, seed=cfg.seed)  # fmt: skip
         ck = load_checkpoint(model, device="cpu")
-        model_desc = f"{ck.config.arch} hidden {ck.config.hidden}" + ("" if cfg.model else " (random init)")
+        model_desc = f"{ck.config.arch} hidden {ck.config.hidden}" + (
+            "" if cfg.model else " (random init)"
+        )
         del ck
         cat = open_catalog(catalog)
         from kgml_grid import cubes
 
         sat = cat.open("satellite")
         grid = cubes.grid_of(sat, layer="satellite")
-        enc = sat["gpp_sat"].encoding.get("chunks") or sat["gpp_sat"].encoding.get("preferred_chunks")
+        enc = sat["gpp_sat"].encoding.get("chunks") or sat["gpp_sat"].encoding.get(
+            "preferred_chunks"
+        )
         if isinstance(enc, Mapping):
             enc = tuple(enc.get(d) for d in ("time", "y", "x"))
-        cube_tile = int(enc[1]) if isinstance(enc, tuple | list) and len(enc) == 3 and enc[1] else None
+        cube_tile = (
+            int(enc[1]) if isinstance(enc, tuple | list) and len(enc) == 3 and enc[1] else None
+        )
         domain = tuple(cfg.domain) if cfg.domain else grid.shape
         if domain[0] > grid.ny or domain[1] > grid.nx or min(domain) < 1:
-            raise ValueError(f"--domain {domain[0]} {domain[1]} does not fit the {grid.ny} x {grid.nx} grid")
+            raise ValueError(
+                f"--domain {domain[0]} {domain[1]} does not fit the {grid.ny} x {grid.nx} grid"
+            )
         start, end = cfg.start, cfg.end
         if cfg.quick and start is None and end is None:
             import pandas as pd
 
             t = pd.DatetimeIndex(sat["time"].values)
             y0 = t[0].year + (1 if len(t) > 730 else 0)
-            start, end = f"{y0}-01-01", str((pd.Timestamp(f"{y0}-01-01") + pd.Timedelta(days=89)).date())
+            start, end = (
+                f"{y0}-01-01",
+                str((pd.Timestamp(f"{y0}-01-01") + pd.Timedelta(days=89)).date()),
+            )
         bbox = window_bbox(grid, (0, domain[0], 0, domain[1]))
         probe = make_plan(catalog, model, start=start, end=end, bbox=bbox)
         shapes = list(cfg.shapes) if cfg.shapes else default_shapes(domain, probe.n_days, cube_tile=cube_tile,
@@ -226,7 +239,9 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
         clients.append(client)
         from kgml_grid.worker import register_model
 
-        register_model(client, str(model.resolve()), probe.checkpoint_hash, device=device)  # warm: model once per worker
+        register_model(
+            client, str(model.resolve()), probe.checkpoint_hash, device=device
+        )  # warm: model once per worker
         sweep = []
         for s in shapes:
             _log(cfg, f"end-to-end {s.label}")
@@ -283,7 +298,9 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
             measure("e2e", f"end-to-end {rshape.label}, {cfg.workers} workers, domain {d1}",
                     lambda: {**e2e(client, bbox1), "domain": list(d1)})  # fmt: skip
             if cfg.workers != 2:
-                measure("w2", "end-to-end, 2 workers", lambda: {**e2e(c2, bbox1), "domain": list(d1)})
+                measure(
+                    "w2", "end-to-end, 2 workers", lambda: {**e2e(c2, bbox1), "domain": list(d1)}
+                )
             measure("w1", "end-to-end, 1 worker", lambda: {**e2e(c1, bbox1), "domain": list(d1)})
             measure("io", "I/O limit", lambda: run_io_limit(plan1, client=client))
             measure("map_blocks", "peer: xarray.map_blocks",
@@ -298,10 +315,18 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
                                                   max_seconds=cfg.max_seconds))  # fmt: skip
             # (on a busy CPU, several torch threads in one process can be many times slower:
             # the time budget bounds what that costs)
-            measure("compute_threads", f"compute limit: 1 process x {threads} torch thread(s)",
-                    lambda: run_compute_limit(plan1, threads=threads, device=device, max_seconds=cfg.max_seconds))
-        measure("io_with_assembly", "I/O + feature assembly (read_block, no model)",
-                lambda: run_io_limit(plan1, client=client, assemble=True))
+            measure(
+                "compute_threads",
+                f"compute limit: 1 process x {threads} torch thread(s)",
+                lambda: run_compute_limit(
+                    plan1, threads=threads, device=device, max_seconds=cfg.max_seconds
+                ),
+            )
+        measure(
+            "io_with_assembly",
+            "I/O + feature assembly (read_block, no model)",
+            lambda: run_io_limit(plan1, client=client, assemble=True),
+        )
         for c in {id(x): x for x in (client, c2, c1)}.values():
             close_client(c)
             clients.remove(c)

@@ -24,7 +24,9 @@ def catalog_path(world: str | Path) -> Path:
     if p.is_dir():
         p = p / "catalog.yaml"
     if not p.is_file():
-        raise FileNotFoundError(f"--world {world}: no catalog (expected a catalog YAML or a folder holding catalog.yaml)")
+        raise FileNotFoundError(
+            f"--world {world}: no catalog (expected a catalog YAML or a folder holding catalog.yaml)"
+        )
     return p
 
 
@@ -56,7 +58,10 @@ def make_bench_checkpoint(catalog: str | Path, path: str | Path, *, hidden: int 
     layers = open_catalog(catalog).open_all()
     ny, nx = layers["satellite"].sizes["y"], layers["satellite"].sizes["x"]
     step = max(1, math.ceil(math.sqrt(ny * nx / max_pixels)))
-    r, c = (a.ravel() for a in np.meshgrid(np.arange(0, ny, step), np.arange(0, nx, step), indexing="ij"))
+    r, c = (
+        a.ravel()
+        for a in np.meshgrid(np.arange(0, ny, step), np.arange(0, nx, step), indexing="ij")
+    )
     with dask.config.set(scheduler="threads"):
         t, daily, soil, cby = pixel_inputs(layers, r, c)
         x, _ = assemble(time=t, daily=daily, soil=soil, crop_by_year=cby)

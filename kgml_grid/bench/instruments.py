@@ -184,7 +184,9 @@ def cache_stats(client: Any) -> dict[str, int]:
 
     each = client.run(lambda: chunk_cache().stats()).values()
     out = {k: sum(int(e[k]) for e in each) for k in ("hits", "misses", "evictions", "bypassed")}
-    out["peak_mib_per_worker"] = round(max((int(e["peak_bytes"]) for e in each), default=0) / MIB, 1)
+    out["peak_mib_per_worker"] = round(
+        max((int(e["peak_bytes"]) for e in each), default=0) / MIB, 1
+    )
     return out
 
 

@@ -51,7 +51,10 @@ def run_io_limit(plan: Any, *, client: Any, assemble: bool = False) -> dict[str,
     client.run(clear_caches)  # cold, like the end-to-end runs
     run_id = uuid.uuid4().hex[:8]
     tasks = _tile_tasks(plan, None, run_id, plan.crop_tiles)
-    tiles = {t: dask.delayed(tasks[t], name=(f"kgml-io-tile-{run_id}", *t), traverse=False) for t in plan.crop_tiles}
+    tiles = {
+        t: dask.delayed(tasks[t], name=(f"kgml-io-tile-{run_id}", *t), traverse=False)
+        for t in plan.crop_tiles
+    }
     fn = dask.delayed(_io_read_assemble if assemble else _io_read, pure=False, traverse=False)
     blocks = [fn(_block_task(plan, k), tiles[k.tile], dask_key_name=(f"kgml-io-{run_id}", k.chunk, k.ty, k.tx))
               for k in plan.blocks]  # fmt: skip
@@ -66,7 +69,8 @@ def run_io_limit(plan: Any, *, client: Any, assemble: bool = False) -> dict[str,
         "mib_read": round(sum(nbytes) / MIB, 1),
         "mib_per_s": round(sum(nbytes) / MIB / wall, 1) if wall else None,
         "tasks": len(blocks) + len(tiles),
-        "what": "read_block (read + feature assembly), no model" if assemble
+        "what": "read_block (read + feature assembly), no model"
+        if assemble
         else "input blocks read (decompressed), no gather, no model",
     }
 
@@ -128,7 +132,12 @@ def _pool_init(barrier: Any) -> None:
 
 
 def run_compute_limit(
-    plan: Any, *, threads: int, device: str = "cpu", processes: int = 1, max_seconds: float | None = None
+    plan: Any,
+    *,
+    threads: int,
+    device: str = "cpu",
+    processes: int = 1,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """The compute limit of a plan: the model over the same pixel-days as in-memory
     tensors (same batch size, same time chunks, state carried), no I/O, no Dask.
@@ -149,7 +158,12 @@ def run_compute_limit(
     bsz = plan.batch_pixels
     # the engine's model calls: per tile, batches of at most batch_pixels crop pixels, each
     # carried over every time chunk; batches are independent, so processes share them
-    counts = [min(bsz, n - i) for t in plan.crop_tiles for n in [int(plan.crop_counts[t])] for i in range(0, n, bsz)]
+    counts = [
+        min(bsz, n - i)
+        for t in plan.crop_tiles
+        for n in [int(plan.crop_counts[t])]
+        for i in range(0, n, bsz)
+    ]
     ye = year_end_mask(plan.time)
     tail = (plan.time_bounds, ye, threads, max_seconds)
     pd_all = plan.n_crop_pixels * plan.n_days

@@ -34,7 +34,12 @@ def _patch_outputs(
     ys, xs = sat["y"].values, sat["x"].values
     wx = stores["weather"][list(WEATHER_FEATURES)].sel(time=time).sel(y=ys, x=xs, method="nearest")
     soil = stores["soil"][list(SOIL_FEATURES)].sel(y=ys, x=xs, method="nearest")
-    crop = np.asarray(stores["crop"]["crop_type"].isel(year=list(crop_index)).sel(y=ys, x=xs, method="nearest").values)
+    crop = np.asarray(
+        stores["crop"]["crop_type"]
+        .isel(year=list(crop_index))
+        .sel(y=ys, x=xs, method="nearest")
+        .values
+    )
     rr, cc = np.nonzero((crop > 0).any(axis=0))
     t, ny, nx = len(time), len(ys), len(xs)
     out = {n: np.full((t, ny, nx), np.nan, dtype="float32") for n in DAILY_VARS}
@@ -51,7 +56,9 @@ def _patch_outputs(
     res = np.empty((rr.size, t, len(DAILY_TARGETS)), dtype="float32")
     with torch.inference_mode():
         for i in range(0, rr.size, batch):
-            o, _ = ckpt.model(torch.from_numpy(xn[i : i + batch]).to(ckpt.device), None, year_end=ye)
+            o, _ = ckpt.model(
+                torch.from_numpy(xn[i : i + batch]).to(ckpt.device), None, year_end=ye
+            )
             res[i : i + batch] = o["daily"].float().cpu().numpy()
     phys = ckpt.normalizer.denormalize_outputs(res)
     col = {n: i for i, n in enumerate(DAILY_TARGETS)}
@@ -159,7 +166,9 @@ def run_peer_patch_loop(plan: Any, *, out: str | Path, threads: int, device: str
         sat = _sat_window(plan, None)
         stores = {k: _open_plain(plan.paths[k]) for k in ("weather", "soil", "crop")}
         lazy = _sat_window(plan, {"time": -1, "y": ty, "x": tx})
-        template = xr.Dataset({n: xr.zeros_like(lazy["gpp_sat"], dtype="float32") for n in DAILY_VARS})
+        template = xr.Dataset(
+            {n: xr.zeros_like(lazy["gpp_sat"], dtype="float32") for n in DAILY_VARS}
+        )
         for n in DAILY_VARS:
             template[n].encoding = {}
         template.attrs[MARKER_ATTR] = "scratch"

@@ -84,26 +84,43 @@ def acceptance(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         io = limits.get("io", {}).get("pixel_days_per_s")
         if comp and io:
             which = "compute" if comp <= io else "I/O"
-            put("end_to_end_vs_min_limit", e2e, min(comp, io),
-                f"end-to-end at {rec['label']} / min(compute limit, I/O limit) (the {which} limit){medians}")
+            put(
+                "end_to_end_vs_min_limit",
+                e2e,
+                min(comp, io),
+                f"end-to-end at {rec['label']} / min(compute limit, I/O limit) (the {which} limit){medians}",
+            )
         peers = result.get("peers", {})
-        for key, name in (("map_blocks", "end_to_end_vs_map_blocks"), ("patch_loop", "end_to_end_vs_patch_loop")):
+        for key, name in (
+            ("map_blocks", "end_to_end_vs_map_blocks"),
+            ("patch_loop", "end_to_end_vs_patch_loop"),
+        ):
             p = peers.get(key, {}).get("pixel_days_per_s")
             if p:
                 put(name, e2e, p, f"end-to-end at {rec['label']} / peer {key}{medians}")
     sc = result.get("scaling", {})
     w1, w2 = sc.get("workers_1"), sc.get("workers_2")
     if w1 and w2:
-        put("workers_2_vs_1", w2["pixel_days_per_s"], w1["pixel_days_per_s"],
-            f"throughput with 2 workers / with 1 worker (same shape, same domain){medians}")
+        put(
+            "workers_2_vs_1",
+            w2["pixel_days_per_s"],
+            w1["pixel_days_per_s"],
+            f"throughput with 2 workers / with 1 worker (same shape, same domain){medians}",
+        )
     d1, d4 = sc.get("domain_1x"), sc.get("domain_4x")
     if d1 and d4:
-        put("memory_4x_vs_1x", d4["peak_memory_per_worker_mib"], d1["peak_memory_per_worker_mib"],
-            "peak memory per worker (RSS) at 4x domain / at 1x domain")
+        put(
+            "memory_4x_vs_1x",
+            d4["peak_memory_per_worker_mib"],
+            d1["peak_memory_per_worker_mib"],
+            "peak memory per worker (RSS) at 4x domain / at 1x domain",
+        )
     return out
 
 
-def time_split(timers: Mapping[str, Sequence[float]], *, wall: float, workers: int) -> dict[str, Any]:
+def time_split(
+    timers: Mapping[str, Sequence[float]], *, wall: float, workers: int
+) -> dict[str, Any]:
     """Where the workers' time went in one run, from :func:`read_timers` sums.
 
     Parameters

@@ -59,36 +59,60 @@ def format_markdown(result: Mapping[str, Any]) -> str:
 
     rows = [
         (f"**end-to-end** (upscale, {cfg.get('workers')} workers x 1 thread, Zarr to Zarr)", e2e),
-        (f"**compute limit** = the faster of the next two ({lim.get('compute', {}).get('variant')})",
-         lim.get("compute")),
-        (f"compute: 1 process x {ct.get('threads')} torch threads, in-memory tensors, no I/O, no Dask", ct),
+        (
+            f"**compute limit** = the faster of the next two ({lim.get('compute', {}).get('variant')})",
+            lim.get("compute"),
+        ),
+        (
+            f"compute: 1 process x {ct.get('threads')} torch threads, in-memory tensors, no I/O, no Dask",
+            ct,
+        ),
         (f"compute: {cp.get('processes')} processes x 1 torch thread, in-memory tensors", cp),
         ("**I/O limit** (same input blocks read by Dask tasks, no model)", lim.get("io")),
         ("I/O + feature assembly (read_block, no model)", lim.get("io_with_assembly")),
-        ("peer: xarray.map_blocks, time unchunked, model loaded per block", peers.get("map_blocks")),
-        (f"peer: single-process patch loop (xbatcher style, {peers.get('patch_loop', {}).get('threads')} "
-         "torch thread(s))", peers.get("patch_loop")),
+        (
+            "peer: xarray.map_blocks, time unchunked, model loaded per block",
+            peers.get("map_blocks"),
+        ),
+        (
+            f"peer: single-process patch loop (xbatcher style, {peers.get('patch_loop', {}).get('threads')} "
+            "torch thread(s))",
+            peers.get("patch_loop"),
+        ),
         ("scaling: 1 worker", sc.get("workers_1")),
         ("scaling: 2 workers", sc.get("workers_2")),
-        (f"scaling: 4x domain {sc.get('domain_4x', {}).get('domain')}, {cfg.get('workers')} workers "
-         f"(peak memory {sc.get('domain_4x', {}).get('peak_memory_per_worker_mib', 0):.0f} MiB/worker vs "
-         f"{sc.get('domain_1x', {}).get('peak_memory_per_worker_mib', 0):.0f} at 1x)", sc.get("domain_4x")),
+        (
+            f"scaling: 4x domain {sc.get('domain_4x', {}).get('domain')}, {cfg.get('workers')} workers "
+            f"(peak memory {sc.get('domain_4x', {}).get('peak_memory_per_worker_mib', 0):.0f} MiB/worker vs "
+            f"{sc.get('domain_1x', {}).get('peak_memory_per_worker_mib', 0):.0f} at 1x)",
+            sc.get("domain_4x"),
+        ),
     ]
     for name, d in rows:
         if d:
-            lines.append(f"| {name}{note(d)} | {_fmt_rate(d.get('pixel_days_per_s'))} | {d.get('wall_s', 0):.1f} s |")
+            lines.append(
+                f"| {name}{note(d)} | {_fmt_rate(d.get('pixel_days_per_s'))} | {d.get('wall_s', 0):.1f} s |"
+            )
     run = e2e or result.get("recommended") or {}
     split = (run.get("time_split") or {}).get("share")
     if split:
-        lines += ["", f"Where the workers' time went end to end at {run.get('label')}: "
-                  + ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in split.items()) + "."]
+        lines += [
+            "",
+            f"Where the workers' time went end to end at {run.get('label')}: "
+            + ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in split.items())
+            + ".",
+        ]
         if run.get("model_only_pixel_days_per_s"):
             lines[-1] += (f" Model-only rate of the same workers in the same run: "
                           f"{_fmt_rate(run['model_only_pixel_days_per_s'])} pixel-days/s; end-to-end reaches "
                           f"{run['pixel_days_per_s'] / run['model_only_pixel_days_per_s']:.2f} of it.")  # fmt: skip
     acc = result.get("acceptance", {})
     if acc:
-        lines += ["", "| acceptance ratio (same run) | value | target | met |", "| --- | ---: | ---: | --- |"]
+        lines += [
+            "",
+            "| acceptance ratio (same run) | value | target | met |",
+            "| --- | ---: | ---: | --- |",
+        ]
         for a in acc.values():
             lines.append(f"| {a['what']} | {a['value']:.2f} | {a['op']} {a['target']} | "
                          f"{'yes' if a['met'] else '**no**'} |")  # fmt: skip
@@ -120,7 +144,13 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path) -> Path:
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 8.5), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.3]})  # fmt: skip
     colors = ["tab:blue" if r["label"] == rec_label else "tab:gray" for r in rows]
-    ax.bar(xs, [r["pixel_days_per_s"] for r in rows], color=colors, width=0.6, label="end-to-end (upscale)")
+    ax.bar(
+        xs,
+        [r["pixel_days_per_s"] for r in rows],
+        color=colors,
+        width=0.6,
+        label="end-to-end (upscale)",
+    )
     io_each = [r.get("io_limit", {}).get("pixel_days_per_s") for r in rows]
     if any(io_each):
         ax.plot(xs, [v or np.nan for v in io_each], "v", color="tab:green", ms=7,
@@ -128,9 +158,15 @@ def plot_sweep(result: Mapping[str, Any], path: str | Path) -> Path:
     lim, peers = result.get("limits", {}), result.get("peers", {})
     lines = [
         (lim.get("compute"), "tab:red", "-", "compute limit"),
-        (lim.get("compute_threads") if lim.get("compute_threads", {}).get("pixel_days_per_s")
-         != lim.get("compute", {}).get("pixel_days_per_s") else None, "tab:red", ":",
-         f"compute, 1 process x {lim.get('compute_threads', {}).get('threads')} threads"),
+        (
+            lim.get("compute_threads")
+            if lim.get("compute_threads", {}).get("pixel_days_per_s")
+            != lim.get("compute", {}).get("pixel_days_per_s")
+            else None,
+            "tab:red",
+            ":",
+            f"compute, 1 process x {lim.get('compute_threads', {}).get('threads')} threads",
+        ),
         (lim.get("io"), "tab:green", "-", "I/O limit"),
         (peers.get("map_blocks"), "tab:purple", "--", "peer: xarray.map_blocks"),
         (peers.get("patch_loop"), "tab:orange", "--", "peer: patch loop"),

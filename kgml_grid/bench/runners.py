@@ -105,7 +105,9 @@ def run_end_to_end(
     }
     model_s = float(timers.get("model", (0.0, 0))[0])
     # the rate if the workers did nothing but the model: the in-run bound on the same workers
-    row["model_only_pixel_days_per_s"] = round(rate(pd_, model_s / n_workers), 1) if model_s else None
+    row["model_only_pixel_days_per_s"] = (
+        round(rate(pd_, model_s / n_workers), 1) if model_s else None
+    )
     if not keep:
         _rmtree(out)
     return row

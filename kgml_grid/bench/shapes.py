@@ -32,7 +32,9 @@ class ChunkShape:
             object.__setattr__(self, name, int(v))
         t = self.time
         if isinstance(t, bool) or not isinstance(t, int | np.integer) or (t < 1 and t != -1):
-            raise ValueError(f"ChunkShape.time must be a positive integer or -1 (whole run), got {t!r}")
+            raise ValueError(
+                f"ChunkShape.time must be a positive integer or -1 (whole run), got {t!r}"
+            )
         object.__setattr__(self, "time", int(t))
 
     @property
@@ -71,7 +73,11 @@ class ChunkShape:
             except PlanError as e:
                 raise ValueError(f"chunk shape {text!r}: {e}") from None
             missing = [d for d in ("y", "x", "time") if d not in c]
-            if missing or any(isinstance(v, tuple) for v in c.values()) or -1 in (c.get("y"), c.get("x")):
+            if (
+                missing
+                or any(isinstance(v, tuple) for v in c.values())
+                or -1 in (c.get("y"), c.get("x"))
+            ):
                 raise ValueError(f"chunk shape {text!r}: give y, x and time as sizes; {hint}")
             return cls(int(c["y"]), int(c["x"]), int(c["time"]))  # type: ignore[arg-type]
         parts = s.split("x")
@@ -138,7 +144,9 @@ def default_shapes(
     return out
 
 
-def scaling_domains(domain: tuple[int, int], grid: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def scaling_domains(
+    domain: tuple[int, int], grid: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """The ``(1x, 4x)`` domains of the memory-scaling comparison, ``(ny, nx)`` each.
 
     ``1x`` is the benchmark domain and ``4x`` doubles both sides when that fits the
