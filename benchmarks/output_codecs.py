@@ -35,17 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     from zarr.codecs import BloscCodec, ZstdCodec
 
     from kgml_grid import cubes
-    from kgml_grid.bench import _bbox, _catalog_path, machine_description, make_bench_checkpoint
+    from kgml_grid.bench import (
+        catalog_path,
+        machine_description,
+        make_bench_checkpoint,
+        window_bbox,
+    )
     from kgml_grid.catalog import open_catalog
     from kgml_grid.execute import _block_task, _tile_tasks, compute_block
     from kgml_grid.plan import make_plan
 
-    catalog = _catalog_path(a.world)
+    catalog = catalog_path(a.world)
     grid = cubes.grid_of(open_catalog(catalog).open("satellite"))
     with tempfile.TemporaryDirectory() as tmp:
         ck = make_bench_checkpoint(catalog, Path(tmp) / "ckpt")
         window = (0, min(64, grid.ny), 0, min(64, grid.nx))
-        plan = make_plan(catalog, ck, bbox=_bbox(grid, window), chunks="y=32,x=32,time=92")
+        plan = make_plan(catalog, ck, bbox=window_bbox(grid, window), chunks="y=32,x=32,time=92")
         tasks = _tile_tasks(plan, None, "codecs", plan.crop_tiles)
         key = max(plan.blocks, key=lambda k: int(plan.crop_counts[k.tile]))
         output, _ = compute_block(tasks[key.tile], _block_task(plan, key), None)

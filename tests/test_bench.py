@@ -124,7 +124,7 @@ def test_acceptance_ratios():
 
 
 def test_median_run():
-    from kgml_grid.bench import _median_run
+    from kgml_grid.bench import median_run as _median_run
 
     runs = [{"pixel_days_per_s": v, "peak_memory_per_worker_mib": m} for v, m in ((5, 1), (9, 2), (7, 3), (1, 4))]
     med = _median_run(runs)
@@ -168,6 +168,77 @@ def test_cli_registers_bench():
     with pytest.raises(SystemExit) as e:
         run_bench.main(["--help"])
     assert e.value.code == 0
+
+
+# --------------------------------------------------------------------------------------
+# the package layout
+# --------------------------------------------------------------------------------------
+
+#: Every name of the former single module ``kgml_grid/bench.py`` that a caller may
+#: import (benchmarks/*.py import the three private ones).
+FORMER_NAMES = (
+    "MIB", "TARGETS", "BenchConfig", "ChunkShape", "acceptance", "default_shapes", "format_markdown",
+    "format_summary", "install_timers", "is_bench_result", "machine_description", "make_bench_checkpoint",
+    "mem_peak", "mem_reset", "mem_sampler_start", "plot_sweep", "rate", "read_timers", "recommend",
+    "run_benchmark", "run_compute_limit", "run_end_to_end", "run_io_limit", "run_peer_map_blocks",
+    "run_peer_patch_loop", "scaling_domains", "time_split", "_bbox", "_catalog_path", "_median_run",
+)  # fmt: skip
+
+
+def test_bench_package_keeps_the_former_names():
+    import kgml_grid.bench as bench
+
+    missing = [n for n in (*FORMER_NAMES, *bench.__all__) if not hasattr(bench, n)]
+    assert not missing
+    assert bench._median_run is bench.median_run and bench._bbox is bench.window_bbox
+    assert bench._catalog_path is bench.catalog_path
+    assert bench.run_benchmark.__module__ == "kgml_grid.bench.benchmark"
+
+
+def _bench_imports() -> dict[str, set[str]]:
+    """``module -> the kgml_grid.bench modules it imports`` (anywhere in the file)."""
+    import ast
+
+    pkg = REPO / "kgml_grid" / "bench"
+    graph: dict[str, set[str]] = {}
+    for f in sorted(pkg.glob("*.py")):
+        if f.name == "__init__.py":
+            continue
+        deps = graph.setdefault(f.stem, set())
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                deps.add(f"<relative import, line {node.lineno}>")
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for n in names:
+                if n == "kgml_grid.bench" or n.startswith("kgml_grid.bench."):
+                    deps.add(n.removeprefix("kgml_grid.bench").removeprefix(".").split(".")[0] or "__init__")
+    return graph
+
+
+def test_bench_package_imports_run_one_way():
+    import graphlib
+
+    graph = _bench_imports()
+    assert {"shapes", "ratios", "report", "instruments", "limits", "peers", "runners", "benchmark"} <= set(graph)
+    for mod, deps in graph.items():
+        assert "__init__" not in deps, f"kgml_grid.bench.{mod} imports the package itself"
+        assert not [d for d in deps if d.startswith("<")], f"kgml_grid.bench.{mod}: {deps}"
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert order.index("shapes") < order.index("runners") < order.index("benchmark")
+    for f in (REPO / "kgml_grid" / "bench").glob("*.py"):
+        assert len(f.read_text().splitlines()) < 600, f.name
+
+
+def test_import_graph_check_sees_a_cycle():
+    """The check above can fail: a cycle makes graphlib refuse."""
+    import graphlib
+
+    graph = _bench_imports()
+    graph["shapes"] = {*graph["shapes"], "benchmark"}
+    with pytest.raises(graphlib.CycleError):
+        list(graphlib.TopologicalSorter(graph).static_order())
 
 
 # --------------------------------------------------------------------------------------
