@@ -44,6 +44,12 @@ def _cmd_catalog(a: argparse.Namespace) -> int:
     from kgml_grid.catalog import open_catalog
     from kgml_grid.pipeline import summarize_layers
 
+    if a.migrate:
+        from kgml_grid.catalog import migrate_catalog
+
+        new = migrate_catalog(a.catalog, a.migrate, overwrite=a.overwrite)
+        print(f"{a.catalog} (v1-style) rewritten as an Intake 2 catalog: {new}")
+        a.catalog = new
     cat = open_catalog(a.catalog)
     print(cat.describe())
     layers = cat.open_all()
@@ -183,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("catalog")
     c.add_argument("--check-values", action="store_true",
                    help="check the values of every chunk (default: a few chunks per variable)")  # fmt: skip
+    c.add_argument("--migrate", metavar="NEW.yaml", default=None,
+                   help="rewrite a v1-style catalog as an Intake 2 catalog (version: 2) at NEW.yaml, "
+                        "then open and check that one")  # fmt: skip
+    c.add_argument("--overwrite", action="store_true",
+                   help="with --migrate: replace NEW.yaml when it is a kgml_grid catalog")  # fmt: skip
     c.set_defaults(func=_cmd_catalog)
 
     t = sub.add_parser("train", help="pre-train a model on a synthetic world's truth cube")

@@ -50,9 +50,9 @@ def test_python_tags_are_not_executed(tmp_path):
         open_catalog(p)
 
 
-def test_intake_v2_catalog_refused(tmp_path):
-    p = _write(tmp_path, {"version": 2, "entries": {}, "data": {}})
-    with pytest.raises(CatalogError, match=r"Intake v2 catalogs are not supported"):
+def test_a_version_other_than_2_is_refused(tmp_path):
+    p = _write(tmp_path, {"version": 1, "entries": {}, "data": {}})
+    with pytest.raises(CatalogError, match=r"top-level 'version' is 1: an Intake 2 catalog says 'version: 2'"):
         open_catalog(p)
 
 
@@ -90,7 +90,7 @@ def test_wrong_crs_in_catalog_refused(tiny_world, tmp_path):
 
 def test_catalog_yaml_renders_v1_entries():
     text = catalog_yaml({"soil": {"path": "s3://bucket/soil.zarr", "layer": "soil"}},
-                        crs="EPSG:5070", description="d")  # fmt: skip
+                        crs="EPSG:5070", description="d", version=1)  # fmt: skip
     doc = yaml.safe_load(text)
     assert doc["sources"]["soil"]["driver"] == "zarr"
     assert doc["sources"]["soil"]["args"]["consolidated"] is False

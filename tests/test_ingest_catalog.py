@@ -107,7 +107,10 @@ def test_the_catalog_opens_validates_and_aligns(real):
     assert c.entries["weather"].crs == "EPSG:4326" and c.crs == "EPSG:5070"
     assert c.entries["satellite"].urlpath == "{{ CATALOG_DIR }}/../data/satellite.zarr"
     raw = yaml.safe_load(cat.read_text())
-    assert raw["sources"]["crop"]["driver"] == "zarr" and raw["sources"]["crop"]["args"]["consolidated"] is False
+    assert raw["version"] == 2  # ingest writes Intake 2 catalogs
+    crop = raw["entries"]["crop"]
+    assert crop["reader"] == "intake.readers.readers:XArrayDatasetReader" and crop["kwargs"]["consolidated"] is False
+    assert raw["data"]["crop_zarr"]["kwargs"]["url"] == "{CATALOG_DIR}/../data/crop.zarr"
     assert main(["catalog", str(cat)]) == 0
 
 
@@ -201,17 +204,20 @@ def test_cli_errors_name_the_file(real, tmp_path, capsys):
 
 def test_register_keeps_other_entries_and_refuses_foreign_catalogs(real, tmp_path):
     root, _, _ = real
-    cat = tmp_path / "real_products.yaml"
-    shutil.copy(REPO / "catalogs" / "real_products.yaml", cat)
-    before = yaml.safe_load(cat.read_text())["sources"]
-    register_entry(cat, "satellite", layer="satellite", cube=root / "data" / "satellite.zarr", crs="EPSG:5070")
-    after = yaml.safe_load(cat.read_text())["sources"]
-    assert list(after) == list(before)
-    for name in ("weather", "soil", "crop"):
-        assert after[name] == before[name]
-    assert after["satellite"]["args"]["urlpath"].startswith("{{ CATALOG_DIR }}/")
-    assert kgml_grid.open_catalog(cat).entries["satellite"].layer == "satellite"
-    v2 = tmp_path / "v2.yaml"
-    v2.write_text("version: 2\nentries: {}\n")
-    with pytest.raises(IngestError, match=r"v2.yaml: cannot register entry 'soil': .*Intake v2 catalogs are not"):
-        register_entry(v2, "soil", layer="soil", cube=root / "data" / "soil.zarr", crs="EPSG:5070")
+    for name, key in (("real_products.yaml", "entries"), ("real_products_v1.yaml", "sources")):
+        cat = tmp_path / name  # the shipped Intake 2 catalog and its v1-style original
+        shutil.copy(REPO / "catalogs" / name, cat)
+        before = yaml.safe_load(cat.read_text())[key]
+        register_entry(cat, "satellite", layer="satellite", cube=root / "data" / "satellite.zarr", crs="EPSG:5070")
+        after = yaml.safe_load(cat.read_text())[key]
+        assert list(after) == list(before)
+        for other in ("weather", "soil", "crop"):
+            assert after[other] == before[other]
+        c = kgml_grid.open_catalog(cat)
+        assert c.entries["satellite"].layer == "satellite"
+        assert c.entries["satellite"].urlpath.startswith("{{ CATALOG_DIR }}/")
+        assert c.version == (2 if key == "entries" else 1)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 2\nentries: {}\n")
+    with pytest.raises(IngestError, match=r"bad.yaml: cannot register entry 'soil': .*no 'entries:' mapping"):
+        register_entry(bad, "soil", layer="soil", cube=root / "data" / "soil.zarr", crs="EPSG:5070")

@@ -1,10 +1,11 @@
 """Registering an ingested cube as an entry of a catalog file.
 
-The entry is rendered by :func:`kgml_grid.catalog.catalog_yaml` and the file written by
-:func:`~kgml_grid.catalog.write_catalog` (atomically). A new catalog is created; in an
-existing one (parsed with ``yaml.safe_load`` and checked by
-:func:`~kgml_grid.catalog.open_catalog` first) the one entry is added or replaced and
-every other entry is kept as it was (YAML comments are not kept).
+A new catalog is rendered by :func:`kgml_grid.catalog.catalog_yaml` (Intake 2) and
+written by :func:`~kgml_grid.catalog.write_catalog` (atomically); in an existing one
+(checked by :func:`~kgml_grid.catalog.open_catalog` first, then read as plain data) the
+one entry is added or replaced in the file's own version
+(:func:`~kgml_grid.catalog.add_entry`: v2 or v1-style) and every other entry is kept as
+it was (YAML comments are not kept).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from kgml_grid.catalog import CatalogError, catalog_yaml, open_catalog, write_catalog
+from kgml_grid.catalog import CatalogError, add_entry, catalog_yaml, open_catalog, write_catalog
 from kgml_grid.ingest.errors import IngestError
 
 DESCRIPTION = "kgml_grid input cubes made by kgml-grid ingest"
@@ -64,19 +65,14 @@ def register_entry(
         If ``catalog`` exists but is not a valid kgml_grid catalog.
     """
     path = Path(catalog)
-    text = catalog_yaml(
-        {entry: {"layer": layer, "path": entry_urlpath(cube, path), "description": description,
-                 "crs": crs}},
-        crs=catalog_crs or crs,
-        description=DESCRIPTION,
-    )  # fmt: skip
+    spec = {"layer": layer, "path": entry_urlpath(cube, path), "description": description, "crs": crs}
+    text = catalog_yaml({entry: spec}, crs=catalog_crs or crs, description=DESCRIPTION)
     if path.exists():
         try:
-            open_catalog(path)
+            cat = open_catalog(path)
         except CatalogError as e:
             raise IngestError(f"{path}: cannot register entry {entry!r}: {e}") from None
-        raw = yaml.safe_load(path.read_text())
-        raw["sources"][entry] = yaml.safe_load(text)["sources"][entry]
+        raw = add_entry(dict(cat.raw), entry, spec, crs=cat.crs or catalog_crs or crs)
         text = yaml.safe_dump(raw, sort_keys=False)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
