@@ -70,6 +70,7 @@ __all__ = [
     "check_cluster_keys",
     "check_n_workers",
     "close_client",
+    "dashboard_link",
     "housekeeping_config",
     "housekeeping_env",
     "kubernetes_cluster",
@@ -534,8 +535,6 @@ def make_client(
         with contextlib.suppress(Exception):  # jobs and pods may queue: the run waits for them
             client.wait_for_workers(1, timeout=timeout)
     if verbose:
-        from kgml_grid.execute import dashboard_link
-
         link = dashboard_link(client)
         n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         print(f"dask cluster ({kind}): {n} workers; dashboard: {link or 'none'}", file=sys.stderr)
@@ -561,6 +560,14 @@ def _connect(shown: str, wait: float, **kwargs: Any) -> Any:
             f"cannot reach the Dask scheduler at {shown}: no answer within {wait:g} s ({e}); check "
             "the address and that the scheduler is running, or raise --connect-timeout"
         ) from None
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The dashboard URL of a client's scheduler, or None when it has none."""
+    try:
+        return client.dashboard_link
+    except (KeyError, AttributeError, TypeError):
+        return None
 
 
 def close_client(client: Any) -> None:

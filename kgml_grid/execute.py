@@ -70,6 +70,7 @@ import pandas as pd
 import xarray as xr
 
 from kgml_grid import blockio, cubes, outputs
+from kgml_grid.cluster import dashboard_link
 from kgml_grid.errors import is_disk_full
 from kgml_grid.features import WEATHER_FEATURES, assemble, year_end_mask
 from kgml_grid.fingerprint import compare as compare_fingerprints
@@ -960,14 +961,6 @@ def _in_notebook() -> bool:
         return bool(is_kernel())
     except ImportError:  # pragma: no cover
         return False
-
-
-def dashboard_link(client: Any) -> str | None:
-    """The dashboard URL of a client's scheduler, or None when it has none."""
-    try:
-        return client.dashboard_link
-    except (KeyError, AttributeError, TypeError):
-        return None
 
 
 class DaskExecutor:
