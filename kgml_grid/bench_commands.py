@@ -47,7 +47,7 @@ def add_arguments(b: argparse.ArgumentParser, *, out_default: str | None = None)
                         "past it the rate of the work done is reported")  # fmt: skip
     b.add_argument("--repeats", type=int, default=1,
                    help="interleaved repeats of the 1- and 2-worker scaling runs (medians compared)")  # fmt: skip
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the untrained benchmark model and the world")
     b.add_argument("--note", default=None, help="a note recorded in the JSON")
     b.add_argument("--quiet", action="store_true", help="no progress messages")
     return b

@@ -236,9 +236,11 @@ def add_parser(subparsers: Any) -> None:
     o = sub.add_parser("soil", help="one GeoTIFF per soil property (gSSURGO)")
     o.add_argument("--property", action="append", required=True, metavar="NAME=PATH",
                    help=f"one of {', '.join(_SOIL_VARS)}; repeatable")
-    o.add_argument("--scale", action="append", metavar="[NAME=]F")
-    o.add_argument("--offset", action="append", metavar="[NAME=]F")
-    o.add_argument("--nodata", action="append", metavar="[NAME=]F")
+    o.add_argument("--scale", action="append", metavar="[NAME=]F",
+                   help="scale factor of a property's raw values (default: the file's)")  # fmt: skip
+    o.add_argument("--offset", action="append", metavar="[NAME=]F",
+                   help="offset of a property's raw values (default: the file's)")  # fmt: skip
+    o.add_argument("--nodata", action="append", metavar="[NAME=]F", help="nodata value (default: the file's)")
     o.add_argument("--resampling", action="append", metavar="[NAME=]METHOD", help="default average")
     _layer_options(o)
     _common(o, appendable=False)
