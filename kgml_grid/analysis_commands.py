@@ -128,6 +128,26 @@ def _cmd_budget(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attribute(a: argparse.Namespace) -> int:
+    from kgml_grid.analysis.attribution import attribute
+
+    drivers = [d.strip() for d in a.drivers.split(",") if d.strip()] if a.drivers else None
+    kw = {"drivers": drivers} if drivers else {}
+    res = attribute(a.catalog, a.model, a.out, start=a.start, end=a.end, bbox=a.bbox, bbox_crs=a.bbox_crs,
+                    chunks=a.chunks, cluster=a.cluster, n_workers=a.workers, maps=a.maps,
+                    overwrite=a.overwrite, **kw)  # fmt: skip
+    ds = res["dataset"]
+    for v in ("ra", "rh"):
+        s = ds[f"{v}_sensitivity"].mean(("year", "y", "x"))
+        parts = [f"{d} {float(s.sel(driver=d)):+.3g}/{u}" for d, u in
+                 zip(s["driver"].values, s["perturbation_unit"].values, strict=True)]  # fmt: skip
+        print(f"annual {v} sensitivity, mean over crop pixels and years (g C m-2 yr-1): " + ", ".join(parts))
+    print(f"attribution: {res['out']}")
+    for p in res["maps"]:
+        print(f"map: {p}")
+    return 0
+
+
 def add_parsers(subparsers: Any) -> None:
     """Register ``budget`` on the ``kgml-grid`` sub-command parsers."""
     b = subparsers.add_parser(
@@ -145,3 +165,26 @@ def add_parsers(subparsers: Any) -> None:
     b.add_argument("--no-crop", action="store_true", help="no per-crop rows and no crop shares")
     b.add_argument("--overwrite", action="store_true", help="replace a budget table kgml_grid wrote")
     b.set_defaults(func=_cmd_budget)
+
+    t = subparsers.add_parser(
+        "attribute", help="controlling factors: model sensitivities and interannual attribution (Zarr + maps)",
+        description="Run the upscaling blocks again with each driver perturbed (air temperature +1 degC; "
+                    "precipitation, shortwave, VPD, GPP, SOC x 1.1) on the same engine and state chain; "
+                    "write the responses of annual Ra and Rh, and a per-pixel regression of their "
+                    "interannual anomalies on the drivers' (dominant factor, R2).",
+    )  # fmt: skip
+    t.add_argument("--catalog", required=True)
+    t.add_argument("--model", required=True, help="checkpoint directory")
+    t.add_argument("--out", required=True, help="output Zarr store")
+    t.add_argument("--start")
+    t.add_argument("--end")
+    t.add_argument("--bbox", metavar="W,S,E,N")
+    t.add_argument("--bbox-crs")
+    t.add_argument("--chunks", metavar="y=N,x=N,time=N")
+    t.add_argument("--drivers", help="comma-separated subset of tair,precip,swrad,vpd,gpp_sat,soc (default all)")
+    t.add_argument("--cluster", default="threads",
+                   help="'threads' (this process, default), 'local', tcp://HOST:PORT, a scheduler file or cluster/*.yaml")  # fmt: skip
+    t.add_argument("--workers", type=int, default=None)
+    t.add_argument("--maps", metavar="DIR", help="also write sensitivity and dominant-factor maps (PNG) here")
+    t.add_argument("--overwrite", action="store_true", help="replace an attribution store (and --maps) kgml_grid wrote")
+    t.set_defaults(func=_cmd_attribute)

@@ -94,3 +94,34 @@ def test_annual_drivers_on_the_plan_grid(tiny_world, ckpt):
     r, c = coarse_index(plan.grid, plan.weather_grid)
     i, j = np.argwhere((r == 0) & (c == 0))[0]
     np.testing.assert_allclose(float(d["precip"].sel(year=2010)[i, j]), want, rtol=1e-5)
+
+
+def test_attribute_command_writes_store_and_maps_and_refuses_before_writing(tiny_world, ckpt, tmp_path, capsys):
+    from kgml_grid import outputs
+    from kgml_grid.cli import main
+
+    out, maps = tmp_path / "att.zarr", tmp_path / "maps"
+    args = ["attribute", "--catalog", str(tiny_world.catalog), "--model", str(ckpt), "--out", str(out),
+            "--drivers", "tair,precip", "--maps", str(maps)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "annual rh sensitivity" in printed and "tair" in printed
+    assert outputs.kind_of(out) == "attribution"
+    ds = xr.open_zarr(out, consolidated=False)
+    assert ds["rh_sensitivity"].sizes["year"] == 4 and list(ds["driver"].values) == ["tair", "precip"]
+    assert set(np.unique(ds["rh_dominant"].values)) <= {-1, 0, 1}
+    assert (ds["rh_dominant"].values >= 0).any()
+    assert sorted(p.name for p in maps.glob("*.png")) == [
+        "dominant_factor.png", "sensitivity_ra_10pct.png", "sensitivity_ra_degC.png",
+        "sensitivity_rh_10pct.png", "sensitivity_rh_degC.png"]  # fmt: skip
+    assert main(args) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    bad = ["attribute", "--catalog", str(tiny_world.catalog), "--model", str(ckpt), "--out", str(tmp_path / "n.zarr"),
+           "--drivers", "tair,wind"]  # fmt: skip
+    assert main(bad) == 2
+    assert "--drivers ['wind']: unknown driver" in capsys.readouterr().err
+    cube = ["attribute", "--catalog", str(tiny_world.catalog), "--model", str(ckpt), "--out",
+            str(tiny_world.root / "soil.zarr")]  # fmt: skip
+    assert main(cube) == 2
+    assert "is cube 'soil' of the catalog" in capsys.readouterr().err
+    assert not (tmp_path / "n.zarr").exists()

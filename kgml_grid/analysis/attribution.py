@@ -16,6 +16,7 @@ use k well below n (:data:`INTERANNUAL_DRIVERS`, four).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -176,3 +177,115 @@ def interannual_attribution(response: xr.DataArray, drivers: xr.Dataset) -> xr.D
         coords={"driver": names, **coords},
         attrs={"dominant_flag_values": list(range(len(names))), "dominant_flag_meanings": " ".join(names)},
     )  # fmt: skip
+
+
+def attribute(
+    catalog: Any,
+    model: Any,
+    out: Any,
+    *,
+    start: Any = None,
+    end: Any = None,
+    bbox: Any = None,
+    bbox_crs: str | None = None,
+    chunks: Any = None,
+    drivers: Sequence[str] = tuple(DRIVERS),
+    cluster: Any = "threads",
+    n_workers: int | None = None,
+    client: Any = None,
+    maps: Any = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """``kgml-grid attribute``: sensitivities and interannual attribution into a Zarr store.
+
+    Every check (plan, drivers, the output store and maps folder against the run's
+    inputs and ``overwrite``) runs before anything is computed or written.
+
+    Returns
+    -------
+    dict
+        ``out`` (the store), ``maps`` (PNG paths), ``dataset`` (the result, computed).
+    """
+    from pathlib import Path
+
+    from kgml_grid import outputs
+    from kgml_grid.execute import run_inputs
+    from kgml_grid.plan import PlanError, make_plan
+
+    _check_drivers(drivers, tuple(DRIVERS), "--drivers")
+    plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs, chunks=chunks)
+    out = Path(out).resolve()
+    inputs = run_inputs(plan)
+    decision = outputs.check_target(out, kind="attribution", inputs=inputs, overwrite=overwrite, error=PlanError)
+    if maps:
+        outputs.check_target(maps, kind="maps", inputs=[*inputs, ("the output store", out)], overwrite=overwrite,
+                             option="--maps", error=PlanError)  # fmt: skip
+    years = plan.years
+    inter = [d for d in INTERANNUAL_DRIVERS if d in drivers]
+    own = None
+    if client is None and cluster not in (None, "threads"):
+        from kgml_grid.cluster import make_client
+
+        own = client = make_client(cluster, n_workers=n_workers)
+    try:
+        ds = sensitivities(plan, drivers, client=client)
+        ds = ds.compute() if client is not None else _threads(ds)
+    finally:
+        if own is not None:
+            from kgml_grid.cluster import close_client
+
+            close_client(own)
+    notes = []
+    if len(years) >= len(inter) + 2 and inter:
+        drv = annual_drivers(plan, inter)
+        for v in ("ra", "rh"):
+            att = interannual_attribution(ds[f"{v}_annual"], drv)
+            ds[f"{v}_beta"] = att["beta"].rename(driver="interannual_driver")
+            ds[f"{v}_r2"] = att["r2"]
+            ds[f"{v}_dominant"] = att["dominant"]
+            ds[f"{v}_dominant"].attrs = {"flag_values": list(range(len(inter))), "flag_meanings": " ".join(inter),
+                                         "comment": "-1: no crop or no interannual variation"}  # fmt: skip
+        for d in inter:
+            ds[f"driver_{d}"] = drv[d]
+    else:
+        notes.append(f"no interannual attribution: {len(years)} years for {len(inter)} drivers")
+    ds.attrs.update({outputs.MARKER_ATTR: "attribution", "kgml_plan": json.dumps(plan.to_dict()),
+                     "kgml_checkpoint_hash": plan.checkpoint_hash, "comment": "; ".join(notes)})  # fmt: skip
+    if decision == "replace":
+        outputs.remove_output(out, "attribution", error=PlanError)
+    for c in [c for c in ds.coords if ds[c].dtype.kind == "U"]:  # variable-length strings: specified in Zarr v3
+        ds[c] = ds[c].astype(object)
+    ds.to_zarr(str(out), mode="w", consolidated=False, zarr_format=3)
+    paths = attribution_maps(ds, maps, overwrite=overwrite) if maps else []
+    return {"out": out, "maps": paths, "dataset": ds}
+
+
+def _threads(ds: xr.Dataset) -> xr.Dataset:
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        return ds.compute()
+
+
+def attribution_maps(ds: xr.Dataset, folder: Any, *, overwrite: bool = False, year: int | None = None) -> list[Any]:
+    """Sensitivity maps (mean over the years) and dominant-factor maps as PNG."""
+    from kgml_grid.analysis.figures import categorical_map, field_maps
+    from kgml_grid.outputs import prepare_target
+
+    folder = prepare_target(folder, kind="maps", overwrite=overwrite, option="--maps")
+    paths = []
+    for v in ("ra", "rh"):
+        s = ds[f"{v}_sensitivity"]
+        s = s.mean("year") if year is None else s.sel(year=year)
+        for unit in dict.fromkeys(s["perturbation_unit"].values):
+            sel = [d for d in s["driver"].values if s["perturbation_unit"].sel(driver=d) == unit]
+            panels = [(f"d{v.capitalize()} / {d} {unit}", s.sel(driver=d)) for d in sel]
+            tag = "degC" if unit == "degC" else "10pct"
+            paths.append(field_maps(panels, folder / f"sensitivity_{v}_{tag}.png", units=f"g C m-2 yr-1 per {unit}",
+                                    title=f"sensitivity of annual {v.capitalize()}", diverging=True))  # fmt: skip
+    if "rh_dominant" in ds:
+        names = str(ds["rh_dominant"].attrs["flag_meanings"]).split()
+        paths.append(categorical_map([(f"{v.capitalize()} interannual", ds[f"{v}_dominant"]) for v in ("ra", "rh")],
+                                     names, folder / "dominant_factor.png",
+                                     title="dominant factor of interannual variation"))  # fmt: skip
+    return paths
