@@ -39,8 +39,10 @@ def _score(model: np.ndarray, sim: np.ndarray) -> dict[str, float]:
     m, s = model[ok].astype("float64"), sim[ok].astype("float64")
     ss_res = float(((m - s) ** 2).sum())
     ss_tot = float(((s - s.mean()) ** 2).sum())
-    return {"n": int(ok.sum()), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
-            "bias": float((m - s).mean()), "corr": float(np.corrcoef(m, s)[0, 1]),
+    varies = ss_tot > 0 and float(m.std()) > 0
+    # null (JSON) where the simulator does not respond at all (Ra does not depend on SOC)
+    return {"n": int(ok.sum()), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None,
+            "bias": float((m - s).mean()), "corr": float(np.corrcoef(m, s)[0, 1]) if varies else None,
             "model_mean": float(m.mean()), "simulator_mean": float(s.mean())}  # fmt: skip
 
 
@@ -70,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from kgml_grid.analysis.attribution import INTERANNUAL_DRIVERS, annual_drivers, interannual_attribution, sensitivities
+    from kgml_grid.analysis.attribution import (
+        INTERANNUAL_DRIVERS,
+        annual_drivers,
+        interannual_attribution,
+        sensitivities,
+    )
     from kgml_grid.analysis.figures import categorical_map, field_maps
     from kgml_grid.analysis_commands import run_budget
     from kgml_grid.execute import SerialExecutor
