@@ -206,3 +206,20 @@ def test_cell_areas_projected_and_geographic():
     # the whole sphere-band check: 360 x 180 degrees sums to the ellipsoid's area
     world = cell_area(GridSpec("EPSG:4326", -180.0, 90.0, 10.0, 18, 36)).values.sum()
     np.testing.assert_allclose(world, 5.10065621724e14, rtol=1e-6)
+
+
+def test_geopackage_zones_need_fiona_or_read_like_geojson(tmp_path):
+    p = tmp_path / "z.gpkg"
+    try:
+        import fiona
+    except ImportError:
+        p.write_bytes(b"")
+        with pytest.raises(ZoneError, match=r"z.gpkg: reading .gpkg files needs the 'fiona' package .*ogr2ogr"):
+            read_zones(p, GRID)
+        return
+    schema = {"geometry": "Polygon", "properties": {"NAME": "str"}}
+    with fiona.open(p, "w", driver="GPKG", crs=GRID.crs, schema=schema) as dst:
+        dst.write({"geometry": square(0, 0, 3000, 5000), "properties": {"NAME": "west"}})
+    z = read_zones(p, GRID)
+    assert z.names == {1: "west"}
+    assert (z.ids.values[:, GRID.x < 3000] == 1).all() and (z.ids.values[:, GRID.x > 3000] == 0).all()
