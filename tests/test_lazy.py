@@ -95,3 +95,17 @@ def test_perturbed_inputs_change_outputs_and_bad_names_are_refused(plan):
     bad = lazy.predict(plan, perturb={"tmax": ("add", 1.0)})["rh"].isel(time=slice(0, 5))
     with pytest.raises(ValueError, match=r"perturb: 'tmax' is not a model input read by a block \(expected one of .*tair"):
         bad.compute(scheduler="sync")
+
+
+def test_predict_to_zarr_round_trips(tiny_world, ckpt, tmp_path):
+    import dask
+    import xarray as xr
+
+    ds = lazy.predict(tiny_world.catalog, ckpt, start="2010-01-01", end="2010-12-31", chunks="y=10,x=12")
+    with dask.config.set(scheduler="threads"):
+        ds.to_zarr(tmp_path / "p.zarr", zarr_format=3, consolidated=False)
+        want = ds["nee"].values
+    got = xr.open_zarr(tmp_path / "p.zarr", consolidated=False)["nee"].values
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, atol=1e-6, equal_nan=True)
+    assert np.isfinite(got).any()
