@@ -42,6 +42,7 @@ def test_simulator_rerun_reproduces_the_truth_and_responds(tiny_world):
         annual_truth(tiny_world.root / "towers")
 
 
+@pytest.mark.slow
 def test_sensitivities_are_exact_across_time_chunkings(tiny_world, ckpt):
     args = dict(start="2010-01-01", end="2011-12-31", bbox=None)
     one = make_plan(tiny_world.catalog, ckpt, chunks="y=-1,x=-1,time=-1", **args)
@@ -96,6 +97,7 @@ def test_annual_drivers_on_the_plan_grid(tiny_world, ckpt):
     np.testing.assert_allclose(float(d["precip"].sel(year=2010)[i, j]), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_attribute_command_writes_store_and_maps_and_refuses_before_writing(tiny_world, ckpt, tmp_path, capsys):
     from kgml_grid import outputs
     from kgml_grid.cli import main

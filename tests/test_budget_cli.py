@@ -18,6 +18,8 @@ from kgml_grid.plan import make_plan
 sys.path.insert(0, str(Path(__file__).parent))
 from test_plan import make_checkpoint
 
+pytestmark = pytest.mark.slow  # a small upscaling per module (tens of seconds here)
+
 
 @pytest.fixture(scope="module")
 def store(tiny_world, tmp_path_factory):

@@ -76,6 +76,7 @@ def cases(draw):
     return ny, nx, n_zones, ids, seed, chunks, by
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_zone_sums_equal_brute_force_numpy_sums(case):

@@ -24,6 +24,8 @@ from kgml_grid.plan import PlanError
 sys.path.insert(0, str(Path(__file__).parent))
 from test_plan import make_checkpoint
 
+pytestmark = pytest.mark.slow  # a small upscaling per module (tens of seconds here)
+
 ARGS = {"start": "2010-01-01", "end": "2010-12-31", "chunks": "y=10,x=12,time=200"}
 
 

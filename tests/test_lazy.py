@@ -16,6 +16,8 @@ from kgml_grid.plan import DAILY_VARS, make_plan
 sys.path.insert(0, str(Path(__file__).parent))
 from test_plan import make_checkpoint
 
+pytestmark = pytest.mark.slow  # a small upscaling per module (tens of seconds here)
+
 VARS = (*DAILY_VARS, "yield")
 START, END = "2010-01-01", "2011-12-31"
 CHUNKS = {"y": 8, "x": 8, "time": (200, 300, 230)}  # uneven: year ends inside chunks
