@@ -224,3 +224,22 @@ def test_geopackage_zones_need_fiona_or_read_like_geojson(tmp_path):
     z = read_zones(p, GRID)
     assert z.names == {1: "west"}
     assert (z.ids.values[:, GRID.x < 3000] == 1).all() and (z.ids.values[:, GRID.x > 3000] == 0).all()
+
+
+def test_crop_share_scales_areas_and_totals_not_means():
+    from kgml_grid.analysis.budgets import crop_layers
+
+    ds = fluxes(4, 6, 7, {"time": 40, "y": 2, "x": 3})
+    zones = Zones(xr.DataArray(np.where(np.arange(6) < 3, 1, 2)[None, :].repeat(4, 0).astype("int32"), dims=("y", "x")),
+                  {1: "a", 2: "b"})  # fmt: skip
+    frac = xr.Dataset({"crop_type": (("year", "y", "x"), np.ones((2, 4, 6), "int8")),
+                       "corn_fraction": (("year", "y", "x"), np.full((2, 4, 6), 0.3)),
+                       "soybean_fraction": (("year", "y", "x"), np.full((2, 4, 6), 0.1))},
+                      coords={"year": [2010, 2011]})  # fmt: skip
+    ct, share = crop_layers(frac)
+    full = budget_table(zone_budgets(ds, zones, variables=VARS))
+    part = budget_table(zone_budgets(ds, zones, variables=VARS, share=share, crop_type=ct))
+    part = part[part.crop == "all"].reset_index(drop=True)
+    np.testing.assert_allclose(part["area_km2"], 0.4 * full["area_km2"])
+    np.testing.assert_allclose(part["rh_TgC"], 0.4 * full["rh_TgC"], rtol=1e-6)
+    np.testing.assert_allclose(part["rh_gCm2"], full["rh_gCm2"], rtol=1e-6)
