@@ -11,4 +11,12 @@ __version__ = "0.1.0"
 
 from kgml_grid.catalog import Catalog, open_catalog
 
-__all__ = ["Catalog", "__version__", "open_catalog"]
+__all__ = ["Catalog", "__version__", "open_catalog", "predict"]
+
+
+def __getattr__(name: str):  # lazy: ``import kgml_grid`` stays light (no Dask graph code)
+    if name == "predict":
+        from kgml_grid.lazy import predict
+
+        return predict
+    raise AttributeError(f"module 'kgml_grid' has no attribute {name!r}")

@@ -270,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upscale(sub)
     from kgml_grid.bench_commands import add_parser as _add_bench
     _add_bench(sub)
+    from kgml_grid.analysis_commands import add_parsers as _add_analysis
+    _add_analysis(sub)
     _add_debug(sub)
     return p
 

@@ -247,10 +247,30 @@ def read_inputs(tt: TileTask, bt: BlockTask) -> dict[str, Any]:
     return out
 
 
+def perturb_inputs(raw: dict[str, Any], perturb: Mapping[str, tuple[str, float]]) -> None:
+    """Apply ``{name: ("add" | "mul", value)}`` to raw inputs in place (sensitivities).
+
+    Raises
+    ------
+    ValueError
+        For an input the block does not read or an operation other than add/mul.
+    """
+    for name, (op, value) in perturb.items():
+        if name not in raw or name in ("crop", "rr", "cc"):
+            raise ValueError(f"perturb: {name!r} is not a model input read by a block "
+                             f"(expected one of {', '.join(k for k in raw if k not in ('crop', 'rr', 'cc'))})")  # fmt: skip
+        if op not in ("add", "mul"):
+            raise ValueError(f"perturb: {name}: operation {op!r}; expected 'add' or 'mul'")
+        raw[name] = raw[name] + np.float32(value) if op == "add" else raw[name] * np.float32(value)
+
+
 def read_block(
-    tt: TileTask, bt: BlockTask, fill: Mapping[str, np.ndarray] | None
+    tt: TileTask, bt: BlockTask, fill: Mapping[str, np.ndarray] | None,
+    perturb: Mapping[str, tuple[str, float]] | None = None,
 ) -> tuple[pd.DatetimeIndex, np.ndarray, dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Features ``[n, T, F]`` (physical units) of the tile's crop pixels for the block.
+
+    ``perturb`` (:func:`perturb_inputs`) changes raw inputs before assembly.
 
     Returns
     -------
@@ -259,6 +279,8 @@ def read_block(
     run, tile = tt.run, tt.tile
     time = pd.date_range(pd.Timestamp(run.start) + pd.Timedelta(days=bt.t0), periods=bt.t1 - bt.t0, freq="D")
     raw = read_inputs(tt, bt)
+    if perturb:
+        perturb_inputs(raw, perturb)
     ct, rr, cc = raw["crop"], raw["rr"], raw["cc"]
     wr, wc = tile.wrow[rr, cc], tile.wcol[rr, cc]
     daily = {k: raw[k][:, wr, wc] for k in WEATHER_FEATURES}
@@ -292,11 +314,13 @@ def _load_state(prev: State | StateRef | None) -> State | None:
 
 
 def compute_block(
-    tt: TileTask, bt: BlockTask, prev: State | StateRef | None
+    tt: TileTask, bt: BlockTask, prev: State | StateRef | None,
+    *, perturb: Mapping[str, tuple[str, float]] | None = None,
 ) -> tuple[BlockOutput, State]:
     """Read, assemble, run the model: the block's outputs and the tile's next state.
 
-    Pure apart from reading the input cubes; writes nothing.
+    Pure apart from reading the input cubes; writes nothing. ``perturb`` changes raw
+    inputs first (:func:`perturb_inputs`; sensitivities, :mod:`kgml_grid.lazy`).
     """
     import torch
 
@@ -308,7 +332,7 @@ def compute_block(
     ckpt = get_checkpoint(run.checkpoint, run.checkpoint_hash)
     prev_state = _load_state(prev)
     fill = None if prev_state is None else {k[2:]: v for k, v in prev_state.items() if k.startswith("f_")}
-    time, x, new_fill, (rr, cc) = read_block(tt, bt, fill)
+    time, x, new_fill, (rr, cc) = read_block(tt, bt, fill, perturb)
     n, t = x.shape[0], x.shape[1]
     xn = np.ascontiguousarray(ckpt.normalizer.normalize_features(x), dtype="float32")
     del x

@@ -88,6 +88,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("cube", "an input cube (Zarr)", store=True),
     Kind("upscale", "an upscaling output store (Zarr)", store=True),
     Kind("scratch", "a benchmark's scratch store (Zarr)", store=True),
+    Kind("attribution", "a controlling-factor store (Zarr)", store=True),
     Kind("records", "the block records of an upscaling store",
          entries={"plan.json": None, "inputs.json": None, "done": None, "state": None, **_TMP}),
     Kind("towers", "the towers of a synthetic world", marked=False,
