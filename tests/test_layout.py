@@ -1,4 +1,4 @@
-"""Layout: imports between the package's modules run one way.
+"""Layout: imports between the package's modules run one way; mypy and ruff are clean.
 
 The graph is read from the source (``ast``), every ``import kgml_grid...`` and
 ``from kgml_grid... import ...`` at any depth (imports inside functions count too: a
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,30 @@ def test_the_check_sees_a_cycle():
     g["kgml_grid.schema"] = {*g["kgml_grid.schema"], "kgml_grid.execute"}
     with pytest.raises(graphlib.CycleError):
         list(graphlib.TopologicalSorter(g).static_order())
+
+
+# --------------------------------------------------------------------------------------
+# static checks the suite runs: mypy on the engine's modules, ruff (lint and format)
+# --------------------------------------------------------------------------------------
+
+TYPED = ("plan", "execute", "blockio", "model", "checkpoint", "catalog")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=PKG.parent, capture_output=True,
+                          text=True, timeout=600, check=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mypy_is_clean_on_the_engine_modules():
+    pytest.importorskip("mypy", reason="mypy is in the [test] extras")
+    r = _run("mypy", *(f"kgml_grid/{m}.py" for m in TYPED))
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
+def test_ruff_lint_and_format_are_clean():
+    pytest.importorskip("ruff", reason="ruff is in the [test] extras")
+    lint = _run("ruff", "check", "kgml_grid", "tests", "benchmarks")
+    assert lint.returncode == 0, lint.stdout[-6000:]
+    fmt = _run("ruff", "format", "--check", "kgml_grid", "tests", "benchmarks")
+    assert fmt.returncode == 0, fmt.stdout[-6000:]
