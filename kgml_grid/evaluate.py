@@ -370,7 +370,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(head)
         for sid, r in towers.items():
             ys = r["holdout_years"]
-            yr = f"{ys[0]}-{ys[-1]}" if ys else "-"
+            yr = "-" if not ys else str(ys[0]) if len(ys) == 1 else f"{ys[0]}-{ys[-1]}"
             row = (f"  {sid:<8} {yr:<11} {r['reco']['r2']:>8.3f} {r['reco']['rmse']:>6.2f} "
                    f"{r['nee']['r2']:>8.3f} {r['nee']['rmse']:>6.2f}")  # fmt: skip
             if sid in base:

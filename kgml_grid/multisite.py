@@ -220,8 +220,9 @@ def format_validation(report: Mapping[str, Any]) -> str:
         def pair(score: Mapping[str, Any], part: str) -> str:
             return f"{_r2(score, part, 'reco')} / {_r2(score, part, 'nee')}"
 
+        yr = "-" if not ys else str(ys[0]) if len(ys) == 1 else f"{ys[0]}-{ys[-1]}"
         lines.append(
-            f"| {sid} | {r['record']} | {ys[0]}-{ys[-1]} | {pair(r['pretrained'], 'holdout_years_metrics')} | "
+            f"| {sid} | {r['record']} | {yr} | {pair(r['pretrained'], 'holdout_years_metrics')} | "
             f"{pair(r['years'], 'holdout_years_metrics')} | {pair(r['loso'], 'holdout_years_metrics')} | "
             f"{pair(r['loso'], 'all_years')} |"
         )
