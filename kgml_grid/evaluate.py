@@ -288,7 +288,8 @@ def _plots(out: Path, grid: Mapping[str, Any] | None, towers: Mapping[str, Any] 
             ax.plot(s.time, f[v][0], lw=0.8, label="model")
             if v == "reco":
                 ax.plot(s.time, f["rh"][0], lw=0.6, label="model Rh")
-            ax.axvspan(s.time[m][0], s.time[m][-1], color="gold", alpha=0.15, label="held-out years")
+            if m.any():
+                ax.axvspan(s.time[m][0], s.time[m][-1], color="gold", alpha=0.15, label="held-out years")
             ax.set_ylabel(f"{v} (g C m-2 d-1)")
             ax.legend(fontsize=8, ncol=4)
         axes[0].set_title(f"tower {sid}")
@@ -320,7 +321,6 @@ def evaluate(
     """
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": str(Path(model_dir).resolve())}
     grid_extra = tower_extra = None
     if catalog is not None:
@@ -338,6 +338,7 @@ def evaluate(
         if monthly:
             report["monthly"] = evaluate_monthly(model_dir, monthly, fluxnet, site_meta=site_meta,
                                                  catalog=catalog, holdout_years=years)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)  # only once everything was read and computed
     report["figures"] = [str(p) for p in _plots(out, grid_extra, tower_extra)]
     report["seconds"] = time.perf_counter() - t0
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))

@@ -653,7 +653,7 @@ def memory_estimate(
     outputs per crop pixel and the five NaN-filled output blocks.
     """
     f = int(model.get("n_features", len(schema.FEATURES)))
-    n_sat = 1 + f - len(schema.FEATURES)  # gpp_sat, plus a series per addition (value + flag)
+    n_sat = 1 + (f - len(schema.FEATURES)) // 2  # gpp_sat, plus one series per addition (value + flag)
     px = tile[0] * tile[1]
     n = crop_pixels
     n_daily = 4 + n_sat  # daily series gathered per crop pixel

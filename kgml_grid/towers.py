@@ -24,7 +24,13 @@ import xarray as xr
 
 from kgml_grid import schema
 from kgml_grid.features import SATELLITE_AT_TOWER
-from kgml_grid.fluxnet import _FILENAME_RE, _ZIP_RE, read_fluxnet_dd
+from kgml_grid.fluxnet import (
+    _FILENAME_RE,
+    _ZIP_RE,
+    _require_daily,
+    parse_fluxnet_filename,
+    read_fluxnet_dd,
+)
 from kgml_grid.sites import SiteMeta, SiteMetadataError, find_site_meta, load_site_meta
 
 __all__ = ["attach_satellite", "check_usable", "load_towers", "mask_low_quality", "tower_files"]
@@ -284,6 +290,8 @@ def load_towers(
     out: list[xr.Dataset] = []
     seen: dict[str, Path] = {}
     for p in files:
+        if not p.name.lower().endswith(".zip"):  # the name's verdict (BASE, not daily) before metadata
+            _require_daily(parse_fluxnet_filename(p), p.name, "reads")
         sid = _site_of(p)
         if sid is not None and sid in seen:
             raise ValueError(f"{p}: a second file of site {sid} (the first is {seen[sid]}); give one per site")

@@ -266,3 +266,16 @@ def test_feature_sets_are_checked_everywhere(both, tiny_world, tmp_path, layers)
     with pytest.raises(ValueError, match=r"catalog\.yaml: --features \+lai: feature set 'default\+lai' needs 'lai', which "
                                          r"the satellite cube lacks"):  # fmt: skip
         pretrain(cat, tmp_path / "m2", TrainConfig(**SMALL, features="+lai"), progress=False)
+
+
+def test_memory_estimate_counts_the_additions():
+    from kgml_grid.plan import batch_pixels_for, memory_estimate
+
+    kw = dict(days=365, tile=(16, 16), crop_pixels=200, weather_cells=9, batch_pixels=200)
+    base = memory_estimate(model={"hidden": 64, "n_features": 18}, **kw)
+    both = memory_estimate(model={"hidden": 64, "n_features": 22}, **kw)
+    assert both["features"] * 18 == base["features"] * 22  # [n, T, F] twice
+    # two more satellite blocks [T, 16, 16] and two more daily series per crop pixel (and their fills)
+    assert both["inputs"] - base["inputs"] == 4 * 365 * (2 * 256 + 2 * 2 * 200)
+    assert both["model"] > base["model"]
+    assert batch_pixels_for(365, {"hidden": 64, "n_features": 22}) <= batch_pixels_for(365, {"hidden": 64, "n_features": 18})

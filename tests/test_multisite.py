@@ -76,6 +76,10 @@ def test_refusals_from_the_cli_write_nothing(pretrained, variants, tmp_path, cap
                "--out", str(out), *TUNE_ARGS])  # fmt: skip
     assert rc != 0 and not out.exists()
     assert "quality column NEE_VUT_REF_QC is absent" in capsys.readouterr().err
+    rc = main(["evaluate", "--model", str(pretrained), "--fluxnet", str(NE1_MM), "--out", str(tmp_path / "rep")])
+    assert rc != 0 and not (tmp_path / "rep").exists()
+    assert "FLX_US-Ne1_FLUXNET2015_SUBSET_MM_2001-2013_1-4.csv: resolution 'MM' (monthly) is not supported" in (
+        capsys.readouterr().err)
 
 
 # --------------------------------------------------------------------------- per-site years
