@@ -4,7 +4,7 @@ A checkpoint is a directory holding
 
 * ``model.safetensors``: the model's ``state_dict`` (safetensors, no code, no pickle);
 * ``model.json``: format version, architecture (:class:`~kgml_grid.model.ModelConfig`),
-  feature names and order, units, normalization statistics (mean, std per feature and
+  feature names and order (and the feature set's name, e.g. ``default+lai``), units, normalization statistics (mean, std per feature and
   per target), target names, and provenance (creation time, package and torch
   versions, sha256 of the weights file, whatever the trainer adds).
 
@@ -480,6 +480,7 @@ def save_checkpoint(
             },
             "config": config.to_dict(),
             "features": list(features),
+            "feature_set": schema.feature_set_name(features),
             "units": all_units,
             "targets": {"daily": list(DAILY_TARGETS), "yearly": [YIELD_TARGET]},
             "norm": normalizer.to_dict(),
@@ -740,6 +741,12 @@ def load_checkpoint(
         )
     if check_schema:
         schema.check_features(features, units, source=str(json_path))
+        named = meta.get("feature_set")
+        if named is not None and named != schema.feature_set_name(features):
+            raise ValueError(
+                f"{json_path}: 'feature_set' is {named!r} but the features listed make "
+                f"{schema.feature_set_name(features)!r}"
+            )
     if expect_features is not None:
         _check_expected_features(features, expect_features, str(json_path))
     if expect_units is not None:

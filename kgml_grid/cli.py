@@ -94,6 +94,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
         seed=a.seed, device=a.device, max_minutes=a.max_minutes, init=a.init,
         w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
+        features=a.features, feature_dropout=a.feature_dropout,
         split=SplitSpec(max_train_pixels=a.max_train_pixels, holdout_years=a.holdout_years),
     )  # fmt: skip
     res = pretrain(a.catalog, a.out, cfg, progress=not a.quiet, overwrite=a.overwrite)
@@ -107,9 +108,18 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
     cfg = FinetuneConfig(epochs_heads=a.epochs_heads, epochs_all=a.epochs, seed=a.seed,
                          device=a.device, qc_threshold=a.qc, max_minutes=a.max_minutes,
-                         threads=a.threads)  # fmt: skip
-    res = finetune(a.model, a.fluxnet, a.out, cfg, site_meta=a.site_meta, progress=not a.quiet,
-                   overwrite=a.overwrite)  # fmt: skip
+                         threads=a.threads, holdout_years=a.holdout_years,
+                         val_years=a.val_years)  # fmt: skip
+    if a.validation == "sites":
+        from kgml_grid.multisite import format_validation, validate_sites
+
+        rep = validate_sites(a.model, a.fluxnet, a.out, cfg, site_meta=a.site_meta, catalog=a.catalog,
+                             progress=not a.quiet, overwrite=a.overwrite)  # fmt: skip
+        print(format_validation(rep))
+        print(f"model: {a.out}; leave-one-site-out folds: {a.out}/loso/; report: {a.out}/validation.json")
+        return 0
+    res = finetune(a.model, a.fluxnet, a.out, cfg, site_meta=a.site_meta, catalog=a.catalog,
+                   progress=not a.quiet, overwrite=a.overwrite)  # fmt: skip
     print(res.summary())
     print(f"learning curve: {res.curve_png}")
     return 0
@@ -121,7 +131,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     if a.catalog is None and not a.fluxnet:
         raise ValueError("give --catalog CAT and/or --fluxnet CSV... to evaluate against")
     rep = evaluate(a.model, a.out, catalog=a.catalog, fluxnet=a.fluxnet or (),
-                   site_meta=a.site_meta, baseline=a.baseline, overwrite=a.overwrite)  # fmt: skip
+                   site_meta=a.site_meta, baseline=a.baseline, monthly=a.monthly or (),
+                   overwrite=a.overwrite)  # fmt: skip
     print(format_report(rep))
     print(f"report: {a.out}/report.json")
     return 0
@@ -213,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mb-tol", type=float, default=0.0,
                    help="imbalance left unpenalised, as a fraction of Reco")  # fmt: skip
     t.add_argument("--threads", type=int, default=1, help="torch threads on CPU (0: torch's choice)")
+    t.add_argument("--features", default="default",
+                   help="feature set: 'default', or additions +lai, +soil_moisture (e.g. +lai,+soil_moisture)")
+    t.add_argument("--feature-dropout", type=float, default=0.2,
+                   help="share of windows in which each addition is hidden (learns its availability flag)")
     t.add_argument("--device", default="auto", type=_device_spec, help="auto, cpu, cuda or cuda:N")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
@@ -220,8 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("finetune", help="fine-tune a model on FLUXNET DD files")
     ft.add_argument("--model", required=True)
-    ft.add_argument("--fluxnet", required=True, nargs="+", metavar="CSV")
-    ft.add_argument("--site-meta", default=None, help="site metadata JSON (required for unknown sites)")
+    ft.add_argument("--fluxnet", required=True, nargs="+", metavar="CSV|ZIP|DIR",
+                    help="FLUXNET daily files, their zips, or folders of them (one per site)")
+    ft.add_argument("--site-meta", default=None, nargs="+", metavar="JSON",
+                    help="site metadata JSON files, matched to the towers by site ID (required for unknown sites)")
+    ft.add_argument("--catalog", default=None,
+                    help="catalog whose satellite cube gives LAI / soil moisture at the towers (+lai, +soil_moisture models)")
+    ft.add_argument("--validation", default="years", choices=["years", "sites"],
+                    help="years: each tower's last full years held out; sites: also leave-one-site-out folds")
+    ft.add_argument("--holdout-years", type=int, default=2, help="full years held out at the end of each tower")
+    ft.add_argument("--val-years", type=int, default=1, help="full years before them that stop training early")
     ft.add_argument("--out", required=True, help="model directory of the fine-tuned checkpoint")
     ft.add_argument("--overwrite", action="store_true", help="replace an existing model directory (only a checkpoint kgml_grid wrote)")
     ft.add_argument("--epochs", type=int, default=40, help="epochs of the all-modules stage")
@@ -237,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="R2/RMSE/bias on held-out pixels, years and towers")
     ev.add_argument("--model", required=True)
     ev.add_argument("--catalog", default=None)
-    ev.add_argument("--fluxnet", nargs="*", metavar="CSV")
-    ev.add_argument("--site-meta", default=None)
+    ev.add_argument("--fluxnet", nargs="*", metavar="CSV|ZIP|DIR",
+                    help="FLUXNET daily files, zips or folders; each site on its held-out years")
+    ev.add_argument("--site-meta", default=None, nargs="+", metavar="JSON")
+    ev.add_argument("--monthly", nargs="+", metavar="MM_CSV",
+                    help="FLUXNET monthly files: monthly means of the daily predictions at their sites")
     ev.add_argument("--baseline", default=None, help="another model to compare on the towers")
     ev.add_argument("--out", required=True, help="report directory")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing report directory (only a report kgml_grid wrote)")

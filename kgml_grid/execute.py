@@ -60,7 +60,7 @@ import sys
 import time as _time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,10 +69,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from kgml_grid import blockio, cubes, outputs
+from kgml_grid import blockio, cubes, outputs, schema
 from kgml_grid.cluster import dashboard_link
 from kgml_grid.errors import is_disk_full
-from kgml_grid.features import WEATHER_FEATURES, assemble, year_end_mask
+from kgml_grid.features import WEATHER_FEATURES, assemble, satellite_inputs, year_end_mask
 from kgml_grid.fingerprint import compare as compare_fingerprints
 from kgml_grid.fingerprint import dumps as fingerprint_dumps
 from kgml_grid.fingerprint import input_fingerprints
@@ -221,13 +221,14 @@ def _crop_pixels(run: RunConfig, tile: TileSpec) -> tuple[np.ndarray, np.ndarray
     return ct, rr, cc
 
 
-def read_inputs(tt: TileTask, bt: BlockTask) -> dict[str, Any]:
+def read_inputs(tt: TileTask, bt: BlockTask, features: Sequence[str] = schema.FEATURES) -> dict[str, Any]:
     """The block's raw inputs, read (decoded) as the model needs them, no assembly.
 
     Returns
     -------
     dict
-        ``crop`` ``[Y, ny, nx]`` and the crop pixels ``rr``, ``cc``; ``gpp_sat``
+        ``crop`` ``[Y, ny, nx]`` and the crop pixels ``rr``, ``cc``; ``gpp_sat`` (and
+        ``lai`` / ``soil_moisture`` for a feature set with those additions)
         ``[T, ny, nx]``; each weather feature ``[T, wy, wx]`` (the coarse cells over
         the tile); each soil feature ``[ny, nx]``.
     """
@@ -236,9 +237,10 @@ def read_inputs(tt: TileTask, bt: BlockTask) -> dict[str, Any]:
     ys, xs = slice(*tile.y), slice(*tile.x)
     out: dict[str, Any] = {"crop": ct, "rr": rr, "cc": cc}
     tok = run.run_id
-    out["gpp_sat"] = blockio.read_region(run.paths["satellite"], "gpp_sat",
-                                         {"time": slice(run.sat_t0 + bt.t0, run.sat_t0 + bt.t1), "y": ys, "x": xs},
-                                         token=tok)  # fmt: skip
+    for k in satellite_inputs(features):
+        out[k] = blockio.read_region(run.paths["satellite"], k,
+                                     {"time": slice(run.sat_t0 + bt.t0, run.sat_t0 + bt.t1), "y": ys, "x": xs},
+                                     token=tok)  # fmt: skip
     wreg = {"time": slice(run.wx_t0 + bt.t0, run.wx_t0 + bt.t1), "y": slice(*tile.wy), "x": slice(*tile.wx)}
     for k in WEATHER_FEATURES:
         out[k] = blockio.read_region(run.paths["weather"], k, wreg, token=tok)
@@ -266,9 +268,12 @@ def perturb_inputs(raw: dict[str, Any], perturb: Mapping[str, tuple[str, float]]
 
 def read_block(
     tt: TileTask, bt: BlockTask, fill: Mapping[str, np.ndarray] | None,
+    features: Sequence[str] = schema.FEATURES,
+    *,
     perturb: Mapping[str, tuple[str, float]] | None = None,
 ) -> tuple[pd.DatetimeIndex, np.ndarray, dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Features ``[n, T, F]`` (physical units) of the tile's crop pixels for the block.
+    """Features ``[n, T, F]`` (physical units, the checkpoint's feature set) of the tile's
+    crop pixels for the block.
 
     ``perturb`` (:func:`perturb_inputs`) changes raw inputs before assembly.
 
@@ -278,18 +283,19 @@ def read_block(
     """
     run, tile = tt.run, tt.tile
     time = pd.date_range(pd.Timestamp(run.start) + pd.Timedelta(days=bt.t0), periods=bt.t1 - bt.t0, freq="D")
-    raw = read_inputs(tt, bt)
+    raw = read_inputs(tt, bt, features)
     if perturb:
         perturb_inputs(raw, perturb)
     ct, rr, cc = raw["crop"], raw["rr"], raw["cc"]
     wr, wc = tile.wrow[rr, cc], tile.wcol[rr, cc]
     daily = {k: raw[k][:, wr, wc] for k in WEATHER_FEATURES}
-    daily["gpp_sat"] = raw["gpp_sat"][:, rr, cc]
+    for k in satellite_inputs(features):
+        daily[k] = raw[k][:, rr, cc]
     soil = {k: raw[k][rr, cc] for k in _soil_features()}
     year_pos = {y: i for i, y in enumerate(run.years)}
     crop_by_year = {int(y): ct[year_pos[int(y)], rr, cc] for y in np.unique(time.year)}
     x, new_fill = assemble(time=time, daily=daily, soil=soil, crop_by_year=crop_by_year,
-                           fill=None if fill is None else dict(fill))  # fmt: skip
+                           fill=None if fill is None else dict(fill), features=features)  # fmt: skip
     return time, x, new_fill, (rr, cc)
 
 
@@ -332,7 +338,7 @@ def compute_block(
     ckpt = get_checkpoint(run.checkpoint, run.checkpoint_hash)
     prev_state = _load_state(prev)
     fill = None if prev_state is None else {k[2:]: v for k, v in prev_state.items() if k.startswith("f_")}
-    time, x, new_fill, (rr, cc) = read_block(tt, bt, fill, perturb)
+    time, x, new_fill, (rr, cc) = read_block(tt, bt, fill, ckpt.features, perturb=perturb)
     n, t = x.shape[0], x.shape[1]
     xn = np.ascontiguousarray(ckpt.normalizer.normalize_features(x), dtype="float32")
     del x
@@ -1124,9 +1130,10 @@ def direct_run(plan: Plan, *, pixels_per_group: int = 1024, batch_pixels: int = 
         for g in range(0, rr.size, pixels_per_group):
             r, c = rr[g : g + pixels_per_group], cc[g : g + pixels_per_group]
             time, daily, soil, cby = pixel_inputs(
-                layers, r + iy0, c + ix0, time=slice(plan.start, plan.end), weather_index=widx
+                layers, r + iy0, c + ix0, time=slice(plan.start, plan.end), weather_index=widx,
+                features=ckpt.features,
             )
-            x, _ = assemble(time=time, daily=daily, soil=soil, crop_by_year=cby)
+            x, _ = assemble(time=time, daily=daily, soil=soil, crop_by_year=cby, features=ckpt.features)
             xn = np.ascontiguousarray(ckpt.normalizer.normalize_features(x), dtype="float32")
             ye = year_end_mask(time)
             ye_idx = np.flatnonzero(ye)

@@ -1,4 +1,15 @@
-"""Read and write FLUXNET2015 / AmeriFlux-FLUXNET daily (DD) files.
+"""Read and write FLUXNET2015 / AmeriFlux-FLUXNET daily (DD) files; read monthly (MM) files.
+
+Files as they ship
+    FLUXNET2015 (``FLX_<SITE>_FLUXNET2015_<SUBSET|FULLSET>_DD_<years>_<version>.csv``) and
+    AmeriFlux-FLUXNET, the ONEFlux product (``AMF_<SITE>_FLUXNET_<SUBSET|FULLSET>_DD_...``),
+    are read alike, as the CSV or inside the zip they are downloaded as (the zip's DD
+    member is read). Other time steps (HH, HR, WW, MM, YY) are refused as not daily,
+    naming the file and its step; a monthly file is read by :func:`read_fluxnet_mm`, to
+    check monthly aggregates of daily predictions. AmeriFlux **BASE** files
+    (``AMF_<SITE>_BASE_HH_<version>.csv``, ``AMF_<SITE>_BASE-BADM_<version>.zip``) are
+    refused with why: half-hourly fluxes as measured, not gap-filled and not partitioned
+    into GPP and Reco.
 
 The mapping between FLUXNET columns and schema variables, with the unit conversions,
 lives in one place, :data:`kgml_grid.schema.FLUXNET_COLUMNS`; this module applies it.
@@ -56,6 +67,7 @@ __all__ = [
     "FluxnetFileInfo",
     "parse_fluxnet_filename",
     "read_fluxnet_dd",
+    "read_fluxnet_mm",
     "to_fluxnet_dd",
 ]
 
@@ -83,6 +95,16 @@ _FILENAME_RE = re.compile(
 _FILENAME_EXPECTED = (
     "<FLX|AMF>_<CC-SSS>_<FLUXNET2015|FLUXNET>_<SUBSET|FULLSET>_<HH|HR|DD|WW|MM|YY>_"
     "<YYYY>-<YYYY>_<V-V>.csv, e.g. FLX_US-Ne1_FLUXNET2015_SUBSET_DD_2001-2013_1-4.csv"
+)
+#: AmeriFlux BASE products: the half-hourly CSV and the zip it ships in (with BADM).
+_BASE_RE = re.compile(
+    r"^AMF_(?P<site>[A-Z]{2}-[A-Za-z0-9]{3})_BASE(?:-BADM)?_(?:(?P<res>HH|HR)_)?"
+    r"(?P<version>\d+-\d+)\.(?:csv|zip)$"
+)
+#: A FLUXNET download: the zip of every time step of one site (no step in its name).
+_ZIP_RE = re.compile(
+    r"^(?P<prefix>FLX|AMF)_(?P<site>[A-Z]{2}-[A-Za-z0-9]{3})_(?P<product>FLUXNET[A-Za-z0-9-]*)_"
+    r"(?P<subset>SUBSET|FULLSET)_(?P<y0>\d{4})-(?P<y1>\d{4})_(?P<version>\d+-\d+)\.zip$"
 )
 _RESOLUTIONS = {
     "HH": "half-hourly",
@@ -172,6 +194,9 @@ def parse_fluxnet_filename(path: str | os.PathLike[str]) -> FluxnetFileInfo:
     name = Path(path).name
     m = _FILENAME_RE.match(name)
     if m is None:
+        base = _BASE_RE.match(name)
+        if base is not None:
+            raise ValueError(_base_refusal(name, base["site"]))
         raise ValueError(f"{name}: not a FLUXNET file name; expected {_FILENAME_EXPECTED}")
     y0, y1 = int(m["y0"]), int(m["y1"])
     if y0 > y1:
@@ -188,13 +213,74 @@ def parse_fluxnet_filename(path: str | os.PathLike[str]) -> FluxnetFileInfo:
     )
 
 
+def _base_refusal(name: str, site: str) -> str:
+    return (
+        f"{name}: an AmeriFlux BASE file (half-hourly fluxes as measured: not gap-filled, and "
+        "NEE not partitioned into GPP and Reco), not a FLUXNET daily (DD) file; kgml_grid needs "
+        f"the gap-filled, partitioned ONEFlux product: download AmeriFlux FLUXNET for {site} "
+        f"(AMF_{site}_FLUXNET_SUBSET_DD_<years>_<version>.csv, in the zip "
+        f"AMF_{site}_FLUXNET_SUBSET_<years>_<version>.zip) or run ONEFlux on the BASE data"
+    )
+
+
 def _require_daily(info: FluxnetFileInfo, name: str, verb: str) -> None:
     if info.resolution != "DD":
+        hint = (
+            "; a monthly file can check monthly means of a model's daily predictions: "
+            "kgml-grid evaluate --monthly FILE"
+            if info.resolution == "MM" and verb == "reads"
+            else ""
+        )
         raise ValueError(
             f"{name}: resolution {info.resolution!r} ({_RESOLUTIONS[info.resolution]}) is not "
             f"supported; kgml_grid {verb} daily (DD) FLUXNET files only (use the DD file of "
-            "the same release, or aggregate to daily first)"
+            f"the same release, or aggregate to daily first){hint}"
         )
+
+
+def _source_bytes(path: Path, resolution: str) -> tuple[str, str, bytes]:
+    """``(file name, name for messages, content)`` of a FLUXNET CSV, or of the member of
+    a FLUXNET zip download with the given time step.
+
+    Raises
+    ------
+    ValueError
+        For an AmeriFlux BASE zip or CSV, a zip without a member of that step, or a file
+        that is not there.
+    """
+    name = path.name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not name.lower().endswith(".zip"):
+        return name, name, path.read_bytes()
+    import zipfile
+
+    base = _BASE_RE.match(name)
+    if base is not None:
+        raise ValueError(_base_refusal(name, base["site"]))
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [m for m in zf.namelist() if not m.endswith("/")]
+            for m in members:
+                mb = _BASE_RE.match(Path(m).name)
+                if mb is not None:
+                    raise ValueError(_base_refusal(f"{name}/{Path(m).name}", mb["site"]))
+            found = {}
+            for m in members:
+                fm = _FILENAME_RE.match(Path(m).name)
+                if fm is not None:
+                    found.setdefault(fm["res"], []).append(m)
+            chosen = found.get(resolution, [])
+            if len(chosen) != 1:
+                have = ", ".join(f"{r} ({Path(v[0]).name})" for r, v in sorted(found.items())) or "none"
+                what = "no" if not chosen else f"{len(chosen)}"
+                raise ValueError(
+                    f"{name}: {what} FLUXNET {_RESOLUTIONS[resolution]} ({resolution}) CSV inside "
+                    f"the zip (FLUXNET CSVs in it: {have}); give the {resolution} CSV itself"
+                )
+            return Path(chosen[0]).name, f"{name}/{Path(chosen[0]).name}", zf.read(chosen[0])
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{name}: not a readable zip file ({exc})") from None
 
 
 # --------------------------------------------------------------------------- mapping helpers
@@ -264,15 +350,27 @@ def _first_non_number(raw: bytes, name: str, columns: list[str]) -> ValueError:
     return ValueError(f"{name}: a value column holds something that is not a number")
 
 
-def _parse_timestamps(ts: pd.Series, name: str) -> pd.DatetimeIndex:
+#: TIMESTAMP lengths of the other FLUXNET time steps, for the refusal of a misnamed file.
+_STAMP_STEPS = {4: "a year (YYYY): yearly", 6: "a month (YYYYMM): monthly", 12: "a time (YYYYMMDDHHMM): sub-daily"}
+
+
+def _parse_timestamps(ts: pd.Series, name: str, digits: int = 8, fmt: str = "%Y%m%d") -> pd.DatetimeIndex:
     text = ts.astype(str).str.strip()
-    bad = ~text.str.fullmatch(r"\d{8}")
+    bad = ~text.str.fullmatch(rf"\d{{{digits}}}")
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
+        step = _STAMP_STEPS.get(len(text.iloc[i])) if text.iloc[i].isdigit() and digits == 8 else None
+        if step is not None and bool(text.str.len().eq(len(text.iloc[i])).all()):
+            what, kind = step.split(": ")
+            raise ValueError(
+                f"{name}: every TIMESTAMP is {what} (line {_line(i)}: {ts.iloc[i]!r}), so the file "
+                f"holds {kind} data, though its name says DD; kgml_grid reads daily (DD) files only"
+            )
+        want = {8: "a date YYYYMMDD", 6: "a month YYYYMM"}[digits]
         raise ValueError(
-            f"{name}: line {_line(i)}: TIMESTAMP {ts.iloc[i]!r} is not a date YYYYMMDD"
+            f"{name}: line {_line(i)}: TIMESTAMP {ts.iloc[i]!r} is not {want}"
         )
-    times = pd.to_datetime(text, format="%Y%m%d", errors="coerce")
+    times = pd.to_datetime(text, format=fmt, errors="coerce")
     nat = times.isna()
     if nat.any():
         i = int(np.flatnonzero(nat.to_numpy())[0])
@@ -364,8 +462,10 @@ def read_fluxnet_dd(
     Parameters
     ----------
     path : path-like
-        The CSV; its name must follow the FLUXNET pattern (see
-        :func:`parse_fluxnet_filename`) with resolution ``DD``.
+        The CSV, or the FLUXNET zip download holding it (its one ``DD`` member is read);
+        the CSV's name must follow the FLUXNET pattern (see
+        :func:`parse_fluxnet_filename`) with resolution ``DD``. SUBSET and FULLSET,
+        FLUXNET2015 and AmeriFlux-FLUXNET (``AMF_``) files are read alike.
     qc_threshold : float, optional
         In [0, 1]. Where a column's QC fraction (share of good-quality half-hours) is
         below it, or missing, the value becomes NaN. The QC fractions are kept as
@@ -402,16 +502,22 @@ def read_fluxnet_dd(
         [0, 1]; each message names the file and the line, column, date or value.
     """
     path = Path(path)
-    name = path.name
-    info = parse_fluxnet_filename(path)
+    if not path.name.lower().endswith(".zip"):
+        parse_fluxnet_filename(path)  # name first: a BASE or misnamed file says so before any read
+    file_name, name, raw = _source_bytes(path, "DD")
+    info = parse_fluxnet_filename(file_name)
     _require_daily(info, name, "reads")
     if qc_threshold is not None and not 0.0 <= float(qc_threshold) <= 1.0:
         raise ValueError(f"qc_threshold must be within [0, 1], got {qc_threshold!r}")
     if negative_gpp not in ("clip", "nan", "error"):
         raise ValueError(f"negative_gpp must be 'clip', 'nan' or 'error', got {negative_gpp!r}")
 
-    raw = path.read_bytes()
     header = _read_header(raw, name)
+    if header and header[0].startswith("#"):
+        raise ValueError(
+            f"{name}: starts with comment lines ({header[0]!r}), as AmeriFlux BASE files do; "
+            "a FLUXNET DD file starts with its header (TIMESTAMP,...)"
+        )
     if "TIMESTAMP" not in header:
         hint = " (a half-hourly/hourly header?)" if "TIMESTAMP_START" in header else ""
         raise ValueError(f"{name}: required column 'TIMESTAMP' is missing from the header{hint}")
@@ -489,6 +595,7 @@ def read_fluxnet_dd(
             attrs["comment"] = (
                 f"{attrs.get('comment', '')} column {fc.column} absent from the file".strip()
             )
+            attrs["fluxnet_column_absent"] = 1
         if fc.qc:
             attrs["ancillary_variables"] = f"{fc.variable}_qc"
         if qc_threshold is not None and fc.qc:
@@ -526,6 +633,7 @@ def read_fluxnet_dd(
                     "valid_min": 0.0,
                     "valid_max": 1.0,
                     "fluxnet_column": fc.qc,
+                    **({"fluxnet_column_absent": 1} if fc.qc not in data else {}),
                 },
             )
     if _SWPOT_COLUMN in data:
@@ -625,6 +733,88 @@ def _attach_site(ds: xr.Dataset, meta: SiteMeta, origin: str, y0: int, y1: int) 
         ("year",), np.asarray(meta.crop_codes(years.tolist()), dtype=crop.dtype), crop.cf_attrs()
     )
     ds.coords["year"] = ("year", years, {"long_name": "calendar year"})
+
+
+# --------------------------------------------------------------------------- monthly files
+#: Columns of a FLUXNET MM file compared with monthly means of daily predictions.
+MONTHLY_COLUMNS: Mapping[str, str] = {"NEE_VUT_REF": "nee", "RECO_NT_VUT_REF": "reco", "GPP_NT_VUT_REF": "gpp"}
+
+
+def read_fluxnet_mm(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Read a FLUXNET2015 / AmeriFlux-FLUXNET monthly (MM) file: NEE, Reco and GPP.
+
+    Monthly FLUXNET values are the means of the month's daily values (gC m-2 d-1), so
+    they compare with the monthly mean of a model's daily predictions.
+
+    Parameters
+    ----------
+    path : path-like
+        The MM CSV (``..._MM_<years>_<version>.csv``) or the zip download holding it.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimension ``time`` (first day of each month). ``nee``, ``reco``, ``gpp`` (from
+        ``NEE_VUT_REF``, ``RECO_NT_VUT_REF``, ``GPP_NT_VUT_REF``), NaN for ``-9999``;
+        ``nee_qc`` (``NEE_VUT_REF_QC``: share of the month's data measured or gap-filled
+        with good quality) where the file has it. Attributes ``site_id``, ``source_file``.
+
+    Raises
+    ------
+    ValueError
+        For a file that is not monthly (naming its time step), a missing column, a
+        TIMESTAMP that is not ``YYYYMM`` or not increasing, or a value outside its
+        valid range.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(".zip"):
+        parse_fluxnet_filename(path)
+    file_name, name, raw = _source_bytes(path, "MM")
+    info = parse_fluxnet_filename(file_name)
+    if info.resolution != "MM":
+        raise ValueError(
+            f"{name}: resolution {info.resolution!r} ({_RESOLUTIONS[info.resolution]}) where a "
+            "monthly (MM) FLUXNET file is needed (--monthly FILE)"
+        )
+    header = _read_header(raw, name)
+    needed = ["TIMESTAMP", *MONTHLY_COLUMNS]
+    lacking = [c for c in needed if c not in header]
+    if lacking:
+        raise ValueError(f"{name}: required column(s) {lacking} missing from the header")
+    qc = "NEE_VUT_REF_QC" if "NEE_VUT_REF_QC" in header else None
+    cols = [*MONTHLY_COLUMNS, *([qc] if qc else [])]
+    _check_field_counts(raw, len(header), name)
+    try:
+        df = pd.read_csv(io.BytesIO(raw), usecols=["TIMESTAMP", *cols],
+                         dtype={"TIMESTAMP": str, **dict.fromkeys(cols, "float64")},
+                         keep_default_na=False, na_values={c: [""] for c in cols}, encoding="utf-8-sig")  # fmt: skip
+    except ValueError:
+        raise _first_non_number(raw, name, cols) from None
+    if len(df) == 0:
+        raise ValueError(f"{name}: no data rows")
+    times = _parse_timestamps(df["TIMESTAMP"], name, digits=6, fmt="%Y%m")
+    out: dict[str, xr.Variable] = {}
+    for col, var in MONTHLY_COLUMNS.items():
+        v = df[col].to_numpy(dtype="float64", copy=True)
+        v[v == FLUXNET_MISSING] = np.nan
+        spec = schema.VARIABLES[var]
+        lo, hi = spec.valid_range
+        if var == "gpp":
+            lo = -NEGATIVE_GPP_TOLERANCE
+        _check_range(v, lo, hi, name=name, column=col, var=var, units=spec.units, times=times,
+                     scale=1.0, file_units="gC m-2 d-1")  # fmt: skip
+        attrs = dict(spec.cf_attrs())
+        attrs.update(fluxnet_column=col, cell_methods="time: mean (monthly mean of daily values)")
+        out[var] = xr.Variable(("time",), v, attrs)
+    if qc:
+        q = df[qc].to_numpy(dtype="float64", copy=True)
+        q[q == FLUXNET_MISSING] = np.nan
+        out["nee_qc"] = xr.Variable(("time",), q, {"units": "1", "fluxnet_column": qc,
+                                                   "long_name": "share of good-quality data of the month"})  # fmt: skip
+    ds = xr.Dataset(out, coords={"time": ("time", np.asarray(times.values, dtype="datetime64[ns]"))})
+    ds.attrs = {"site_id": info.site_id, "source_file": name, "fluxnet_resolution": "MM",
+                "title": f"FLUXNET monthly (MM) fluxes of site {info.site_id}"}  # fmt: skip
+    return ds
 
 
 # --------------------------------------------------------------------------- writing

@@ -97,7 +97,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         **{f"{n}.zarr": "cube" for n in ("weather", "satellite", "soil", "crop", "truth")},
         "towers": "towers", "catalog.yaml": None, "catalog.yaml.tmp": None, "world.json": None}),
     Kind("model", "a model checkpoint", entries={
-        "model.safetensors": None, "model.json": None, "learning_curve.png": None, **_TMP}),
+        "model.safetensors": None, "model.json": None, "learning_curve.png": None,
+        "validation.json": None, "validation.md": None, "loso": "folds", **_TMP}),
+    Kind("folds", "the leave-one-site-out fold models of a fine-tuning", marked=False,
+         entries={"*": "model"}),
     Kind("report", "an evaluation report", entries={"report.json": None, "*.png": None}),
     Kind("maps", "a folder of annual maps", entries={"*.png": None}),
     Kind("demo", "a demo run", entries={

@@ -653,11 +653,13 @@ def memory_estimate(
     (assembled and normalised); model: activations of one batch; outputs: the model's
     outputs per crop pixel and the five NaN-filled output blocks.
     """
-    f = len(schema.FEATURES)
+    f = int(model.get("n_features", len(schema.FEATURES)))
+    n_sat = 1 + (f - len(schema.FEATURES)) // 2  # gpp_sat, plus one series per addition (value + flag)
     px = tile[0] * tile[1]
     n = crop_pixels
+    n_daily = 4 + n_sat  # daily series gathered per crop pixel
     per_day = {
-        "inputs": 4 * (px + 4 * weather_cells + 2 * 5 * n),
+        "inputs": 4 * (n_sat * px + 4 * weather_cells + 2 * n_daily * n),
         "features": 2 * 4 * n * f,
         "model": batch_pixels * _activation_per_pixel_day(model, f) + 4 * batch_pixels * f,
         "outputs": 4 * (2 * 5 * n + len(DAILY_VARS) * px),
@@ -670,7 +672,7 @@ def memory_estimate(
 
 def batch_pixels_for(days: int, model: Mapping[str, Any], *, budget: int = ACTIVATION_BUDGET) -> int:
     """Pixels per model batch so that one batch's activations stay within ``budget``."""
-    per = _activation_per_pixel_day(model, len(schema.FEATURES)) * max(days, 1)
+    per = _activation_per_pixel_day(model, int(model.get("n_features", len(schema.FEATURES)))) * max(days, 1)
     return int(max(1, min(MAX_BATCH_PIXELS, budget // per)))
 
 
@@ -820,7 +822,7 @@ def make_plan(
     missing = [n for n in needed if n not in layers]
     if missing:
         raise PlanError(f"catalog {cat.path}: no layer {missing} (upscaling needs {', '.join(needed)})")
-    _check_cube_units(layers, ckpt.units, str(model_path))
+    _check_cube_units(layers, ckpt.units, str(model_path), ckpt.features)
     # --- values: a few chunks of every input (the full check: `kgml-grid catalog --check-values`)
     from kgml_grid import values
 
@@ -937,11 +939,23 @@ def _cube_chunks(ds: xr.Dataset) -> dict[str, int]:
     return {"time": 365, "y": 256, "x": 256}
 
 
-def _check_cube_units(layers: Mapping[str, xr.Dataset], units: Mapping[str, str], source: str) -> None:
-    """Each feature read from a cube must be in the units the checkpoint was trained with."""
+def _check_cube_units(
+    layers: Mapping[str, xr.Dataset], units: Mapping[str, str], source: str,
+    features: Sequence[str] = schema.FEATURES,
+) -> None:
+    """Each feature read from a cube must be there, in the units the checkpoint was trained with."""
+    sat = layers["satellite"]
+    for name in schema.feature_additions(features):
+        if name not in sat.data_vars:
+            raise PlanError(
+                f"checkpoint {source} was trained with the feature set "
+                f"{schema.feature_set_name(features)!r}, which reads {name!r} from the satellite "
+                f"cube, but the cube has no such variable ({', '.join(sorted(map(str, sat.data_vars)))}); "
+                f"add it to the cube or use a model trained without +{name}"
+            )
     for layer in ("weather", "satellite", "soil"):
         ds = layers[layer]
-        for name in schema.FEATURES:
+        for name in features:
             if name not in ds.data_vars:
                 continue
             got = ds[name].attrs.get("units")

@@ -106,12 +106,23 @@ def make_split(layers: Mapping[str, xr.Dataset], spec: SplitSpec) -> Split:
 # --------------------------------------------------------------------------------------
 
 
-def compute_norm(layers: Mapping[str, xr.Dataset], mask: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+#: Fixed normalisation of the availability flags (0/1 -> -1/+1): the share of
+#: available days on the grid is near 1, and its standard deviation would blow up a 0.
+FLAG_NORM = (0.5, 0.5)
+
+
+def compute_norm(
+    layers: Mapping[str, xr.Dataset],
+    mask: np.ndarray | None = None,
+    *,
+    features: Sequence[str] = schema.FEATURES,
+) -> dict[str, tuple[float, float]]:
     """Mean and standard deviation of every feature and target over crop pixels.
 
     Computed lazily with Dask over the cubes (one ``dask.compute``), never by loading
     them whole. Derived features: crop indicators from the crop cube, day-of-year
-    terms fixed (mean 0, sd 1/sqrt 2).
+    terms fixed (mean 0, sd 1/sqrt 2), availability flags fixed (:data:`FLAG_NORM`).
+    The additions of ``features`` (LAI, soil moisture) come from the satellite cube.
     """
     if mask is None:
         mask = crop_mask(layers["crop"])
@@ -120,8 +131,14 @@ def compute_norm(layers: Mapping[str, xr.Dataset], mask: np.ndarray | None = Non
     for v in F.WEATHER_FEATURES:
         da = layers["weather"][v]
         lazy[v] = (da.mean(), da.std())
-    g = layers["satellite"]["gpp_sat"].where(m)
-    lazy["gpp_sat"] = (g.mean(), g.std())
+    for v in F.satellite_inputs(features):
+        if v not in layers["satellite"].data_vars:
+            raise ValueError(
+                f"feature set {schema.feature_set_name(features)!r} needs {v!r}, which the "
+                "satellite cube lacks"
+            )
+        g = layers["satellite"][v].where(m)
+        lazy[v] = (g.mean(), g.std())
     for v in F.SOIL_FEATURES:
         da = layers["soil"][v].where(m)
         lazy[v] = (da.mean(), da.std())
@@ -145,7 +162,9 @@ def compute_norm(layers: Mapping[str, xr.Dataset], mask: np.ndarray | None = Non
             out[k] = (a, max(b, 1e-6))
     out["doy_sin"] = (0.0, float(np.sqrt(0.5)))
     out["doy_cos"] = (0.0, float(np.sqrt(0.5)))
-    missing = [f for f in schema.FEATURES if f not in out]
+    for name in schema.feature_additions(features):
+        out[f"{name}_available"] = FLAG_NORM
+    missing = [f for f in features if f not in out]
     if missing:
         raise ValueError(f"normalisation statistics missing for {missing}")
     return out
@@ -170,6 +189,12 @@ class Series:
     yld: np.ndarray  # [n, T] yield at year ends, NaN elsewhere
     reco: np.ndarray | None = None  # [n, T] observed Reco (towers)
     names: list[str] = field(default_factory=list)
+    features: tuple[str, ...] = schema.FEATURES  # the feature set of x
+    #: per location, the first and last index of its own record in ``time`` (towers
+    #: aligned on the union of their days); None: every location covers all of ``time``
+    spans: list[tuple[int, int]] | None = None
+    #: per location, where each addition's series came from (towers)
+    sources: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -177,15 +202,17 @@ class Series:
 
 
 def grid_series(
-    layers: Mapping[str, xr.Dataset], pixels: np.ndarray, *, with_targets: bool = True, batch: int = 2000
+    layers: Mapping[str, xr.Dataset], pixels: np.ndarray, *, with_targets: bool = True, batch: int = 2000,
+    features: Sequence[str] = schema.FEATURES,
 ) -> Series:
     """Read features (and truth) of grid pixels ``[(row, col), ...]`` from the cubes."""
     xs, ys, yls = [], [], []
     time = None
+    features = tuple(features)
     for i in range(0, len(pixels), batch):
         p = pixels[i : i + batch]
-        t, daily, soil, crop = F.pixel_inputs(layers, p[:, 0], p[:, 1])
-        x, _ = F.assemble(time=t, daily=daily, soil=soil, crop_by_year=crop)
+        t, daily, soil, crop = F.pixel_inputs(layers, p[:, 0], p[:, 1], features=features)
+        x, _ = F.assemble(time=t, daily=daily, soil=soil, crop_by_year=crop, features=features)
         xs.append(x)
         time = t
         if with_targets:
@@ -196,7 +223,7 @@ def grid_series(
     x = np.concatenate(xs)
     y = np.concatenate(ys) if ys else np.full((*x.shape[:2], len(DAILY_TARGETS)), np.nan, "float32")
     yld = np.concatenate(yls) if yls else np.full(x.shape[:2], np.nan, "float32")
-    return Series(time, x, y, yld, names=[f"pixel({r},{c})" for r, c in pixels])
+    return Series(time, x, y, yld, names=[f"pixel({r},{c})" for r, c in pixels], features=features)
 
 
 def _yield_at_year_end(time: pd.DatetimeIndex, yl: np.ndarray, years: Sequence[int]) -> np.ndarray:
@@ -208,24 +235,33 @@ def _yield_at_year_end(time: pd.DatetimeIndex, yl: np.ndarray, years: Sequence[i
     return out
 
 
-def tower_series(towers: Sequence[xr.Dataset]) -> Series:
+def tower_series(towers: Sequence[xr.Dataset], *, features: Sequence[str] = schema.FEATURES) -> Series:
     """Features and observations of FLUXNET towers (equal-length daily series).
 
     Towers with different date ranges are aligned on the union of their days; days
-    outside a tower's record have NaN inputs (gap-filled causally) and no targets.
+    outside a tower's record have NaN inputs (gap-filled causally) and no targets;
+    each tower's own record is kept in :attr:`Series.spans` (windows never start
+    before it). The additions of ``features`` come from the sources that
+    :func:`kgml_grid.features.tower_addition_sources` picks (recorded in
+    :attr:`Series.sources`).
     """
     if not towers:
         raise ValueError("no towers given")
+    features = tuple(features)
     start = min(pd.Timestamp(ds["time"].values[0]) for ds in towers)
     end = max(pd.Timestamp(ds["time"].values[-1]) for ds in towers)
     time = pd.date_range(start, end, freq="D")
-    xs, ys, recos, names = [], [], [], []
+    xs, ys, recos, names, spans, sources = [], [], [], [], [], []
     for ds in towers:
+        first = int(time.get_loc(pd.Timestamp(ds["time"].values[0])))
+        last = int(time.get_loc(pd.Timestamp(ds["time"].values[-1])))
+        spans.append((first, last))
+        sources.append({k: v for k, (_, v) in F.tower_addition_sources(ds, features).items()})
         ds = ds.reindex(time=time)
-        t, daily, soil, crop = F.tower_inputs(ds)
+        t, daily, soil, crop = F.tower_inputs(ds, features)
         years = sorted({int(y) for y in time.year})
         crop = {y: crop.get(y, np.zeros(1, "int8")) for y in years}
-        x, _ = F.assemble(time=t, daily=daily, soil=soil, crop_by_year=crop)
+        x, _ = F.assemble(time=t, daily=daily, soil=soil, crop_by_year=crop, features=features)
         xs.append(x)
         y = np.full((1, len(time), len(DAILY_TARGETS)), np.nan, "float32")
         y[0, :, DAILY_TARGETS.index("nee")] = ds["nee"].values
@@ -235,7 +271,7 @@ def tower_series(towers: Sequence[xr.Dataset]) -> Series:
         names.append(str(ds.attrs.get("site_id", f"tower{len(names)}")))
     x = np.concatenate(xs)
     return Series(time, x, np.concatenate(ys), np.full(x.shape[:2], np.nan, "float32"),
-                  np.concatenate(recos), names)  # fmt: skip
+                  np.concatenate(recos), names, features, spans, sources)  # fmt: skip
 
 
 def windows(time: pd.DatetimeIndex, years: Sequence[int], spinup: int) -> list[tuple[int, int, int]]:
@@ -260,6 +296,15 @@ def windows(time: pd.DatetimeIndex, years: Sequence[int], spinup: int) -> list[t
     return out
 
 
+def location_windows(series: Series, i: int, years: Sequence[int], spinup: int) -> list[tuple[int, int, int]]:
+    """:func:`windows` of location ``i`` that lie inside its own record (:attr:`Series.spans`)."""
+    out = windows(series.time, years, spinup)
+    if series.spans is None:
+        return out
+    first, last = series.spans[i]
+    return [w for w in out if w[0] >= first and w[1] - 1 <= last]
+
+
 class Batches:
     """Streams standardised mini-batches of pixel x season windows as tensors.
 
@@ -271,11 +316,17 @@ class Batches:
     batch_size : int
     shuffle : bool
     seed : int
+    feature_dropout : float
+        Probability, per window and addition (LAI, soil moisture), that the addition is
+        hidden: value and availability flag set to 0, what a source without it gives.
+        Pre-training uses it so that the model learns to run without the addition.
     """
 
     def __init__(self, series: Series, items: Sequence[tuple[int, tuple[int, int, int]]], norm: object,
                  *, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
-                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+                 device: torch.device | str = "cpu", feature_dropout: float = 0.0) -> None:  # fmt: skip
+        if not 0.0 <= feature_dropout <= 1.0:
+            raise ValueError(f"feature_dropout must be within [0, 1], got {feature_dropout!r}")
         self.s = series
         self.items = list(items)
         self.norm = norm
@@ -284,6 +335,9 @@ class Batches:
         self.rng = np.random.default_rng(seed)
         self.device = device
         self.year_end = F.year_end_mask(series.time)
+        self.feature_dropout = float(feature_dropout)
+        idx = F.feature_index(series.features)
+        self._droppable = [(idx[a], idx[f"{a}_available"]) for a in schema.feature_additions(series.features)]
 
     def __len__(self) -> int:
         return -(-len(self.items) // self.batch_size)
@@ -296,6 +350,10 @@ class Batches:
     def batch(self, items: Sequence[tuple[int, tuple[int, int, int]]]) -> dict[str, torch.Tensor]:
         s, norm = self.s, self.norm
         x = np.stack([s.x[i, a:b] for i, (a, b, _) in items])
+        if self.feature_dropout > 0 and self._droppable:
+            hide = self.rng.random((len(items), len(self._droppable))) < self.feature_dropout
+            for j, cols in enumerate(self._droppable):
+                x[np.ix_(hide[:, j], np.arange(x.shape[1]), cols)] = 0.0
         y = np.stack([s.y[i, a:b] for i, (a, b, _) in items])
         loss = np.zeros(x.shape[:2], dtype=bool)
         for k, (_, (_, _, lf)) in enumerate(items):

@@ -10,11 +10,13 @@ which is what the literature writes as gC m-2 d-1.
 
 FLUXNET mapping
 ---------------
-The model's feature set is limited to what both the grid and a FLUXNET2015 DD
-file can supply. DD files carry the daily *mean* air temperature (no max/min), no
-LAI, and soil water may be missing entirely (it is, in the US-Ne1 file), so LAI and
-soil moisture are grid layers for analysis, not model features. The mapping, in one
-place (:data:`FLUXNET_COLUMNS`):
+The default feature set (:data:`FEATURES`) is limited to what both the grid and a
+FLUXNET2015 DD file can supply. DD files carry the daily *mean* air temperature (no
+max/min), no LAI, and soil water may be missing entirely (it is, in the US-Ne1 file).
+LAI and soil moisture are *optional additions* chosen at training time
+(:func:`feature_set`, ``--features +lai,+soil_moisture``); each comes with an
+availability flag (see *Feature sets* below). The mapping, in one place
+(:data:`FLUXNET_COLUMNS`):
 
 =================  ===================  ===================  ==============================
 schema variable    FLUXNET DD column    DD units             conversion
@@ -33,6 +35,33 @@ gpp                GPP_NT_VUT_REF       gC m-2 d-1           none
 
 Static soil properties and the crop type of a tower come from its site-metadata
 sidecar (see :mod:`kgml_grid.sites`); day-of-year features are derived from time.
+
+Feature sets
+------------
+A model's features are :data:`FEATURES` plus any of the additions of
+:data:`FEATURE_ADDITIONS`, appended in that table's order (so the default features
+keep their positions in every set):
+
+==============  ========================================  ===================================
+addition        features appended                         sources
+==============  ========================================  ===================================
+``+lai``        ``lai``, ``lai_available``                grid: the satellite cube's ``lai``;
+                                                          tower: the satellite cube at the
+                                                          tower's pixel, when one covers it
+``+soil_        ``soil_moisture``,                        grid: the satellite cube's
+moisture``      ``soil_moisture_available``               ``soil_moisture``; tower:
+                                                          ``SWC_F_MDS_1`` (% x 0.01) when it
+                                                          has values, else the satellite cube
+                                                          at the tower's pixel
+==============  ========================================  ===================================
+
+``<name>_available`` is 1 from the first day a value of ``<name>`` was seen (later
+gaps are filled with the last value, causally), 0 before it and wherever the source has
+none at all (the value is then 0). Pre-training hides each addition from a share of its
+windows (``TrainConfig.feature_dropout``), so the model learns to run without it: a
+tower that lacks LAI or soil water is then run with the flag at 0, explicitly, never
+with a silent 0 value. The checkpoint stores its feature list (and the set's name,
+:func:`feature_set_name`); every consumer checks its data against it.
 """
 
 from __future__ import annotations
@@ -171,10 +200,10 @@ _VARIABLES: tuple[Variable, ...] = (
     Variable("gpp_sat", "g m-2 d-1", "satellite gross primary productivity (noisy, gappy)", _S,
              (_F,), (0.0, 60.0), "gross_primary_productivity_of_biomass_expressed_as_carbon",
              _CFLUX),
-    Variable("lai", "1", "leaf area index (satellite)", _S, (_A,), (0.0, 12.0),
+    Variable("lai", "1", "leaf area index (satellite)", _S, (_F, _A), (0.0, 12.0),
              "leaf_area_index", ("m2 m-2", "m2/m2")),
     Variable("soil_moisture", "m3 m-3", "volumetric soil water content, root zone (satellite)", _S,
-             (_A,), (0.0, 0.7), "volume_fraction_of_condensed_water_in_soil", ("m3/m3", "1")),
+             (_F, _A), (0.0, 0.7), "volume_fraction_of_condensed_water_in_soil", ("m3/m3", "1")),
     # --- soil (gSSURGO), fine grid, static ------------------------------------------
     Variable("bulk_density", "g cm-3", "soil bulk density, 0-30 cm", _SO, (_F,), (0.5, 2.2),
              None, ("g/cm3",)),
@@ -215,6 +244,10 @@ _VARIABLES: tuple[Variable, ...] = (
     Variable("is_soybean", "1", "1 where the year's crop is soybean", _D, (_F,), (0.0, 1.0)),
     Variable("doy_sin", "1", "sin(2 pi doy / 365.25)", _D, (_F,), (-1.0, 1.0)),
     Variable("doy_cos", "1", "cos(2 pi doy / 365.25)", _D, (_F,), (-1.0, 1.0)),
+    Variable("lai_available", "1", "1 once a LAI value has been seen, 0 before and where the "
+             "source has none", _D, (_F,), (0.0, 1.0)),
+    Variable("soil_moisture_available", "1", "1 once a soil moisture value has been seen, 0 "
+             "before and where the source has none", _D, (_F,), (0.0, 1.0)),
 )
 
 VARIABLES: Mapping[str, Variable] = MappingProxyType({v.name: v for v in _VARIABLES})
@@ -227,6 +260,18 @@ FEATURES: tuple[str, ...] = (
     "is_corn", "is_soybean",
     "doy_sin", "doy_cos",
 )  # fmt: skip
+
+#: Optional feature additions (``--features +NAME``): the features each appends, in order.
+#: Additions are appended in this table's order whatever order they are asked in.
+FEATURE_ADDITIONS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "lai": ("lai", "lai_available"),
+        "soil_moisture": ("soil_moisture", "soil_moisture_available"),
+    }
+)
+
+#: Name of the default feature set.
+DEFAULT_FEATURE_SET = "default"
 
 #: Daily fluxes the model predicts, in order.
 DAILY_OUTPUTS: tuple[str, ...] = ("ra", "rh", "reco", "nee")
@@ -312,10 +357,84 @@ def feature_units(features: Iterable[str] = FEATURES) -> dict[str, str]:
     return {n: get(n).units for n in features}
 
 
+def _feature_set_help() -> str:
+    known = ", ".join(f"+{a}" for a in FEATURE_ADDITIONS)
+    return f"write {DEFAULT_FEATURE_SET!r} or additions such as +lai,+soil_moisture (known: {known})"
+
+
+def feature_set(spec: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """The feature names of a feature-set specification, in model order.
+
+    Parameters
+    ----------
+    spec : str or iterable of str, optional
+        ``"default"`` (or None, or ``""``): :data:`FEATURES`. Otherwise additions of
+        :data:`FEATURE_ADDITIONS` separated by commas, each written ``+name``, optionally
+        after ``default`` (``"+lai"``, ``"default,+lai,+soil_moisture"``), or an iterable
+        of addition names.
+
+    Returns
+    -------
+    tuple of str
+        :data:`FEATURES` followed by the additions' features in the table's order.
+
+    Raises
+    ------
+    ValueError
+        For an unknown or repeated addition, naming it and the known ones.
+
+    Examples
+    --------
+    >>> feature_set("+soil_moisture,+lai")[-4:]
+    ('lai', 'lai_available', 'soil_moisture', 'soil_moisture_available')
+    """
+    if spec is None:
+        return FEATURES
+    if isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        names = []
+        for i, part in enumerate(parts):
+            if part == DEFAULT_FEATURE_SET and i == 0:
+                continue
+            if not part.startswith("+"):
+                raise ValueError(f"--features {spec!r}: {part!r} is not an addition; {_feature_set_help()}")
+            names.append(part[1:].strip())
+    else:
+        names = [str(n).lstrip("+") for n in spec]
+    seen: set[str] = set()
+    for name in names:
+        if name not in FEATURE_ADDITIONS:
+            raise ValueError(
+                f"--features {spec!r}: unknown addition '+{name}'; {_feature_set_help()}"
+            )
+        if name in seen:
+            raise ValueError(f"--features {spec!r}: '+{name}' is given twice")
+        seen.add(name)
+    out = list(FEATURES)
+    for name, added in FEATURE_ADDITIONS.items():
+        if name in seen:
+            out.extend(added)
+    return tuple(out)
+
+
+def feature_additions(features: Iterable[str]) -> tuple[str, ...]:
+    """Names of the additions (``lai``, ``soil_moisture``) whose value feature is in ``features``."""
+    fs = set(features)
+    return tuple(a for a, added in FEATURE_ADDITIONS.items() if added[0] in fs)
+
+
+def feature_set_name(features: Iterable[str]) -> str:
+    """``"default"`` or ``"default+lai+soil_moisture"``: how a feature list is written."""
+    return DEFAULT_FEATURE_SET + "".join(f"+{a}" for a in feature_additions(features))
+
+
 def check_features(
     features: Iterable[str], units: Mapping[str, str], *, source: str = "checkpoint"
 ) -> None:
-    """Refuse a feature list or units that differ from this schema's.
+    """Refuse a feature list or units that are not one of this schema's feature sets.
+
+    The list must be :data:`FEATURES` followed by the features of some additions of
+    :data:`FEATURE_ADDITIONS` (see :func:`feature_set`).
 
     Parameters
     ----------
@@ -332,18 +451,31 @@ def check_features(
         Naming the first differing feature or unit.
     """
     features = tuple(features)
-    if features != FEATURES:
-        missing = [f for f in FEATURES if f not in features]
-        extra = [f for f in features if f not in FEATURES]
-        if missing or extra:
+    optional = {f for added in FEATURE_ADDITIONS.values() for f in added}
+    missing = [f for f in FEATURES if f not in features]
+    extra = [f for f in features if f not in FEATURES and f not in optional]
+    if missing or extra:
+        raise ValueError(
+            f"{source}: features differ from the schema: missing {missing}, unexpected {extra}"
+        )
+    expected = feature_set(feature_additions(features))
+    if features != expected:
+        lacking = [f for f in expected if f not in features]
+        if lacking:
             raise ValueError(
-                f"{source}: features differ from the schema: missing {missing}, "
-                f"unexpected {extra}"
+                f"{source}: feature set {feature_set_name(features)!r} lacks {lacking} "
+                "(each addition comes with its availability flag)"
             )
-        first = next(i for i, (a, b) in enumerate(zip(features, FEATURES, strict=True)) if a != b)
+        stray = [f for f in features if f not in expected]
+        if stray:
+            raise ValueError(
+                f"{source}: features {stray} belong to no addition present "
+                f"({feature_set_name(features)!r})"
+            )
+        first = next(i for i, (a, b) in enumerate(zip(features, expected, strict=True)) if a != b)
         raise ValueError(
             f"{source}: feature order differs from the schema at position {first}: "
-            f"{features[first]!r} where {FEATURES[first]!r} was expected"
+            f"{features[first]!r} where {expected[first]!r} was expected"
         )
     for name in features:
         want = get(name)

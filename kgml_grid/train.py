@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from kgml_grid import losses, schema
@@ -42,9 +43,11 @@ from kgml_grid.samples import (
     SplitSpec,
     compute_norm,
     grid_series,
+    location_windows,
     make_split,
     windows,
 )
+from kgml_grid.towers import mask_low_quality
 
 I_RA, I_RH, I_NEE, I_GPP = (DAILY_TARGETS.index(v) for v in ("ra", "rh", "nee", "gpp"))
 
@@ -80,6 +83,11 @@ class TrainConfig:
     # machine), and spare threads spin-wait when the cores are shared (~40x slower).
     threads: int | None = 1
     init: str | None = None  # warm start: a checkpoint of the same architecture to continue from
+    # Feature set (schema.feature_set): "default", or additions "+lai", "+soil_moisture".
+    features: str = "default"
+    # Share of training windows in which each addition is hidden (value and availability
+    # flag 0), so that the model learns to run where a source lacks it (towers).
+    feature_dropout: float = 0.2
 
 
 @dataclass
@@ -270,13 +278,18 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
     if "truth" not in {e.layer for e in cat.entries.values()}:
         raise ValueError(f"{cat.path}: pre-training needs a 'truth' layer (a synthetic world's catalog)")
     layers = cat.open_all()
+    feats = schema.feature_set(config.features)
     # impossible values (kelvin, all NaN, GPP 1e6...) refused before anything is computed
+    extra = tuple(f for f in feats if f in ("lai", "soil_moisture"))
     values.check_layers(layers, sources=values.catalog_sources(cat), mode="sample",
-                        variables=(*values.MODEL_INPUTS, *DAILY_TARGETS, YIELD_TARGET)).raise_or_warn()  # fmt: skip
+                        variables=(*values.MODEL_INPUTS, *extra, *DAILY_TARGETS, YIELD_TARGET)).raise_or_warn()  # fmt: skip
     split = make_split(layers, replace(config.split, seed=config.seed))
-    norm_stats = compute_norm(layers)
-    norm = Normalizer(norm_stats)
-    series = grid_series(layers, split.train_pixels)
+    try:
+        norm_stats = compute_norm(layers, features=feats)
+    except ValueError as e:
+        raise ValueError(f"{cat.path}: --features {config.features}: {e}") from None
+    norm = Normalizer(norm_stats, features=feats)
+    series = grid_series(layers, split.train_pixels, features=feats)
     sp = split.spec.spinup_days
     train_items = [(i, w) for i in range(series.n) for w in windows(series.time, split.train_years, sp)]
     val_pix = np.random.default_rng(config.seed).permutation(series.n)[: max(1, series.n // 4)]
@@ -286,18 +299,25 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
             f"no training windows: years {split.train_years} / held-out {split.holdout_years} with "
             f"{sp} spin-up days do not fit the series {series.time[0].date()}..{series.time[-1].date()}"
         )
-    mcfg = ModelConfig(arch=config.arch, n_features=len(schema.FEATURES), hidden=config.hidden,  # type: ignore[arg-type]
+    mcfg = ModelConfig(arch=config.arch, n_features=len(feats), hidden=config.hidden,  # type: ignore[arg-type]
                        dropout=config.dropout)  # fmt: skip
     model = build_model(mcfg).to(device)
     if config.init:
         init = load_checkpoint(config.init, check_schema=True)
+        if init.features != feats:
+            raise ValueError(
+                f"--init {config.init}: trained with the feature set "
+                f"{schema.feature_set_name(init.features)!r}, this run asks for "
+                f"{schema.feature_set_name(feats)!r} (--features {config.features})"
+            )
         if init.config != mcfg:
             raise ValueError(
                 f"--init {config.init}: architecture {init.config.to_dict()} differs from "
                 f"this run's {mcfg.to_dict()}"
             )
         model.load_state_dict(init.model.state_dict())
-    train = Batches(series, train_items, norm, batch_size=config.batch_size, seed=config.seed, device=device)
+    train = Batches(series, train_items, norm, batch_size=config.batch_size, seed=config.seed, device=device,
+                    feature_dropout=config.feature_dropout)  # fmt: skip
     val = Batches(series, val_items, norm, batch_size=config.batch_size * 2, shuffle=False, device=device)
     history, best_epoch, stopped = fit(
         model, lambda b, s: grid_loss(model, b, norm, config, s), train, val,
@@ -309,6 +329,7 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
     out = outputs.prepare_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     prov = {
         "stage": "pretrain",
+        "feature_set": schema.feature_set_name(feats),
         "catalog": str(cat.path),
         "world": dict(cat.meta),
         "train_config": _jsonable(asdict(config)),
@@ -320,8 +341,8 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
         "device": str(device),
         "seconds": time.perf_counter() - t0,
     }
-    save_checkpoint(model.cpu(), out, config=mcfg, features=schema.FEATURES,
-                    units=schema.feature_units(), norm=norm_stats, provenance=prov)  # fmt: skip
+    save_checkpoint(model.cpu(), out, config=mcfg, features=feats,
+                    units=schema.feature_units(feats), norm=norm_stats, provenance=prov)  # fmt: skip
     png = _learning_curve(history, out / "learning_curve.png", f"pre-training {config.arch} on {cat.path.parent.name}")
     return TrainResult(out, history, best_epoch, stopped, time.perf_counter() - t0, png)
 
@@ -366,18 +387,50 @@ class FinetuneConfig:
 
 
 def tower_years(series: Series, holdout: int, val: int) -> tuple[list[int], list[int], list[int]]:
-    """Train, validation and held-out years: the last ``holdout`` *full* years are held out."""
+    """Train, validation and held-out years over all of ``series``' days (one record).
+
+    The last ``holdout`` *full* years are held out, the ``val`` before them validate.
+    For several towers use :func:`site_years` (each tower's own record).
+    """
     t = series.time
+    return _years_of(t, holdout, val, what="towers")
+
+
+def _years_of(t: pd.DatetimeIndex, holdout: int, val: int, *, what: str) -> tuple[list[int], list[int], list[int]]:
     full = [int(y) for y in sorted(set(t.year)) if ((t.year == y).sum() >= 365)]
     if len(full) < holdout + val + 1:
         raise ValueError(
-            f"towers cover {len(full)} full years ({full}); fine-tuning needs more than "
+            f"{what}: {len(full)} full years ({full}); fine-tuning needs more than "
             f"{holdout + val} (held-out {holdout} + validation {val})"
         )
     test = full[len(full) - holdout :]
     valy = full[len(full) - holdout - val : len(full) - holdout]
-    train = [y for y in sorted(set(t.year)) if y < valy[0]]
+    train = [y for y in sorted(set(t.year)) if y < (valy[0] if valy else (test[0] if test else 10**4))]
     return train, valy, test
+
+
+def site_years(series: Series, i: int, holdout: int, val: int) -> tuple[list[int], list[int], list[int]]:
+    """Train, validation and held-out years of location ``i``, from its own record.
+
+    The last ``holdout`` full calendar years of the tower's record are held out (never
+    trained on), the ``val`` full years before them stop training early, the years before
+    those train. Towers with other records get other years.
+    """
+    t = series.time
+    if series.spans is not None:
+        first, last = series.spans[i]
+        t = t[first : last + 1]
+    name = series.names[i] if i < len(series.names) else f"location {i}"
+    return _years_of(t, holdout, val, what=f"tower {name} ({t[0].date()}..{t[-1].date()})")
+
+
+def tower_split(series: Series, holdout: int, val: int) -> dict[str, dict[str, list[int]]]:
+    """:func:`site_years` of every tower of ``series``: site -> train/val/held-out years."""
+    out = {}
+    for i, name in enumerate(series.names):
+        tr, va, te = site_years(series, i, holdout, val)
+        out[name] = {"train_years": tr, "val_years": va, "holdout_years": te}
+    return out
 
 
 def tower_loss_fn(
@@ -427,14 +480,30 @@ def finetune_series(
     progress: bool = True,
     from_scratch: bool = False,
 ) -> tuple[list[dict[str, float]], dict[str, Any]]:
-    """Fit ``model`` to tower observations in ``series`` (in place). Returns history and split."""
+    """Fit ``model`` to tower observations in ``series`` (in place). Returns history and split.
+
+    Each tower is split by its own years (:func:`tower_split`): its last
+    ``cfg.holdout_years`` full years are never trained on, the ``cfg.val_years`` before
+    them stop training early.
+    """
+    if series.features != tuple(norm.features):
+        raise ValueError(
+            f"tower features are the set {schema.feature_set_name(series.features)!r}, the "
+            f"model was trained with {schema.feature_set_name(norm.features)!r}"
+        )
     device = next(model.parameters()).device
-    train_y, val_y, test_y = tower_years(series, cfg.holdout_years, cfg.val_years)
+    per_site = tower_split(series, cfg.holdout_years, cfg.val_years)
     sp = cfg.spinup_days
-    tr = [(i, w) for i in range(series.n) for w in windows(series.time, train_y, sp)]
-    va = [(i, w) for i in range(series.n) for w in windows(series.time, val_y, sp)]
+    tr, va = [], []
+    for i, name in enumerate(series.names):
+        tr += [(i, w) for w in location_windows(series, i, per_site[name]["train_years"], sp)]
+        va += [(i, w) for w in location_windows(series, i, per_site[name]["val_years"], sp)]
     if not tr or not va:
-        raise ValueError(f"no tower windows for training years {train_y} / validation {val_y}")
+        detail = "; ".join(f"{n}: training {v['train_years']}, validation {v['val_years']}" for n, v in per_site.items())
+        raise ValueError(
+            f"no tower {'training' if not tr else 'validation'} windows: a window is a full "
+            f"calendar year with {sp} days of the tower's record before it ({detail})"
+        )
     train = Batches(series, tr, norm, batch_size=cfg.batch_size, seed=cfg.seed, device=device)
     val = Batches(series, va, norm, batch_size=cfg.batch_size, shuffle=False, device=device)
     loss_fn = tower_loss_fn(model, reference, norm, cfg)
@@ -466,41 +535,34 @@ def finetune_series(
     )  # fmt: skip
     history += [{**h, "stage": 2} for h in h2]
     stages.append(s2)
-    return history, {"train_years": train_y, "val_years": val_y, "holdout_years": test_y,
+
+    def union(key: str) -> list[int]:
+        return sorted({y for v in per_site.values() for y in v[key]})
+
+    return history, {"train_years": union("train_years"), "val_years": union("val_years"),
+                     "holdout_years": union("holdout_years"), "per_site": per_site,
+                     "sources": dict(zip(series.names, series.sources, strict=False)),
                      "train_windows": len(tr), "stopped": stages}  # fmt: skip
 
 
-def load_towers(paths: Sequence[str | Path], site_meta: str | Path | None = None) -> list[Any]:
-    """Read FLUXNET DD files with their site metadata (required)."""
-    from kgml_grid.fluxnet import read_fluxnet_dd
-    from kgml_grid.sites import SiteMetadataError, find_site_meta, load_site_meta
+def load_towers(
+    paths: Sequence[str | Path],
+    site_meta: Any = None,
+    *,
+    qc_threshold: float = 0.0,
+    catalog: str | Path | None = None,
+    features: Sequence[str] = schema.FEATURES,
+) -> list[Any]:
+    """Read and check FLUXNET DD files (or folders of them) with their site metadata.
 
-    out = []
-    for p in paths:
-        p = Path(p)
-        if site_meta is not None:
-            meta = load_site_meta(site_meta)
-        else:
-            from kgml_grid.fluxnet import parse_fluxnet_filename
+    See :func:`kgml_grid.towers.load_towers`; ``catalog`` gives the satellite cube that
+    is sampled at each tower's pixel for the LAI / soil-moisture additions.
+    """
+    from kgml_grid import towers as T
 
-            sid = parse_fluxnet_filename(p).site_id
-            try:
-                meta = find_site_meta(sid, search_dirs=(p.parent,))
-            except SiteMetadataError as e:
-                raise SiteMetadataError(f"{p}: {e}") from None
-        out.append(read_fluxnet_dd(p, site_meta=meta))
-    return out
-
-
-def mask_low_quality(ds: Any, threshold: float) -> Any:
-    """Targets (NEE, Reco, GPP) set to NaN on days whose NEE QC fraction is below ``threshold``."""
-    if "nee_qc" not in ds or threshold <= 0:
-        return ds
-    bad = ds["nee_qc"] < threshold
-    ds = ds.copy()
-    for v in ("nee", "reco", "gpp"):
-        ds[v] = ds[v].where(~bad)
-    return ds
+    sat, source, sites = T.satellite_of(catalog) if schema.feature_additions(features) else (None, "", None)
+    return T.load_towers(paths, site_meta, qc_threshold=qc_threshold, satellite=sat,
+                         features=features, satellite_source=source, satellite_sites=sites)  # fmt: skip
 
 
 def finetune(
@@ -509,54 +571,74 @@ def finetune(
     out: str | Path,
     config: FinetuneConfig = FinetuneConfig(),
     *,
-    site_meta: str | Path | None = None,
+    site_meta: Any = None,
+    catalog: str | Path | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> TrainResult:
     """Fine-tune a checkpoint on FLUXNET DD files and save the result in ``out``.
 
     ``out`` is checked first as in :func:`pretrain` (inputs: the checkpoint, the
-    FLUXNET files, the site metadata).
+    FLUXNET files, the site metadata, the catalog).
+
+    Parameters
+    ----------
+    fluxnet : sequence of path-like
+        FLUXNET daily files, their zips, or folders of them (one file per site).
+    site_meta : path-like or sequence, optional
+        Site metadata JSON files, matched to the towers by site ID.
+    catalog : path-like, optional
+        A catalog whose satellite cube is sampled at each tower's pixel, for models with
+        the ``+lai`` / ``+soil_moisture`` additions (a tower outside it, or without the
+        catalog, runs with the addition's availability flag at 0).
 
     Raises
     ------
     ValueError
         For a checkpoint whose features or units differ from the schema, a tower
-        without site metadata (``--site-meta FILE`` required), too few years, or a
-        refused ``out``.
+        without site metadata (``--site-meta FILE`` required), an unusable tower file,
+        too few years, or a refused ``out``.
     """
     with torch_threads(config.threads):
-        return _finetune(model_dir, fluxnet, out, config, site_meta=site_meta, progress=progress,
-                         overwrite=overwrite)  # fmt: skip
+        return _finetune(model_dir, fluxnet, out, config, site_meta=site_meta, catalog=catalog,
+                         progress=progress, overwrite=overwrite)  # fmt: skip
 
 
 def _finetune(model_dir: str | Path, fluxnet: Sequence[str | Path], out: str | Path, config: FinetuneConfig,
-              *, site_meta: str | Path | None, progress: bool, overwrite: bool) -> TrainResult:  # fmt: skip
+              *, site_meta: Any, catalog: str | Path | None, progress: bool, overwrite: bool) -> TrainResult:  # fmt: skip
     from kgml_grid import outputs
 
+    metas = site_meta if isinstance(site_meta, (list, tuple)) else [site_meta]
     inputs = [*outputs.input_paths("the checkpoint", [model_dir]), *outputs.input_paths("the FLUXNET file", fluxnet),
-              *outputs.input_paths("the site metadata", [site_meta])]  # fmt: skip
+              *outputs.input_paths("the site metadata", metas)]  # fmt: skip
+    if catalog is not None:
+        inputs += outputs.catalog_inputs(catalog)
     outputs.check_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     t0 = time.perf_counter()
     _seed_all(config.seed)
     device = resolve_device(config.device)
     ck = load_checkpoint(model_dir, device=device, check_schema=True)
-    towers = [mask_low_quality(ds, config.qc_threshold) for ds in load_towers(fluxnet, site_meta)]
+    towers = [mask_low_quality(ds, config.qc_threshold)
+              for ds in load_towers(fluxnet, site_meta, qc_threshold=config.qc_threshold,
+                                    catalog=catalog, features=ck.features)]  # fmt: skip
     from kgml_grid.samples import tower_series
 
-    series = tower_series(towers)
+    series = tower_series(towers, features=ck.features)
     model = ck.model
     reference = copy.deepcopy(model).eval()
     for p in reference.parameters():
         p.requires_grad_(False)
     history, split = finetune_series(model, ck.normalizer, series, config, reference=reference, progress=progress)
+    from kgml_grid.towers import tower_files
+
     prov = {
         **{k: v for k, v in ck.provenance.items() if k not in ("history",)},
         "stage": "finetune",
         "pretrained_from": str(Path(model_dir).resolve()),
         "pretrained_hash": ck.hash,
-        "towers": [str(Path(p).resolve()) for p in fluxnet],
+        "towers": [str(Path(p).resolve()) for p in tower_files(fluxnet)],
         "sites": series.names,
+        "satellite_catalog": None if catalog is None else str(Path(catalog).resolve()),
         "finetune_config": _jsonable(asdict(config)),
         "tower_split": split,
         "history": history,
@@ -583,7 +665,17 @@ def predict(model: torch.nn.Module, norm: Normalizer, series: Series, *, batch: 
     -------
     daily : ndarray ``[n, T, 4]`` physical (ra, rh, nee, gpp), Ra and Rh clamped at 0
     yld : ndarray ``[n, T]`` physical yield at year ends, NaN elsewhere
+
+    Raises
+    ------
+    ValueError
+        When the series was assembled with another feature set than the model's.
     """
+    if tuple(series.features) != tuple(norm.features):
+        raise ValueError(
+            f"the series has the feature set {schema.feature_set_name(series.features)!r}, the "
+            f"model {schema.feature_set_name(norm.features)!r}"
+        )
     model.eval()
     device = next(model.parameters()).device
     ye = torch.as_tensor(year_end_mask(series.time), device=device)
@@ -614,6 +706,9 @@ __all__ = [
     "fit",
     "grid_loss",
     "load_towers",
+    "mask_low_quality",
     "predict",
     "pretrain",
+    "site_years",
+    "tower_split",
 ]

@@ -575,3 +575,148 @@ def test_write_is_atomic(ds: xr.Dataset, tmp_path: Path, monkeypatch: pytest.Mon
         to_fluxnet_dd(ds, target)
     assert target.read_text() == "old content\n"
     assert [p.name for p in tmp_path.iterdir()] == [REAL_NAME]
+
+
+# --------------------------------------------------------------------------- files as they ship
+REAL_FLUXNET = FLUXNET_DIR.parent / "real" / "fluxnet"
+MM_FILES = sorted(REAL_FLUXNET.glob("FLX_*_MM_*.csv"))
+BASE_ZIP = REAL_FLUXNET / "AMF_US-CRT_BASE-BADM_2-5.zip"
+needs_real = pytest.mark.skipif(not BASE_ZIP.is_file(), reason=f"real data not found in {REAL_FLUXNET}")
+
+
+def _same_values(a: xr.Dataset, b: xr.Dataset) -> None:
+    for v in ("tair", "swrad", "vpd", "precip", "nee", "reco", "gpp", "nee_qc"):
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    np.testing.assert_array_equal(a["time"].values, b["time"].values)
+
+
+def test_ameriflux_fluxnet_name_reads_like_fluxnet2015(ds: xr.Dataset, tmp_path: Path) -> None:
+    """AmeriFlux-FLUXNET (ONEFlux) files, ``AMF_<SITE>_FLUXNET_SUBSET_DD_...``, read alike."""
+    amf = tmp_path / "AMF_US-Ne1_FLUXNET_SUBSET_DD_2001-2013_3-5.csv"
+    amf.write_bytes(REAL_PATH.read_bytes())
+    got = read_fluxnet_dd(amf)
+    _same_values(got, ds)
+    assert got.attrs["fluxnet_prefix"] == "AMF" and got.attrs["fluxnet_product"] == "FLUXNET"
+    assert got.attrs["site_id"] == "US-Ne1" and "crop_type" in got  # site metadata found from the ID
+
+
+def test_fullset_dd_reads_like_subset(ds: xr.Dataset, raw: pd.DataFrame, tmp_path: Path) -> None:
+    """A FULLSET DD file has the SUBSET columns and many more (ensembles, CUT variants)."""
+    full = raw.copy()
+    full["NEE_CUT_REF"] = full["NEE_VUT_REF"] + 0.1
+    full["NEE_VUT_USTAR50"] = full["NEE_VUT_REF"]
+    full["RECO_DT_VUT_05"] = full["RECO_NT_VUT_REF"]
+    full["SW_IN_ERA"] = full["SW_IN_F"]
+    path = tmp_path / "FLX_US-Ne1_FLUXNET2015_FULLSET_DD_2001-2013_1-4.csv"
+    full.to_csv(path, index=False)
+    got = read_fluxnet_dd(path)
+    _same_values(got, ds)
+    assert got.attrs["fluxnet_subset"] == "FULLSET"
+
+
+def test_zip_download_reads_its_dd_member(ds: xr.Dataset, lines: list[str], tmp_path: Path) -> None:
+    import zipfile
+
+    z = tmp_path / "FLX_US-Ne1_FLUXNET2015_SUBSET_2001-2013_1-4.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr(REAL_NAME, REAL_PATH.read_bytes())
+        zf.writestr(REAL_NAME.replace("_DD_", "_MM_"), "TIMESTAMP,NEE_VUT_REF\n200101,1.0\n")
+    got = read_fluxnet_dd(z)
+    _same_values(got, ds)
+    assert got.attrs["source_file"] == f"{z.name}/{REAL_NAME}"
+    only_mm = tmp_path / "FLX_US-Ne2_FLUXNET2015_SUBSET_2001-2013_1-4.zip"
+    with zipfile.ZipFile(only_mm, "w") as zf:
+        zf.writestr("FLX_US-Ne2_FLUXNET2015_SUBSET_MM_2001-2013_1-4.csv", "TIMESTAMP\n200101\n")
+    with pytest.raises(ValueError, match=r"_2001-2013_1-4\.zip: no FLUXNET daily \(DD\) CSV inside the zip "
+                                         r"\(FLUXNET CSVs in it: MM \(FLX_US-Ne2_FLUXNET2015_SUBSET_MM_"):  # fmt: skip
+        read_fluxnet_dd(only_mm)
+
+
+@pytest.mark.parametrize(("res", "word"), [("WW", "weekly"), ("YY", "yearly"), ("HR", "hourly"), ("MM", "monthly")])
+def test_non_daily_steps_refused_naming_file_and_step(tmp_path: Path, lines: list[str], res: str, word: str) -> None:
+    name = REAL_NAME.replace("_DD_", f"_{res}_")
+    path = write_variant(tmp_path, lines[:5], name)
+    with pytest.raises(ValueError, match=rf"^{re.escape(name)}: resolution '{res}' \({word}\) is not supported"):
+        read_fluxnet_dd(path)
+
+
+@needs_real
+@pytest.mark.parametrize("path", MM_FILES, ids=[p.name[4:10] for p in MM_FILES])
+def test_every_real_monthly_file_refused_by_daily_reader_and_read_as_monthly(path: Path) -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"^{re.escape(path.name)}: resolution 'MM' \(monthly\) is not supported; .* "
+        r"kgml-grid evaluate --monthly FILE$",
+    ):
+        read_fluxnet_dd(path)
+    from kgml_grid.fluxnet import read_fluxnet_mm
+
+    mm = read_fluxnet_mm(path)
+    raw = pd.read_csv(path, dtype={"TIMESTAMP": str})
+    assert mm.sizes["time"] == len(raw)
+    assert pd.Timestamp(mm.time.values[0]) == pd.Timestamp(raw["TIMESTAMP"].iloc[0] + "01")
+    nee = raw["NEE_VUT_REF"].replace(-9999, np.nan).to_numpy()
+    np.testing.assert_array_equal(mm["nee"].values, nee)
+    assert mm.attrs["site_id"] == path.name[4:10]
+
+
+@needs_real
+def test_us_ne1_monthly_facts() -> None:
+    """The README's facts about the official US-Ne1 MM file."""
+    from kgml_grid.fluxnet import read_fluxnet_mm
+
+    mm = read_fluxnet_mm(REAL_FLUXNET / "FLX_US-Ne1_FLUXNET2015_SUBSET_MM_2001-2013_1-4.csv")
+    t = pd.DatetimeIndex(mm.time.values)
+    assert (len(t), f"{t[0]:%Y-%m}", f"{t[-1]:%Y-%m}") == (156, "2001-01", "2013-12")
+    assert float(mm.nee.min()) == pytest.approx(-13.37, abs=0.01)
+    assert float(mm.nee.max()) == pytest.approx(4.58, abs=0.01)
+    assert mm["nee"].attrs["units"] == "g m-2 d-1" and mm["nee"].attrs["fluxnet_column"] == "NEE_VUT_REF"
+
+
+@needs_real
+def test_monthly_reader_refuses_a_daily_file() -> None:
+    from kgml_grid.fluxnet import read_fluxnet_mm
+
+    with pytest.raises(ValueError, match=rf"{REAL_NAME}: resolution 'DD' \(daily\) where a monthly \(MM\)"):
+        read_fluxnet_mm(REAL_PATH)
+
+
+BASE_WHY = r"an AmeriFlux BASE file \(half-hourly fluxes as measured: not gap-filled, and NEE not partitioned into GPP and Reco\)"
+
+
+@needs_real
+def test_ameriflux_base_zip_refused_with_why() -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"^AMF_US-CRT_BASE-BADM_2-5\.zip: {BASE_WHY}, not a FLUXNET daily \(DD\) file; .*"
+        r"download AmeriFlux FLUXNET for US-CRT \(AMF_US-CRT_FLUXNET_SUBSET_DD_<years>_<version>\.csv",
+    ):
+        read_fluxnet_dd(BASE_ZIP)
+
+
+@needs_real
+def test_ameriflux_base_csv_refused_with_why(tmp_path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(BASE_ZIP) as zf:
+        zf.extract("AMF_US-CRT_BASE_HH_2-5.csv", tmp_path)
+    with pytest.raises(ValueError, match=rf"^AMF_US-CRT_BASE_HH_2-5\.csv: {BASE_WHY}"):
+        read_fluxnet_dd(tmp_path / "AMF_US-CRT_BASE_HH_2-5.csv")
+    # the same BASE content under a daily FLUXNET name: refused by its content
+    renamed = tmp_path / "AMF_US-CRT_FLUXNET_SUBSET_DD_2011-2011_2-5.csv"
+    (tmp_path / "AMF_US-CRT_BASE_HH_2-5.csv").rename(renamed)
+    with pytest.raises(ValueError, match=r"starts with comment lines \('# Site: US-CRT'\), as AmeriFlux BASE"):
+        read_fluxnet_dd(renamed, site_meta=None)
+
+
+@needs_real
+def test_monthly_content_under_a_daily_name_refused(tmp_path: Path) -> None:
+    src = REAL_FLUXNET / "FLX_US-Ne2_FLUXNET2015_SUBSET_MM_2001-2013_1-4.csv"
+    path = tmp_path / src.name.replace("_MM_", "_DD_")
+    path.write_bytes(src.read_bytes())
+    with pytest.raises(
+        ValueError,
+        match=r"every TIMESTAMP is a month \(YYYYMM\) \(line 2: '200101'\), so the file holds monthly "
+        r"data, though its name says DD",
+    ):
+        read_fluxnet_dd(path)
