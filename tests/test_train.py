@@ -137,10 +137,10 @@ def test_pretrain_is_reproducible_with_a_seed(tiny_world, tmp_path, pretrained):
 def test_pretrain_refuses_catalog_without_truth(tiny_world, tmp_path):
     import yaml
 
-    doc = yaml.safe_load(tiny_world.catalog.read_text())
-    del doc["sources"]["truth"]
-    for e in doc["sources"].values():
-        e["args"]["urlpath"] = e["args"]["urlpath"].replace("{{ CATALOG_DIR }}", str(tiny_world.root))
+    doc = yaml.safe_load(tiny_world.catalog.read_text())  # an Intake 2 catalog
+    del doc["entries"]["truth"], doc["data"]["truth_zarr"]
+    for d in doc["data"].values():
+        d["kwargs"]["url"] = d["kwargs"]["url"].replace("{CATALOG_DIR}", str(tiny_world.root))
     p = tmp_path / "cat.yaml"
     p.write_text(yaml.safe_dump(doc))
     with pytest.raises(ValueError, match=r"pre-training needs a 'truth' layer"):
