@@ -159,7 +159,7 @@ def add_parsers(subparsers: Any) -> None:
     b.add_argument("store", help="upscaling output store (OUT.zarr)")
     b.add_argument("--zones", required=True, help="GeoJSON, GeoPackage or Shapefile polygons, or a GeoTIFF of zone ids")
     b.add_argument("--zone-field", default=None, help="property naming the zones (default NAME, name, GEOID or id)")
-    b.add_argument("--by", default="year", choices=["year", "season", "month"])
+    b.add_argument("--by", default="year", choices=["year", "season", "month"], help='period of the sums: year, season (DJF, MAM, JJA, SON) or month')
     b.add_argument("--out", required=True, help="table: .csv or .parquet")
     b.add_argument("--chart", default=None, help="PNG chart (default: the table's name with .png)")
     b.add_argument("--no-crop", action="store_true", help="no per-crop rows and no crop shares")
@@ -173,18 +173,18 @@ def add_parsers(subparsers: Any) -> None:
                     "write the responses of annual Ra and Rh, and a per-pixel regression of their "
                     "interannual anomalies on the drivers' (dominant factor, R2).",
     )  # fmt: skip
-    t.add_argument("--catalog", required=True)
+    t.add_argument("--catalog", required=True, help='catalog of the input cubes')
     t.add_argument("--model", required=True, help="checkpoint directory")
     t.add_argument("--out", required=True, help="output Zarr store")
-    t.add_argument("--start")
-    t.add_argument("--end")
-    t.add_argument("--bbox", metavar="W,S,E,N")
-    t.add_argument("--bbox-crs")
-    t.add_argument("--chunks", metavar="y=N,x=N,time=N")
+    t.add_argument("--start", help='first day, YYYY-MM-DD (default: first day of the cubes)')
+    t.add_argument("--end", help='last day, YYYY-MM-DD (default: last day of the cubes)')
+    t.add_argument("--bbox", metavar="W,S,E,N", help="sub-domain in the grid's CRS (or --bbox-crs)")
+    t.add_argument("--bbox-crs", help='CRS of --bbox, e.g. EPSG:4326')
+    t.add_argument("--chunks", metavar="y=N,x=N,time=N", help="tile and time-chunk sizes as for upscale (default: the cube's)")
     t.add_argument("--drivers", help="comma-separated subset of tair,precip,swrad,vpd,gpp_sat,soc (default all)")
     t.add_argument("--cluster", default="threads",
                    help="'threads' (this process, default), 'local', tcp://HOST:PORT, a scheduler file or cluster/*.yaml")  # fmt: skip
-    t.add_argument("--workers", type=int, default=None)
+    t.add_argument("--workers", type=int, default=None, help='workers of a local cluster (default: one per core)')
     t.add_argument("--maps", metavar="DIR", help="also write sensitivity and dominant-factor maps (PNG) here")
     t.add_argument("--overwrite", action="store_true", help="replace an attribution store (and --maps) kgml_grid wrote")
     t.set_defaults(func=_cmd_attribute)

@@ -172,32 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate a synthetic world (cubes, towers, catalog)")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"])
-    s.add_argument("--shape", nargs=2, type=int, metavar=("NY", "NX"))
-    s.add_argument("--years", nargs=2, type=int, metavar=("Y0", "Y1"))
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"], help='size of the world: tiny (20 x 24 px, 4 years), demo (96 x 96, 8 years), bench (320 x 320, 4 years)')
+    s.add_argument("--shape", nargs=2, type=int, metavar=("NY", "NX"), help="grid size in pixels instead of the preset's")
+    s.add_argument("--years", nargs=2, type=int, metavar=("Y0", "Y1"), help="first and last year instead of the preset's")
+    s.add_argument("--seed", type=int, default=0, help='random seed of the world (weather, soils, crops, noise)')
     s.add_argument("--world-params", help="JSON file of parameter overrides (a perturbed world)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing world in OUT (only a world kgml_grid wrote)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
 
     d = sub.add_parser("demo", help="the main job end to end on the embedded synthetic default")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"])
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="runs/demo", help='output folder of the whole run')
+    d.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"], help='size of the synthetic world (see synth --preset)')
+    d.add_argument("--seed", type=int, default=0, help='seed of the world and of training')
     d.add_argument("--fluxnet", nargs="*", metavar="CSV", help="real FLUXNET DD files to fine-tune on")
     d.add_argument("--train-minutes", type=float, default=3.5, help="pre-training budget")
     d.add_argument("--no-train", action="store_true", help="stop after generating and opening the data")
     d.add_argument("--upscale-start", default="auto",
                    help="first day upscaled over the whole domain ('auto': the last 3 years)")
-    d.add_argument("--no-upscale", action="store_true")
+    d.add_argument("--no-upscale", action="store_true", help='stop after training, fine-tuning and evaluating')
     d.add_argument("--workers", type=_positive_int, default=2, help="Dask worker processes for upscaling (>= 1)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only a demo run kgml_grid wrote)")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help='no progress bars')
     d.set_defaults(func=_cmd_demo)
 
     c = sub.add_parser("catalog", help="open and validate every entry of a catalog")
-    c.add_argument("catalog")
+    c.add_argument("catalog", help='catalog YAML (Intake 2 or v1-style)')
     c.add_argument("--check-values", action="store_true",
                    help="check the values of every chunk (default: a few chunks per variable)")  # fmt: skip
     c.add_argument("--migrate", metavar="NEW.yaml", default=None,
@@ -208,15 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_catalog)
 
     t = sub.add_parser("train", help="pre-train a model on a synthetic world's truth cube")
-    t.add_argument("--catalog", required=True)
+    t.add_argument("--catalog", required=True, help="catalog of a synthetic world (with a 'truth' layer)")
     t.add_argument("--out", required=True, help="model directory (safetensors + JSON)")
-    t.add_argument("--arch", default="kgml", choices=["kgml", "gru"])
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--hidden", type=int, default=64)
-    t.add_argument("--max-train-pixels", type=int, default=600)
-    t.add_argument("--holdout-years", type=int, default=2)
+    t.add_argument("--arch", default="kgml", choices=["kgml", "gru"], help='kgml: the hierarchical KGML GRU; gru: the plain GRU baseline')
+    t.add_argument("--epochs", type=int, default=30, help='maximum passes over the training windows')
+    t.add_argument("--batch-size", type=int, default=64, help='windows per optimiser step')
+    t.add_argument("--lr", type=float, default=2e-3, help='Adam learning rate')
+    t.add_argument("--hidden", type=int, default=64, help='GRU hidden size')
+    t.add_argument("--max-train-pixels", type=int, default=600, help='at most this many crop pixels train (the rest are held out or unused)')
+    t.add_argument("--holdout-years", type=int, default=2, help='last years of the cubes held out for validation (a 3-year world needs --holdout-years 1)')
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     t.add_argument("--init", default=None, help="continue training from this checkpoint (warm start)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing model directory (only a checkpoint kgml_grid wrote)")
@@ -229,12 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--feature-dropout", type=float, default=0.2,
                    help="share of windows in which each addition is hidden (learns its availability flag)")
     t.add_argument("--device", default="auto", type=_device_spec, help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--seed", type=int, default=0, help='seed of the pixel split, initial weights and batches')
+    t.add_argument("--quiet", action="store_true", help='no progress bar')
     t.set_defaults(func=_cmd_train)
 
     ft = sub.add_parser("finetune", help="fine-tune a model on FLUXNET DD files")
-    ft.add_argument("--model", required=True)
+    ft.add_argument("--model", required=True, help='pre-trained checkpoint directory')
     ft.add_argument("--fluxnet", required=True, nargs="+", metavar="CSV|ZIP|DIR",
                     help="FLUXNET daily files, their zips, or folders of them (one per site)")
     ft.add_argument("--site-meta", default=None, nargs="+", metavar="JSON",
@@ -250,19 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--epochs", type=int, default=40, help="epochs of the all-modules stage")
     ft.add_argument("--epochs-heads", type=int, default=15, help="epochs of the heads-only stage")
     ft.add_argument("--qc", type=float, default=0.5, help="minimum daily NEE QC fraction of a target day")
-    ft.add_argument("--max-minutes", type=float, default=None)
+    ft.add_argument("--max-minutes", type=float, default=None, help='wall-clock budget of fine-tuning (default: none)')
     ft.add_argument("--threads", type=int, default=1, help="torch threads on CPU (0: torch's choice)")
     ft.add_argument("--device", default="auto", type=_device_spec, help="auto, cpu, cuda or cuda:N")
-    ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--quiet", action="store_true")
+    ft.add_argument("--seed", type=int, default=0, help='seed of the batches and dropout')
+    ft.add_argument("--quiet", action="store_true", help='no progress bar')
     ft.set_defaults(func=_cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="R2/RMSE/bias on held-out pixels, years and towers")
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--catalog", default=None)
+    ev.add_argument("--model", required=True, help='checkpoint directory to evaluate')
+    ev.add_argument("--catalog", default=None, help="a synthetic world's catalog: scores on its held-out pixels and years")
     ev.add_argument("--fluxnet", nargs="*", metavar="CSV|ZIP|DIR",
                     help="FLUXNET daily files, zips or folders; each site on its held-out years")
-    ev.add_argument("--site-meta", default=None, nargs="+", metavar="JSON")
+    ev.add_argument("--site-meta", default=None, nargs="+", metavar="JSON", help='site metadata JSON (required for towers the package does not know)')
     ev.add_argument("--monthly", nargs="+", metavar="MM_CSV",
                     help="FLUXNET monthly files: monthly means of the daily predictions at their sites")
     ev.add_argument("--baseline", default=None, help="another model to compare on the towers")
@@ -273,20 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("experiment", help="experiments (the KGML-vs-GRU transfer experiment)")
     exs = ex.add_subparsers(dest="experiment", required=True)
     tr = exs.add_parser("transfer", help="pre-train on world A, fine-tune on towers of a perturbed world B")
-    tr.add_argument("--out", required=True)
+    tr.add_argument("--out", required=True, help='output folder of the experiment')
     tr.add_argument("--overwrite", action="store_true", help="replace an existing OUT (only a transfer experiment kgml_grid wrote)")
-    tr.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"])
+    tr.add_argument("--preset", default="demo", choices=["tiny", "demo", "bench"], help='size of worlds A and B')
     tr.add_argument("--towers", type=int, default=4, help="towers of world B used for fine-tuning")
-    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--epochs", type=int, default=30, help='maximum epochs of each pre-training')
     tr.add_argument("--max-minutes", type=float, default=None, help="budget of each pre-training")
-    tr.add_argument("--hidden", type=int, default=64)
-    tr.add_argument("--max-train-pixels", type=int, default=600)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--hidden", type=int, default=64, help='GRU hidden size')
+    tr.add_argument("--max-train-pixels", type=int, default=600, help='at most this many training pixels')
+    tr.add_argument("--seed", type=int, default=0, help='seed of the worlds and training')
+    tr.add_argument("--quiet", action="store_true", help='no progress bars')
     tr.set_defaults(func=_cmd_transfer)
 
     f = sub.add_parser("fluxnet", help="read FLUXNET2015 DD files and summarise them")
-    f.add_argument("csv", nargs="+")
+    f.add_argument("csv", nargs="+", help='FLUXNET DD files')
     f.add_argument("--qc", type=float, default=None, help="QC threshold (0-1)")
     f.add_argument("--site-meta", default=None, help="site metadata JSON")
     f.set_defaults(func=_cmd_fluxnet)
@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kgml_grid.analysis_commands import add_parsers as _add_analysis
     _add_analysis(sub)
     _add_debug(sub)
-    return p
+    from kgml_grid.cli_help import show_defaults
+
+    return show_defaults(p)
 
 
 def _add_debug(sub: argparse._SubParsersAction) -> None:

@@ -95,7 +95,8 @@ def make_split(layers: Mapping[str, xr.Dataset], spec: SplitSpec) -> Split:
     if len(years) <= spec.holdout_years + 1:
         raise ValueError(
             f"the cubes cover {len(years)} years ({years[0]}-{years[-1]}); need more than "
-            f"{spec.holdout_years + 1} to train with {spec.holdout_years} held-out years"
+            f"{spec.holdout_years + 1} to train with {spec.holdout_years} held-out years; "
+            + (f"pass --holdout-years {len(years) - 2}" if len(years) >= 3 else "generate or ingest more years")
         )
     cut = len(years) - spec.holdout_years
     return Split(train, test, years[:cut], years[cut:], spec)

@@ -401,7 +401,9 @@ def _years_of(t: pd.DatetimeIndex, holdout: int, val: int, *, what: str) -> tupl
     if len(full) < holdout + val + 1:
         raise ValueError(
             f"{what}: {len(full)} full years ({full}); fine-tuning needs more than "
-            f"{holdout + val} (held-out {holdout} + validation {val})"
+            f"{holdout + val} (held-out {holdout} + validation {val}); "
+            + (f"pass --holdout-years {max(0, len(full) - 1 - val)}" if len(full) > val else
+               "give towers with more full years")
         )
     test = full[len(full) - holdout :]
     valy = full[len(full) - holdout - val : len(full) - holdout]
