@@ -59,8 +59,8 @@ def annotate(ds: xr.Dataset, grid: GridSpec, *, title: str, **attrs: Any) -> xr.
 
     ds = ds.assign_coords(grid.coords())
     for name in ds.data_vars:
-        if name in schema.VARIABLES:
-            ds[name].attrs.update(schema.VARIABLES[name].cf_attrs())
+        if str(name) in schema.VARIABLES:
+            ds[name].attrs.update(schema.VARIABLES[str(name)].cf_attrs())
     if "time" in ds.coords:
         ds["time"].attrs.update({"standard_name": "time", "long_name": "time", "axis": "T"})
     if "year" in ds.coords:
@@ -79,10 +79,11 @@ def encoding_for(
     ``compressors``: Zarr v3 codecs of the data variables (default: Zarr's, Zstd level 0).
     """
     enc: dict[str, dict[str, Any]] = {}
-    for name, var in ds.data_vars.items():
+    for key, var in ds.data_vars.items():
         if not var.dims:
             continue
-        enc[name] = {"chunks": tuple(min(chunks.get(d, n), n) for d, n in var.sizes.items())}
+        name = str(key)
+        enc[name] = {"chunks": tuple(min(chunks.get(str(d), n), n) for d, n in var.sizes.items())}
         if "spatial_ref" in ds.coords and {"y", "x"} <= set(var.dims):
             # explicit encodings replace the variable's own, so carry rioxarray's link to the CRS
             enc[name]["grid_mapping"] = "spatial_ref"
@@ -156,7 +157,8 @@ def open_cube(
     path = str(path)
     try:
         ds = xr.open_zarr(
-            path, consolidated=False, decode_coords="all", chunks={} if chunks is None else chunks
+            path, consolidated=False, decode_coords="all",
+            chunks={} if chunks is None else (chunks if isinstance(chunks, str) else dict(chunks)),  # type: ignore[arg-type]
         )
     except FileNotFoundError:
         raise CubeError(f"{path}: no Zarr store here (layer {layer!r})") from None

@@ -462,7 +462,7 @@ def _state_path(records: str | Path, key: BlockKey) -> Path:
     return Path(records) / "state" / f"y{key.ty:04d}_x{key.tx:04d}" / f"t{key.chunk:04d}.npz"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -487,7 +487,7 @@ def write_block(tt: TileTask, bt: BlockTask, output: BlockOutput, state: State) 
 
     def _save_state(p: Path) -> None:
         with open(p, "wb") as fh:
-            np.savez(fh, **state)
+            np.savez(fh, **state)  # type: ignore[arg-type]  # numpy's stub takes allow_pickle
 
     _atomic_write(_state_path(run.records, key), _save_state)
     record = {

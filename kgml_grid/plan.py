@@ -701,7 +701,7 @@ def _parse_date(value: Any, what: str) -> pd.Timestamp:
 
 
 def _window_of(
-    grid: GridSpec, bbox: Sequence[float] | None, bbox_crs: str | None
+    grid: GridSpec, bbox: Sequence[float] | str | None, bbox_crs: str | None
 ) -> tuple[int, int, int, int]:
     if bbox is None:
         return (0, grid.ny, 0, grid.nx)
@@ -935,7 +935,7 @@ def _cube_chunks(ds: xr.Dataset) -> dict[str, int]:
     if enc:
         return dict(zip(("time", "y", "x"), (int(c) for c in enc), strict=True))
     if ds["gpp_sat"].chunks:
-        return {d: int(c[0]) for d, c in zip(ds["gpp_sat"].dims, ds["gpp_sat"].chunks, strict=True)}
+        return {str(d): int(c[0]) for d, c in zip(ds["gpp_sat"].dims, ds["gpp_sat"].chunks, strict=True)}
     return {"time": 365, "y": 256, "x": 256}
 
 

@@ -71,6 +71,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Any
 
 
 class Role(StrEnum):
@@ -486,7 +487,7 @@ def check_features(
             )
 
 
-def doy_features(dayofyear: object) -> tuple[object, object]:
+def doy_features(dayofyear: Any) -> tuple[Any, Any]:
     """The cyclic day-of-year encoding used as features (works on arrays)."""
     import numpy as np
 

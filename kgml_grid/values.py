@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -260,7 +260,7 @@ def _read(da: xr.DataArray, bounds: Sequence[tuple[int, int]]) -> Any:
 # --------------------------------------------------------------------------------------
 
 
-def _where(ds: xr.Dataset, dims: Sequence[str], index: Sequence[int]) -> str:
+def _where(ds: xr.Dataset, dims: Sequence[Hashable], index: Sequence[int]) -> str:
     parts = []
     for d, i in zip(dims, index, strict=True):
         if d in ds.coords:

@@ -201,7 +201,7 @@ def get_checkpoint(path: str, checkpoint_hash: str) -> Checkpoint:
                 f"worker {worker.name}: no model plugin {plugin_name(checkpoint_hash)!r}; "
                 "register it with kgml_grid.worker.register_model(client, ...) before running tasks"
             )
-        return plugin.checkpoint
+        return plugin.checkpoint  # type: ignore[attr-defined]  # our ModelPlugin
     with _LOCK:
         ckpt = _LOCAL.get(checkpoint_hash)
         if ckpt is None:
