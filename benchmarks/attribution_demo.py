@@ -59,7 +59,9 @@ def _quadrants(grid, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--world", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--work", required=True, help="scratch folder (the upscaled store)")
@@ -134,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         both = (att_m["dominant"].values >= 0) & (att_s["dominant"].values >= 0)
         agree = float((att_m["dominant"].values == att_s["dominant"].values)[both].mean())
         names = list(att_m["driver"].values)
-        share = {n: float((att_s["dominant"].values[both] == i).mean()) for i, n in enumerate(names)}
+        share = {
+            n: float((att_s["dominant"].values[both] == i).mean()) for i, n in enumerate(names)
+        }
         dom[v] = {"agreement_share": agree, "pixels": int(both.sum()), "simulator_dominant_shares": share,
                   "model_dominant_shares": {n: float((att_m["dominant"].values[both] == i).mean()) for i, n in enumerate(names)},
                   "model_median_r2": float(np.nanmedian(att_m["r2"].values)),
@@ -156,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     timings["total_s"] = round(time.time() - t0, 1)
     res["timings"] = timings
     res["command"] = "python " + " ".join(sys.argv)
-    res["machine"] = f"{platform.node()} {platform.processor() or platform.machine()}, 2 cores shared"
+    res["machine"] = (
+        f"{platform.node()} {platform.processor() or platform.machine()}, 2 cores shared"
+    )
     res["caveats"] = [
         "the simulator's +1 degC changes its own GPP too (phenology, photosynthesis); the model's "
         "perturbation holds its satellite-GPP input fixed, so Ra (which follows GPP) is compared "

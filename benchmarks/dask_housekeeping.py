@@ -58,17 +58,23 @@ def idle_cpu(workers: int, seconds: float, tuned: bool) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "dask_housekeeping.json"))
+    ap.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "results" / "dask_housekeeping.json")
+    )
     a = ap.parse_args(argv)
 
     from kgml_grid.bench import machine_description
     from kgml_grid.cluster import HOUSEKEEPING
 
     res: dict = {
-        "command": " ".join([".venv/bin/python", "benchmarks/dask_housekeeping.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            [".venv/bin/python", "benchmarks/dask_housekeeping.py", *(argv or sys.argv[1:])]
+        ),
         "machine": machine_description(),
         "idle_seconds": a.seconds,
         "workers": a.workers,
@@ -76,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, tuned in (("dask defaults", False), ("HOUSEKEEPING", True)):
         cpu = idle_cpu(a.workers, a.seconds, tuned)
-        res[name] = {"cpu_seconds": cpu, "share_of_one_core": round(cpu["all processes"] / a.seconds, 4)}
+        res[name] = {
+            "cpu_seconds": cpu,
+            "share_of_one_core": round(cpu["all processes"] / a.seconds, 4),
+        }
         print(f"{name:14s} CPU of all processes: {cpu['all processes']:.2f} s in {a.seconds:.0f} s idle "
               f"({100 * res[name]['share_of_one_core']:.1f} % of one core)", flush=True)  # fmt: skip
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")

@@ -27,7 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "rasters" / "nldas_clip-raster"
+REAL = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "real"
+    / "rasters"
+    / "nldas_clip-raster"
+)
 HOUR = REAL / "NLDAS_FORA0125_H.A20000101.0000.002.grb.SUB.nc4"
 
 

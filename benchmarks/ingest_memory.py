@@ -63,7 +63,9 @@ def write_raster(work: Path, case: str, *, tile: int, factor: int) -> dict[str, 
 
     grid = _grid(1 if case == "one_tile" else 4, tile)
     src_res = RES / factor
-    w, s, e, n = Transformer.from_crs(TARGET_CRS, UTM, always_xy=True).transform_bounds(*grid.bounds, densify_pts=21)
+    w, s, e, n = Transformer.from_crs(TARGET_CRS, UTM, always_xy=True).transform_bounds(
+        *grid.bounds, densify_pts=21
+    )
     margin = 4 * RES
     x0 = math.floor((w - margin) / src_res) * src_res
     y0 = math.ceil((n + margin) / src_res) * src_res
@@ -72,7 +74,9 @@ def write_raster(work: Path, case: str, *, tile: int, factor: int) -> dict[str, 
     def fill(rows: slice, cols: slice) -> np.ndarray:  # smooth GPP-like field, 0..15 g m-2 d-1
         r = np.arange(rows.start, rows.stop)[:, None]
         c = np.arange(cols.start, cols.stop)[None, :]
-        return (750 + 400 * np.sin(r / 700.0) * np.cos(c / 900.0) + (r * 7 + c * 13) % 50).astype("int16")
+        return (750 + 400 * np.sin(r / 700.0) * np.cos(c / 900.0) + (r * 7 + c * 13) % 50).astype(
+            "int16"
+        )
 
     p = _raster_path(work, case)
     write_geotiff_blocks(p, shape=shape, dtype="int16", crs=UTM, transform=Affine(src_res, 0, x0, 0, -src_res, y0),
@@ -93,14 +97,20 @@ def child(case: str, work: Path, tile: int) -> dict[str, object]:
         import rioxarray
 
         grid = _grid(4, tile)
-        da = rioxarray.open_rasterio(_raster_path(work, "sixteen_tiles"), masked=True).squeeze("band", drop=True)
-        out = da.rio.reproject(TARGET_CRS, shape=grid.shape, transform=_transform(grid), resampling=5)  # average
+        da = rioxarray.open_rasterio(_raster_path(work, "sixteen_tiles"), masked=True).squeeze(
+            "band", drop=True
+        )
+        out = da.rio.reproject(
+            TARGET_CRS, shape=grid.shape, transform=_transform(grid), resampling=5
+        )  # average
         tiles, n_out = 0, int(out.count())
     else:
         from kgml_grid.ingest import RasterSource, ingest_satellite
         from kgml_grid.ingest.rasters import inspect_raster
 
-        src = _raster_path(work, "one_tile" if case in ("baseline", "one_tile") else "sixteen_tiles")
+        src = _raster_path(
+            work, "one_tile" if case in ("baseline", "one_tile") else "sixteen_tiles"
+        )
         if case == "baseline":
             inspect_raster(src)
             tiles, n_out = 0, 0
@@ -154,13 +164,20 @@ def machine() -> dict[str, object]:
             "rasterio": rasterio.__version__}  # fmt: skip
 
 
-def run(*, tile: int, factor: int, naive: bool, baseline: bool = True, work: Path | None = None) -> dict[str, object]:
+def run(
+    *, tile: int, factor: int, naive: bool, baseline: bool = True, work: Path | None = None
+) -> dict[str, object]:
     """Write both rasters, measure every case in its own process, return the result."""
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="kgml_ingest_mem_")) if work is None else work
     try:
-        rasters = {c: write_raster(work, c, tile=tile, factor=factor) for c in ("one_tile", "sixteen_tiles")}
-        names = ("baseline", "one_tile", "sixteen_tiles") if baseline else ("one_tile", "sixteen_tiles")
+        rasters = {
+            c: write_raster(work, c, tile=tile, factor=factor)
+            for c in ("one_tile", "sixteen_tiles")
+        }
+        names = (
+            ("baseline", "one_tile", "sixteen_tiles") if baseline else ("one_tile", "sixteen_tiles")
+        )
         cases = {c: _run_child(c, work, tile) for c in names}
         for c in ("one_tile", "sixteen_tiles"):
             cases[c]["valid_output_cells"] = _count_valid(work / c / "satellite.zarr")
@@ -178,9 +195,17 @@ def run(*, tile: int, factor: int, naive: bool, baseline: bool = True, work: Pat
     return {
         "what": "peak RSS of ingesting one raster of 16 output tiles vs one of 1 tile (same tile size)",
         "machine": machine(),
-        "config": {"tile_cells": tile, "source_pixels_per_cell_side": factor, "source_res_m": RES / factor,
-                   "target_res_m": RES, "source_crs": UTM, "target_crs": TARGET_CRS, "resampling": "average",
-                   "source_dtype": "int16", "gdal_cache_mb": 32},
+        "config": {
+            "tile_cells": tile,
+            "source_pixels_per_cell_side": factor,
+            "source_res_m": RES / factor,
+            "target_res_m": RES,
+            "source_crs": UTM,
+            "target_crs": TARGET_CRS,
+            "resampling": "average",
+            "source_dtype": "int16",
+            "gdal_cache_mb": 32,
+        },
         "cases": cases,
         "one_tile_peak_mb": one,
         "sixteen_tiles_peak_mb": sixteen,
@@ -194,18 +219,29 @@ def run(*, tile: int, factor: int, naive: bool, baseline: bool = True, work: Pat
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tile", type=int, default=512, help="output tile side in cells (default 512)")
-    ap.add_argument("--factor", type=int, default=8, help="source pixels per output cell side (default 8)")
-    ap.add_argument("--naive", action="store_true", help="also measure a whole-raster rioxarray reprojection")
+    ap.add_argument(
+        "--factor", type=int, default=8, help="source pixels per output cell side (default 8)"
+    )
+    ap.add_argument(
+        "--naive", action="store_true", help="also measure a whole-raster rioxarray reprojection"
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the imports-only case")
     ap.add_argument("--out", default=None, help="write the JSON result here")
-    ap.add_argument("--work", default=None, help="folder for the rasters (default: a temporary one)")
+    ap.add_argument(
+        "--work", default=None, help="folder for the rasters (default: a temporary one)"
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child, Path(a.work), a.tile)))
         return 0
-    result = run(tile=a.tile, factor=a.factor, naive=a.naive, baseline=not a.no_baseline,
-                 work=Path(a.work) if a.work else None)
+    result = run(
+        tile=a.tile,
+        factor=a.factor,
+        naive=a.naive,
+        baseline=not a.no_baseline,
+        work=Path(a.work) if a.work else None,
+    )
     exe = os.path.relpath(sys.executable)
     result["command"] = " ".join([exe if not exe.startswith("..") else sys.executable, *sys.argv])
     text = json.dumps(result, indent=2)

@@ -25,7 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--world", required=True, help="a world folder (or its catalog.yaml)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "output_codecs.json"))
     ap.add_argument("--repeats", type=int, default=15)
@@ -81,15 +83,27 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {
             "zarr_codec": zcodec.to_dict(),
             "ratio": round(raw / sum(len(e) for e in enc.values()), 3),
-            "encode_ms_block": round(sum(median_ms(lambda v=v, c=codec: c.encode(v)) for v in blocks.values()), 3),
-            "decode_ms_block": round(sum(median_ms(lambda e=e, c=codec: c.decode(e)) for e in enc.values()), 3),
+            "encode_ms_block": round(
+                sum(median_ms(lambda v=v, c=codec: c.encode(v)) for v in blocks.values()), 3
+            ),
+            "decode_ms_block": round(
+                sum(median_ms(lambda e=e, c=codec: c.decode(e)) for e in enc.values()), 3
+            ),
         }
     res = {
-        "command": " ".join([".venv/bin/python", "benchmarks/output_codecs.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            [".venv/bin/python", "benchmarks/output_codecs.py", *(argv or sys.argv[1:])]
+        ),
         "machine": machine_description(),
-        "block": {"key": key.name, "shape": list(blocks["ra"].shape), "variables": list(blocks),
-                  "crop_pixels": output.n_crop, "nan_fraction": round(float(np.isnan(blocks["ra"]).mean()), 3),
-                  "bytes": raw, "model": "random-init KGML hidden 64 (as kgml-grid bench)"},
+        "block": {
+            "key": key.name,
+            "shape": list(blocks["ra"].shape),
+            "variables": list(blocks),
+            "crop_pixels": output.n_crop,
+            "nan_fraction": round(float(np.isnan(blocks["ra"]).mean()), 3),
+            "bytes": raw,
+            "model": "random-init KGML hidden 64 (as kgml-grid bench)",
+        },
         "codecs": rows,
     }
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")

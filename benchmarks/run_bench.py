@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     from kgml_grid.bench_commands import add_arguments, command_line, run_from_args
 
     out_default = str(REPO / "benchmarks" / "results")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(ap, out_default=out_default)
     a = ap.parse_args(argv)
     cmd = command_line([".venv/bin/python", "benchmarks/run_bench.py"], a, out_default=out_default)

@@ -174,7 +174,9 @@ def step_resume(world: Path, ckpt: Path, work: Path, clean: Path, kill_after: in
     with process_cluster(2, directory=work / "dask", memory_limit="4GiB") as sf:
         cmd = [sys.executable, "-m", "kgml_grid.cli", "upscale", "--catalog", str(world), "--model",
                str(ckpt), "--out", str(out), "--cluster", str(sf), "--quiet"]  # fmt: skip
-        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         done = records_dir(out) / "done"
         t0 = time.perf_counter()
         while proc.poll() is None:
@@ -197,7 +199,10 @@ def step_resume(world: Path, ckpt: Path, work: Path, clean: Path, kill_after: in
             t_resume = time.perf_counter() - t1
     a = xr.open_zarr(out, consolidated=False)
     b = xr.open_zarr(clean, consolidated=False)
-    identical = {v: bool(np.array_equal(a[v].values, b[v].values, equal_nan=True)) for v in (*DAILY_VARS, "yield")}
+    identical = {
+        v: bool(np.array_equal(a[v].values, b[v].values, equal_nan=True))
+        for v in (*DAILY_VARS, "yield")
+    }
     return {
         "killed_with_returncode": proc.returncode, "killed_after_s": round(t_killed, 2),
         "blocks_total": res.plan.n_blocks, "blocks_recorded_before_resume": len(before),
@@ -240,7 +245,9 @@ def step_big_graph(demo_world: Path, ckpt: Path, work: Path, factor: int = 10) -
         data = {n: (dims, da.zeros(tuple(shp[d] for d in dims), chunks=tuple(chunks[d] for d in dims),
                                    dtype="float32")) for n in names}  # fmt: skip
         coords = {"time": time_} if "time" in dims else {}
-        return cubes.annotate(xr.Dataset(data, coords=coords), grid, title="metadata-only big world")
+        return cubes.annotate(
+            xr.Dataset(data, coords=coords), grid, title="metadata-only big world"
+        )
 
     stores = {
         "weather": lazy(list(schema.LAYERS["weather"].required), wbig),
@@ -255,8 +262,13 @@ def step_big_graph(demo_world: Path, ckpt: Path, work: Path, factor: int = 10) -
     cds = cubes.annotate(xr.Dataset({"crop_type": (("year", "y", "x"), crop_big)},
                                     coords={"year": demo["crop"]["year"].values}), big, title="crop")  # fmt: skip
     cubes.write_cube(cds, root / "crop.zarr", chunks)
-    entries = {n: {"layer": n, "path": str(root / f"{n}.zarr")} for n in ("weather", "satellite", "soil", "crop")}
-    catalog = write_catalog(root / "catalog.yaml", catalog_yaml(entries, crs=cat.crs, description="big"))
+    entries = {
+        n: {"layer": n, "path": str(root / f"{n}.zarr")}
+        for n in ("weather", "satellite", "soil", "crop")
+    }
+    catalog = write_catalog(
+        root / "catalog.yaml", catalog_yaml(entries, crs=cat.crs, description="big")
+    )
     t_world = time.perf_counter() - t0
 
     def boom(*a, **k):
@@ -282,9 +294,13 @@ def step_big_graph(demo_world: Path, ckpt: Path, work: Path, factor: int = 10) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--work", default="/tmp/kgml_upscale_acceptance")
-    ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "upscale_acceptance.json"))
+    ap.add_argument(
+        "--json", default=str(REPO / "benchmarks" / "results" / "upscale_acceptance.json")
+    )
     ap.add_argument("--hidden", type=int, default=64, help="hidden size of the (untrained) model")
     ap.add_argument("--kill-after", type=int, default=10, help="blocks recorded before the kill")
     ap.add_argument("--skip", nargs="*", default=[], choices=["upscale", "resume", "graph"])
@@ -299,12 +315,19 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     catalog = work / "world" / "catalog.yaml"
     if not (a.reuse_world and catalog.exists()):
-        catalog = generate_world(work / "world", preset="demo", seed=0, progress=False, overwrite=True).catalog
+        catalog = generate_world(
+            work / "world", preset="demo", seed=0, progress=False, overwrite=True
+        ).catalog
         result["world_generation_s"] = round(time.perf_counter() - t0, 2)
     ckpt = make_checkpoint(catalog, work / f"ckpt_h{a.hidden}", hidden=a.hidden)
     if "upscale" not in a.skip:
         result["upscale_2_workers_vs_direct"] = step_upscale(catalog, ckpt, work)
-        print(json.dumps({k: v for k, v in result["upscale_2_workers_vs_direct"].items() if k != "plan"}, indent=1))
+        print(
+            json.dumps(
+                {k: v for k, v in result["upscale_2_workers_vs_direct"].items() if k != "plan"},
+                indent=1,
+            )
+        )
     if "resume" not in a.skip:
         clean = work / "demo_upscaled.zarr"
         result["kill_and_resume"] = step_resume(catalog, ckpt, work, clean, a.kill_after)

@@ -37,8 +37,12 @@ def _time(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, float], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", required=True, nargs="+", help="world folders (or their catalog.yaml)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--world", required=True, nargs="+", help="world folders (or their catalog.yaml)"
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "value_check_cost.json"))
     ap.add_argument("--repeats", type=int, default=7)
     a = ap.parse_args(argv)
@@ -50,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     from kgml_grid.plan import make_plan
 
     res: dict[str, Any] = {
-        "command": " ".join([".venv/bin/python", "benchmarks/value_check_cost.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(
+            [".venv/bin/python", "benchmarks/value_check_cost.py", *(argv or sys.argv[1:])]
+        ),
         "machine": machine_description(),
         "sample_chunks": values.SAMPLE_CHUNKS,
         "worlds": {},
@@ -60,13 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for world in a.world:
             catalog = _catalog_path(world)
-            ckpt = make_bench_checkpoint(catalog, Path(tmp) / f"ckpt_{len(res['worlds'])}", hidden=8)
+            ckpt = make_bench_checkpoint(
+                catalog, Path(tmp) / f"ckpt_{len(res['worlds'])}", hidden=8
+            )
             cat = open_catalog(catalog)
             layers = cat.open_all()
             src = values.catalog_sources(cat)
             r: dict[str, Any] = {"sizes": {k: dict(ds.sizes) for k, ds in layers.items()}}
             cases = {
-                "sample_upscaling_inputs": ({k: layers[k] for k in upscale_layers}, "sample", values.MODEL_INPUTS),
+                "sample_upscaling_inputs": (
+                    {k: layers[k] for k in upscale_layers},
+                    "sample",
+                    values.MODEL_INPUTS,
+                ),
                 "sample_training_inputs_and_targets": (layers, "sample", training_vars),
                 "full_every_variable": (layers, "full", None),
             }
@@ -80,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             real = values.check_layers
             values.check_layers = lambda *args, **kw: values.ValueReport("sample")  # type: ignore[assignment]
             try:
-                r["make_plan_without_check"], _ = _time(partial(make_plan, catalog, ckpt), a.repeats)
+                r["make_plan_without_check"], _ = _time(
+                    partial(make_plan, catalog, ckpt), a.repeats
+                )
             finally:
                 values.check_layers = real  # type: ignore[assignment]
             res["worlds"][str(world)] = r

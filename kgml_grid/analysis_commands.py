@@ -37,12 +37,18 @@ def open_upscaled(store: str | Path) -> tuple[xr.Dataset, dict[str, Any]]:
 
     p = Path(store)
     if not p.exists():
-        raise ValueError(f"{p}: no such store; expected an upscaling output (kgml-grid upscale --out)")
+        raise ValueError(
+            f"{p}: no such store; expected an upscaling output (kgml-grid upscale --out)"
+        )
     if outputs.kind_of(p) != "upscale":
-        raise ValueError(f"{p}: not an upscaling store written by kgml-grid upscale (no kgml_plan attribute)")
+        raise ValueError(
+            f"{p}: not an upscaling store written by kgml-grid upscale (no kgml_plan attribute)"
+        )
     ds = xr.open_zarr(str(p), consolidated=False, decode_coords="all")
     if not ds.attrs.get("kgml_complete"):
-        raise ValueError(f"{p}: the upscaling is not finished (not marked complete); rerun it with --resume")
+        raise ValueError(
+            f"{p}: the upscaling is not finished (not marked complete); rerun it with --resume"
+        )
     return ds, json.loads(ds.attrs["kgml_plan"])
 
 
@@ -60,8 +66,15 @@ def crop_of_store(plan: dict[str, Any]) -> tuple[xr.DataArray, xr.DataArray | No
 
 
 def run_budget(
-    store: str | Path, zones: str | Path, out: str | Path, *, by: str = "year", field: str | None = None,
-    chart: str | Path | None = None, use_crop: bool = True, overwrite: bool = False,
+    store: str | Path,
+    zones: str | Path,
+    out: str | Path,
+    *,
+    by: str = "year",
+    field: str | None = None,
+    chart: str | Path | None = None,
+    use_crop: bool = True,
+    overwrite: bool = False,
 ) -> BudgetResult:
     """Budgets of ``store`` by the zones of ``zones``: a table (CSV/Parquet), a PNG chart
     and a JSON sidecar. Every check runs before anything is computed or written.
@@ -80,7 +93,9 @@ def run_budget(
 
     out = Path(out)
     if out.suffix.lower() not in TABLE_SUFFIXES:
-        raise ValueError(f"--out {out}: unknown table format {out.suffix!r}; expected .csv or .parquet")
+        raise ValueError(
+            f"--out {out}: unknown table format {out.suffix!r}; expected .csv or .parquet"
+        )
     if out.suffix.lower() == ".parquet":
         try:
             import pyarrow  # noqa: F401
@@ -92,7 +107,11 @@ def run_budget(
     chart = Path(chart) if chart else out.with_suffix(".png")
     meta = _sidecar(out)
     ds, plan = open_upscaled(store)
-    inputs = [("the upscaling store", store), ("the zone file", zones), ("the crop cube", plan["paths"]["crop"])]
+    inputs = [
+        ("the upscaling store", store),
+        ("the zone file", zones),
+        ("the crop cube", plan["paths"]["crop"]),
+    ]
     outputs.check_files([out, chart, meta], ours=_ours(meta), what="a budget table", inputs=inputs,
                         overwrite=overwrite)  # fmt: skip
     grid = cubes.grid_of(ds, source=str(store), layer="upscale")
@@ -123,7 +142,9 @@ def _cmd_budget(a: argparse.Namespace) -> int:
     res = run_budget(a.store, a.zones, a.out, by=a.by, field=a.zone_field, chart=a.chart,
                      use_crop=not a.no_crop, overwrite=a.overwrite)  # fmt: skip
     t = res["frame"]
-    print(f"budget: {res['rows']} rows ({t['zone'].nunique()} zones, crops {', '.join(t['crop'].unique())}) -> {res['table']}")
+    print(
+        f"budget: {res['rows']} rows ({t['zone'].nunique()} zones, crops {', '.join(t['crop'].unique())}) -> {res['table']}"
+    )
     print(f"chart: {res['chart']}")
     return 0
 
@@ -141,7 +162,10 @@ def _cmd_attribute(a: argparse.Namespace) -> int:
         s = ds[f"{v}_sensitivity"].mean(("year", "y", "x"))
         parts = [f"{d} {float(s.sel(driver=d)):+.3g}/{u}" for d, u in
                  zip(s["driver"].values, s["perturbation_unit"].values, strict=True)]  # fmt: skip
-        print(f"annual {v} sensitivity, mean over crop pixels and years (g C m-2 yr-1): " + ", ".join(parts))
+        print(
+            f"annual {v} sensitivity, mean over crop pixels and years (g C m-2 yr-1): "
+            + ", ".join(parts)
+        )
     print(f"attribution: {res['out']}")
     for p in res["maps"]:
         print(f"map: {p}")
@@ -157,13 +181,28 @@ def add_parsers(subparsers: Any) -> None:
                     "g C m-2, per crop, Rh/Reco and anomalies against the run's mean.",
     )  # fmt: skip
     b.add_argument("store", help="upscaling output store (OUT.zarr)")
-    b.add_argument("--zones", required=True, help="GeoJSON, GeoPackage or Shapefile polygons, or a GeoTIFF of zone ids")
-    b.add_argument("--zone-field", default=None, help="property naming the zones (default NAME, name, GEOID or id)")
-    b.add_argument("--by", default="year", choices=["year", "season", "month"], help='period of the sums: year, season (DJF, MAM, JJA, SON) or month')
+    b.add_argument(
+        "--zones",
+        required=True,
+        help="GeoJSON, GeoPackage or Shapefile polygons, or a GeoTIFF of zone ids",
+    )
+    b.add_argument(
+        "--zone-field",
+        default=None,
+        help="property naming the zones (default NAME, name, GEOID or id)",
+    )
+    b.add_argument(
+        "--by",
+        default="year",
+        choices=["year", "season", "month"],
+        help="period of the sums: year, season (DJF, MAM, JJA, SON) or month",
+    )
     b.add_argument("--out", required=True, help="table: .csv or .parquet")
     b.add_argument("--chart", default=None, help="PNG chart (default: the table's name with .png)")
     b.add_argument("--no-crop", action="store_true", help="no per-crop rows and no crop shares")
-    b.add_argument("--overwrite", action="store_true", help="replace a budget table kgml_grid wrote")
+    b.add_argument(
+        "--overwrite", action="store_true", help="replace a budget table kgml_grid wrote"
+    )
     b.set_defaults(func=_cmd_budget)
 
     t = subparsers.add_parser(
@@ -173,18 +212,36 @@ def add_parsers(subparsers: Any) -> None:
                     "write the responses of annual Ra and Rh, and a per-pixel regression of their "
                     "interannual anomalies on the drivers' (dominant factor, R2).",
     )  # fmt: skip
-    t.add_argument("--catalog", required=True, help='catalog of the input cubes')
+    t.add_argument("--catalog", required=True, help="catalog of the input cubes")
     t.add_argument("--model", required=True, help="checkpoint directory")
     t.add_argument("--out", required=True, help="output Zarr store")
-    t.add_argument("--start", help='first day, YYYY-MM-DD (default: first day of the cubes)')
-    t.add_argument("--end", help='last day, YYYY-MM-DD (default: last day of the cubes)')
+    t.add_argument("--start", help="first day, YYYY-MM-DD (default: first day of the cubes)")
+    t.add_argument("--end", help="last day, YYYY-MM-DD (default: last day of the cubes)")
     t.add_argument("--bbox", metavar="W,S,E,N", help="sub-domain in the grid's CRS (or --bbox-crs)")
-    t.add_argument("--bbox-crs", help='CRS of --bbox, e.g. EPSG:4326')
-    t.add_argument("--chunks", metavar="y=N,x=N,time=N", help="tile and time-chunk sizes as for upscale (default: the cube's)")
-    t.add_argument("--drivers", help="comma-separated subset of tair,precip,swrad,vpd,gpp_sat,soc (default all)")
+    t.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")
+    t.add_argument(
+        "--chunks",
+        metavar="y=N,x=N,time=N",
+        help="tile and time-chunk sizes as for upscale (default: the cube's)",
+    )
+    t.add_argument(
+        "--drivers",
+        help="comma-separated subset of tair,precip,swrad,vpd,gpp_sat,soc (default all)",
+    )
     t.add_argument("--cluster", default="threads",
                    help="'threads' (this process, default), 'local', tcp://HOST:PORT, a scheduler file or cluster/*.yaml")  # fmt: skip
-    t.add_argument("--workers", type=int, default=None, help='workers of a local cluster (default: one per core)')
-    t.add_argument("--maps", metavar="DIR", help="also write sensitivity and dominant-factor maps (PNG) here")
-    t.add_argument("--overwrite", action="store_true", help="replace an attribution store (and --maps) kgml_grid wrote")
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="workers of a local cluster (default: one per core)",
+    )
+    t.add_argument(
+        "--maps", metavar="DIR", help="also write sensitivity and dominant-factor maps (PNG) here"
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an attribution store (and --maps) kgml_grid wrote",
+    )
     t.set_defaults(func=_cmd_attribute)

@@ -17,7 +17,9 @@ examples:
 """
 
 
-def add_arguments(b: argparse.ArgumentParser, *, out_default: str | None = None) -> argparse.ArgumentParser:
+def add_arguments(
+    b: argparse.ArgumentParser, *, out_default: str | None = None
+) -> argparse.ArgumentParser:
     """Add the ``bench`` arguments to a parser (shared by the CLI and ``benchmarks/run_bench.py``)."""
     b.add_argument("--preset", default="bench", choices=["tiny", "demo", "bench"],
                    help="synthetic world preset (generated unless --world is given)")  # fmt: skip
@@ -31,13 +33,21 @@ def add_arguments(b: argparse.ArgumentParser, *, out_default: str | None = None)
                    help="chunk shapes: TILExDAYS (64x365), TYxTXxDAYS (32x64x92) or y=64,x=64,time=365 "
                         "(default: 7 shapes around the cube's chunk)")  # fmt: skip
     b.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N")
-    b.add_argument("--quick", action="store_true", help="2 shapes and 90 days unless --start/--end (smoke test)")
+    b.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 shapes and 90 days unless --start/--end (smoke test)",
+    )
     b.add_argument("--domain", nargs=2, type=int, metavar=("NY", "NX"),
                    help="pixels of the domain from the grid's top-left corner (default: the whole grid)")  # fmt: skip
-    b.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default: the cubes' first)")
+    b.add_argument(
+        "--start", default=None, help="first day, YYYY-MM-DD (default: the cubes' first)"
+    )
     b.add_argument("--end", default=None, help="last day, YYYY-MM-DD, inclusive")
     b.add_argument("--world", default=None, help="an existing world (catalog YAML or its folder)")
-    b.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
+    b.add_argument(
+        "--work", default=None, help="scratch folder (default: a temporary one, removed)"
+    )
     b.add_argument("--overwrite", action="store_true",
                    help="replace existing results bench_<preset>.* (and a --work folder) that a benchmark wrote")  # fmt: skip
     b.add_argument("--peer-threads", type=int, default=1,
@@ -47,7 +57,9 @@ def add_arguments(b: argparse.ArgumentParser, *, out_default: str | None = None)
                         "past it the rate of the work done is reported")  # fmt: skip
     b.add_argument("--repeats", type=int, default=1,
                    help="interleaved repeats of the 1- and 2-worker scaling runs (medians compared)")  # fmt: skip
-    b.add_argument("--seed", type=int, default=0, help="seed of the untrained benchmark model and the world")
+    b.add_argument(
+        "--seed", type=int, default=0, help="seed of the untrained benchmark model and the world"
+    )
     b.add_argument("--note", default=None, help="a note recorded in the JSON")
     b.add_argument("--quiet", action="store_true", help="no progress messages")
     return b
@@ -70,7 +82,9 @@ def run_from_args(a: argparse.Namespace, *, command: str) -> dict[str, Any]:
     return run_benchmark(cfg)
 
 
-def command_line(prog: Sequence[str], a: argparse.Namespace, *, out_default: str | None = None) -> str:
+def command_line(
+    prog: Sequence[str], a: argparse.Namespace, *, out_default: str | None = None
+) -> str:
     """The canonical command line of parsed arguments (every option that differs from
     its default, in the parser's order), recorded in the results."""
     words = list(prog)

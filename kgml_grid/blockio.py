@@ -72,7 +72,9 @@ def cache_bytes_setting() -> int:
     try:
         value = parse_bytes(raw)
     except (PlanError, ValueError):
-        raise ValueError(f"{CACHE_ENV}={raw!r} is not a size; write e.g. 256MiB, 1GB or 0 (no cache)") from None
+        raise ValueError(
+            f"{CACHE_ENV}={raw!r} is not a size; write e.g. 256MiB, 1GB or 0 (no cache)"
+        ) from None
     if value < 0:
         raise ValueError(f"{CACHE_ENV}={raw!r} must not be negative")
     return int(value)
@@ -187,7 +189,9 @@ class ChunkCache:
             key = (ident, idx)
             chunk = self._get(key)
             if chunk is None:
-                whole = tuple(slice(a, min(a + c, n)) for a, c, n in zip(lo, chunks, shape, strict=True))
+                whole = tuple(
+                    slice(a, min(a + c, n)) for a, c, n in zip(lo, chunks, shape, strict=True)
+                )
                 chunk = np.asarray(array[whole])
                 self._put(key, chunk)
             src, dst = [], []
@@ -272,7 +276,9 @@ def _open(key: tuple[Any, ...], path: str, name: str, mode: str) -> Any:
     try:
         a = zarr.open_array(os.path.join(path, name), mode=mode, zarr_format=3)
     except (FileNotFoundError, KeyError) as e:
-        raise FileNotFoundError(f"{path}: no Zarr array {name!r} ({type(e).__name__}: {e})") from None
+        raise FileNotFoundError(
+            f"{path}: no Zarr array {name!r} ({type(e).__name__}: {e})"
+        ) from None
     with _ARRAYS_LOCK:
         _ARRAYS[key] = a
         while len(_ARRAYS) > _MAX_ARRAYS:
@@ -284,7 +290,9 @@ def _order(arr: Any, region: Mapping[str, slice], what: str) -> tuple[tuple[str,
     """The array's dimension names and ``region`` in the array's order."""
     dims = tuple(arr.metadata.dimension_names or ())
     if set(dims) != set(region) or len(dims) != len(region):
-        raise ValueError(f"{what}: dimensions {dims or '(unnamed)'}, the engine reads {tuple(region)}")
+        raise ValueError(
+            f"{what}: dimensions {dims or '(unnamed)'}, the engine reads {tuple(region)}"
+        )
     return dims, tuple(region[d] for d in dims)
 
 
@@ -305,7 +313,9 @@ def _unpack(arr: Any, data: np.ndarray) -> np.ndarray:
     return out * np.float32(attrs.get("scale_factor", 1)) + np.float32(attrs.get("add_offset", 0))
 
 
-def read_region(path: str | Path, name: str, region: Mapping[str, slice], *, token: str = "") -> np.ndarray:
+def read_region(
+    path: str | Path, name: str, region: Mapping[str, slice], *, token: str = ""
+) -> np.ndarray:
     """``name`` of the input store at ``path`` over a named ``region`` (``{dim: slice}``,
     every dimension of the array), dimensions in the order of ``region``; through the
     chunk cache, CF packing decoded.
@@ -339,7 +349,9 @@ def output_array(path: str | Path, name: str, token: str) -> Any:
     return _open(("out", path, name, token), path, name, "r+")
 
 
-def write_region(path: str | Path, token: str, arrays: Mapping[str, np.ndarray], region: Mapping[str, slice]) -> None:
+def write_region(
+    path: str | Path, token: str, arrays: Mapping[str, np.ndarray], region: Mapping[str, slice]
+) -> None:
     """Write each ``arrays[name]`` (dimensions in the order of ``region``) into the
     named ``region`` of the output store at ``path``.
 

@@ -155,7 +155,9 @@ class Catalog:
         for e in self.entries.values():
             if e.layer == layer:
                 return e.name
-        raise CatalogError(f"{self.path}: no entry for layer {layer!r}; entries: {list(self.entries)}")
+        raise CatalogError(
+            f"{self.path}: no entry for layer {layer!r}; entries: {list(self.entries)}"
+        )
 
     def open(self, name: str, *, chunks: Mapping[str, int] | None = None) -> xr.Dataset:
         """Open one entry (by entry name or layer name) as a validated Dask-backed Dataset."""
@@ -173,7 +175,9 @@ class Catalog:
             ) from None
         if chunks:
             ds = ds.chunk(dict(chunks))
-        ds = cubes.validate_layer(ds, e.layer, source=f"{self.path}:{name} ({e.urlpath})", crs=e.crs)
+        ds = cubes.validate_layer(
+            ds, e.layer, source=f"{self.path}:{name} ({e.urlpath})", crs=e.crs
+        )
         ds.attrs["kgml_catalog_entry"] = f"{self.path}:{name}"
         return ds
 
@@ -224,11 +228,17 @@ _TEMPLATE = re.compile(r"\{\{|\}\}|\{%|%\}|\{#")
 _PROTOCOL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
-def _check_keys(path: Path, where: str, mapping: Mapping[Any, Any], allowed: frozenset[str]) -> None:
+def _check_keys(
+    path: Path, where: str, mapping: Mapping[Any, Any], allowed: frozenset[str]
+) -> None:
     unknown = [k for k in mapping if k not in allowed]
     if unknown:
         k = unknown[0]
-        hint = " (catalogs are data: Intake plugins are never loaded from them)" if k == "plugins" else ""
+        hint = (
+            " (catalogs are data: Intake plugins are never loaded from them)"
+            if k == "plugins"
+            else ""
+        )
         raise CatalogError(
             f"{path}: {where}key {k!r} is not one kgml_grid understands{hint}; allowed: "
             f"{', '.join(sorted(allowed))}. Remove it"
@@ -306,7 +316,9 @@ def _check_kgml_meta(path: Path, top_meta: Mapping[str, Any], allowed: frozenset
     _check_keys(path, "metadata.kgml_grid ", kmeta, KGML_META_KEYS)
     fmt = kmeta.get("format", CATALOG_FORMAT)
     if fmt != CATALOG_FORMAT:
-        raise CatalogError(f"{path}: metadata.kgml_grid.format is {fmt!r}, expected {CATALOG_FORMAT}")
+        raise CatalogError(
+            f"{path}: metadata.kgml_grid.format is {fmt!r}, expected {CATALOG_FORMAT}"
+        )
 
 
 def _entry(path: Path, name: Any, urlpath: Any, meta: Any, description: Any, where: str) -> Entry:
@@ -441,10 +453,14 @@ def _parse_v2(path: Path, raw: dict[str, Any]) -> dict[str, Entry]:
             )
         kw = _mapping(path, f"data {key!r}: 'kwargs'", d.get("kwargs"))
         _check_keys(path, f"data {key!r} kwargs: ", kw, V2_DATA_KWARGS)
-        _check_v2_templates(path, {k: v for k, v in d.items() if k != "user_parameters"}, f"data.{key}")
+        _check_v2_templates(
+            path, {k: v for k, v in d.items() if k != "user_parameters"}, f"data.{key}"
+        )
         _empty(path, f"data {key!r}: 'user_parameters'", d.get("user_parameters"))
         if kw.get("root") not in (None, ""):
-            raise CatalogError(f"{path}: data {key!r}: 'root' must be '' (the cube is the store's root group)")
+            raise CatalogError(
+                f"{path}: data {key!r}: 'root' must be '' (the cube is the store's root group)"
+            )
         url = kw.get("url")
         if not isinstance(url, str):
             raise CatalogError(f"{path}: data {key!r} has no kwargs.url")
@@ -464,19 +480,31 @@ def _parse_v2(path: Path, raw: dict[str, Any]) -> dict[str, Entry]:
         kw = _mapping(path, f"entry {name!r}: 'kwargs'", r.get("kwargs"))
         _check_keys(path, f"entry {name!r} kwargs: ", kw, V2_READER_KWARGS)
         args = kw.get("args")
-        m = _V2_DATA_REF.fullmatch(args[0]) if isinstance(args, list) and len(args) == 1 and isinstance(args[0], str) else None
+        m = (
+            _V2_DATA_REF.fullmatch(args[0])
+            if isinstance(args, list) and len(args) == 1 and isinstance(args[0], str)
+            else None
+        )
         if m is None or m.group(1) not in urls:
             raise CatalogError(
-                f"{path}: entry {name!r}: kwargs.args must be one reference \"{{data(NAME)}}\" to a "
+                f'{path}: entry {name!r}: kwargs.args must be one reference "{{data(NAME)}}" to a '
                 f"'data:' entry ({', '.join(urls) or 'none defined'}), got {args!r}"
             )
         if str(name) in urls:
-            raise CatalogError(f"{path}: entry {name!r} has the name of a data entry; Intake 2 cannot tell them apart")
+            raise CatalogError(
+                f"{path}: entry {name!r} has the name of a data entry; Intake 2 cannot tell them apart"
+            )
         if kw.get("engine", "zarr") != "zarr":
-            raise CatalogError(f"{path}: entry {name!r}: engine must be 'zarr', got {kw.get('engine')!r}")
+            raise CatalogError(
+                f"{path}: entry {name!r}: engine must be 'zarr', got {kw.get('engine')!r}"
+            )
         if kw.get("consolidated", False) is not False:
-            raise CatalogError(f"{path}: entry {name!r} must set 'consolidated: false' (Zarr v3 stores)")
-        _check_v2_templates(path, {k: v for k, v in kw.items() if k != "args"}, f"entries.{name}.kwargs")
+            raise CatalogError(
+                f"{path}: entry {name!r} must set 'consolidated: false' (Zarr v3 stores)"
+            )
+        _check_v2_templates(
+            path, {k: v for k, v in kw.items() if k != "args"}, f"entries.{name}.kwargs"
+        )
         meta = _mapping(path, f"entry {name!r}: 'metadata'", r.get("metadata"))
         _check_v2_templates(path, meta, f"entries.{name}.metadata")
         desc = meta.get("description", "")
@@ -534,9 +562,16 @@ def catalog_yaml(
             doc["sources"][name] = {
                 "description": e.get("description", ""),
                 "driver": "zarr",
-                "args": {"urlpath": _v1_url(e["path"]), "consolidated": False, "decode_coords": "all"},
-                "metadata": {"layer": e.get("layer", name), "crs": e.get("crs", crs),
-                             **({"products": list(e["products"])} if e.get("products") else {})},
+                "args": {
+                    "urlpath": _v1_url(e["path"]),
+                    "consolidated": False,
+                    "decode_coords": "all",
+                },
+                "metadata": {
+                    "layer": e.get("layer", name),
+                    "crs": e.get("crs", crs),
+                    **({"products": list(e["products"])} if e.get("products") else {}),
+                },
             }
         return yaml.safe_dump(doc, sort_keys=False)
     doc = {"version": 2, "metadata": {"description": description, "kgml_grid": meta},
@@ -576,14 +611,21 @@ def _v2_reader(name: str, e: Mapping[str, Any], crs: str) -> dict[str, Any]:
         "reader": V2_READER,
         "output_instance": V2_OUTPUT,
         # chunks={}: Dask arrays on the store's own chunks, as v1's to_dask() gives
-        "kwargs": {"args": ["{data(" + v2_data_key(name) + ")}"], "engine": "zarr",
-                   "consolidated": False, "decode_coords": "all", "chunks": {}},
+        "kwargs": {
+            "args": ["{data(" + v2_data_key(name) + ")}"],
+            "engine": "zarr",
+            "consolidated": False,
+            "decode_coords": "all",
+            "chunks": {},
+        },
         "metadata": meta,
         "user_parameters": {},
     }
 
 
-def add_entry(raw: dict[str, Any], name: str, entry: Mapping[str, Any], *, crs: str) -> dict[str, Any]:
+def add_entry(
+    raw: dict[str, Any], name: str, entry: Mapping[str, Any], *, crs: str
+) -> dict[str, Any]:
     """Add (or replace) one entry in a parsed catalog document, in the file's own version."""
     if raw.get("version") == 2:
         raw.setdefault("data", {}).update(_v2_data(name, entry["path"]))
@@ -612,9 +654,13 @@ def migrate_catalog(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     cat = open_catalog(src)
     dst_p = Path(dst).resolve()
     if cat.version == 2:
-        raise CatalogError(f"{cat.path}: already an Intake 2 catalog (version: 2); nothing to migrate")
+        raise CatalogError(
+            f"{cat.path}: already an Intake 2 catalog (version: 2); nothing to migrate"
+        )
     if dst_p == cat.path:
-        raise CatalogError(f"{dst_p}: the migrated catalog must be a new file, not the v1 file itself")
+        raise CatalogError(
+            f"{dst_p}: the migrated catalog must be a new file, not the v1 file itself"
+        )
     if dst_p.exists():
         if not overwrite:
             raise CatalogError(f"{dst_p}: exists; pass --overwrite to replace it")
@@ -630,7 +676,7 @@ def migrate_catalog(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         if _CATALOG_DIR.search(url) and dst_p.parent != cat.path.parent:
             local = Path(_CATALOG_DIR.sub(str(cat.path.parent), url)).resolve()
             url = "{{ CATALOG_DIR }}/" + Path(os.path.relpath(local, dst_p.parent)).as_posix()
-        products = ((cat.raw["sources"][e.name].get("metadata") or {}).get("products"))
+        products = (cat.raw["sources"][e.name].get("metadata") or {}).get("products")
         entries[e.name] = {"layer": e.layer, "path": url, "description": e.description,
                            "crs": e.crs or cat.crs, "products": products}  # fmt: skip
     meta = dict(cat.meta)
@@ -639,7 +685,9 @@ def migrate_catalog(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     towers = meta.pop("towers", None)
     if towers and dst_p.parent != cat.path.parent:
         towers = os.path.relpath(cat.path.parent / towers, dst_p.parent)
-    text = catalog_yaml(entries, crs=crs, description=cat.description, towers=towers, extra_meta=meta)
+    text = catalog_yaml(
+        entries, crs=crs, description=cat.description, towers=towers, extra_meta=meta
+    )
     dst_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst_p.with_name(dst_p.name + ".migrating")
     tmp.write_text(text)

@@ -613,7 +613,9 @@ def _check_meta_types(meta: Mapping[str, Any], json_path: Path) -> None:
              "provenance": "an object"}  # fmt: skip
     for key, what in kinds.items():
         if not isinstance(meta[key], dict):
-            raise ValueError(f"{json_path}: entry {key!r} must be {what}, got {_describe(meta[key])}")
+            raise ValueError(
+                f"{json_path}: entry {key!r} must be {what}, got {_describe(meta[key])}"
+            )
     feats = meta["features"]
     if not isinstance(feats, list) or not all(isinstance(f, str) for f in feats):
         raise ValueError(

@@ -170,7 +170,9 @@ _CODE_KEYS = frozenset({"preload", "preload_argv", "preload_nanny", "worker_clas
                         "nanny_kwargs", "security", "loop", "config_name"})  # fmt: skip
 #: ``dask worker`` flags that load code: refused in ``worker_extra_args``/``worker_command``.
 _CODE_FLAGS = ("--preload", "--preload-nanny", "--worker-class")
-_ENV_CODE = re.compile(r"PRELOAD|PLUGIN|CLASS|^LD_|^PYTHON(STARTUP|PATH|HOME|USERBASE|INSPECT)$", re.I)
+_ENV_CODE = re.compile(
+    r"PRELOAD|PLUGIN|CLASS|^LD_|^PYTHON(STARTUP|PATH|HOME|USERBASE|INSPECT)$", re.I
+)
 _PROLOGUE = re.compile(
     r"^\s*(?:(?:source|\.|cd|conda\s+activate|module\s+(?:load|unload|purge|use|restore))(?:\s|$)"
     r"|export\s+[A-Za-z_]\w*=)"
@@ -178,8 +180,14 @@ _PROLOGUE = re.compile(
 _SHELL_META = re.compile(r"[;&|`<>\n]|\$\(")
 
 
-def _refuse(source: str, kind: str, key: str, allowed: frozenset[str], where: str = "") -> ClusterConfigError:
-    why = " (it names code that Dask would import or run; a cluster file is data)" if key in _CODE_KEYS else ""
+def _refuse(
+    source: str, kind: str, key: str, allowed: frozenset[str], where: str = ""
+) -> ClusterConfigError:
+    why = (
+        " (it names code that Dask would import or run; a cluster file is data)"
+        if key in _CODE_KEYS
+        else ""
+    )
     return ClusterConfigError(
         f"{source}: key '{where}{key}' is not allowed for kind: {kind}{why}; allowed: "
         f"{', '.join(sorted(allowed - {'kind'}))}. Remove it"
@@ -294,7 +302,9 @@ def check_n_workers(n: Any, what: str = "--workers") -> int | None:
 # --------------------------------------------------------------------------------------
 
 
-def load_cluster_config(spec: str | os.PathLike[str] | Mapping[str, Any] | None = "local") -> dict[str, Any]:
+def load_cluster_config(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | None = "local",
+) -> dict[str, Any]:
     """Normalise a cluster spec into a dict with a ``kind``.
 
     ``'local'``/None -> ``{'kind': 'local'}``; ``'tcp://...'`` -> address; an existing
@@ -361,7 +371,9 @@ def _count_gpus() -> int:
     if not smi:
         return 0
     try:
-        r = subprocess.run([smi, "--list-gpus"], capture_output=True, text=True, timeout=20, check=False)
+        r = subprocess.run(
+            [smi, "--list-gpus"], capture_output=True, text=True, timeout=20, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(1 for line in r.stdout.splitlines() if line.startswith("GPU "))
@@ -412,7 +424,12 @@ def slurm_cluster(cfg: Mapping[str, Any]) -> Any:
     sched.setdefault("dashboard_address", DASHBOARD)
     opts["scheduler_options"] = sched
     prologue = _as_list(opts.get("job_script_prologue"))
-    set_there = {w.split("=", 1)[0] for line in prologue for w in line.replace("export ", " ").split() if "=" in w}
+    set_there = {
+        w.split("=", 1)[0]
+        for line in prologue
+        for w in line.replace("export ", " ").split()
+        if "=" in w
+    }
     opts["job_script_prologue"] = [f"export {k}={v}" for k, v in housekeeping_env({}).items()
                                    if k not in set_there] + prologue  # fmt: skip
     return SLURMCluster(**opts)
@@ -483,7 +500,9 @@ def make_client(
     cfg = load_cluster_config(spec)
     kind = cfg["kind"]
     src = cfg.get("_source", "--cluster")
-    raw_wait = connect_timeout if connect_timeout is not None else cfg.get("timeout", CONNECT_TIMEOUT)
+    raw_wait = (
+        connect_timeout if connect_timeout is not None else cfg.get("timeout", CONNECT_TIMEOUT)
+    )
     try:
         wait = float(raw_wait)
     except (TypeError, ValueError):
@@ -504,7 +523,9 @@ def make_client(
         path = cfg.get("scheduler_file") or cfg.get("path")
         if not path or not Path(path).exists():
             raise ClusterConfigError(f"{src}: scheduler file {path!r} does not exist")
-        client = _connect(f"{_file_address(path)} (scheduler file {path})", wait, scheduler_file=str(path))
+        client = _connect(
+            f"{_file_address(path)} (scheduler file {path})", wait, scheduler_file=str(path)
+        )
     elif kind == "slurm":
         cluster = slurm_cluster(cfg)
         adapt = cfg.get("adapt")

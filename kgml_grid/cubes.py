@@ -92,7 +92,11 @@ def encoding_for(
         if compressors is not None:
             enc[name]["compressors"] = compressors
     if "time" in ds.coords:
-        enc["time"] = {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian", "dtype": "int64"}
+        enc["time"] = {
+            "units": "days since 1970-01-01",
+            "calendar": "proleptic_gregorian",
+            "dtype": "int64",
+        }
     return enc
 
 
@@ -133,9 +137,7 @@ def mark_complete(path: str | Path, **extra_attrs: Any) -> None:
     g.attrs.update({**extra_attrs, COMPLETE_ATTR: 1})
 
 
-def write_cube(
-    ds: xr.Dataset, path: str | Path, chunks: Mapping[str, int]
-) -> None:
+def write_cube(ds: xr.Dataset, path: str | Path, chunks: Mapping[str, int]) -> None:
     """Write a whole in-memory (or dask) Dataset as a complete cube."""
     init_store(ds, path, chunks)
     region = {d: slice(0, n) for d, n in ds.sizes.items() if d in {"time", "year", "y", "x"}}
@@ -157,7 +159,9 @@ def open_cube(
     path = str(path)
     try:
         ds = xr.open_zarr(
-            path, consolidated=False, decode_coords="all",
+            path,
+            consolidated=False,
+            decode_coords="all",
             chunks={} if chunks is None else (chunks if isinstance(chunks, str) else dict(chunks)),  # type: ignore[arg-type]
         )
     except FileNotFoundError:
@@ -187,7 +191,9 @@ def validate_layer(
         raise CubeError(f"{source}: unknown layer {layer!r}; known: {', '.join(schema.LAYERS)}")
     spec = schema.LAYERS[layer]
     if COMPLETE_ATTR in ds.attrs and not int(ds.attrs[COMPLETE_ATTR]):
-        raise _fail(source, layer, "the store is incomplete (its writer did not finish); rebuild it")
+        raise _fail(
+            source, layer, "the store is incomplete (its writer did not finish); rebuild it"
+        )
     for name in spec.required:
         if name not in ds.data_vars:
             raise _fail(
@@ -274,14 +280,21 @@ def grid_of(ds: xr.Dataset, *, source: str = "<dataset>", layer: str = "?") -> G
         if d not in ds.coords:
             raise _fail(source, layer, f"missing coordinate {d!r}")
     try:
-        return spec_from_coords(ds["x"].values, ds["y"].values, cube_crs(ds, source=source, layer=layer), name=f"{source} (layer {layer!r})")
+        return spec_from_coords(
+            ds["x"].values,
+            ds["y"].values,
+            cube_crs(ds, source=source, layer=layer),
+            name=f"{source} (layer {layer!r})",
+        )
     except ValueError as e:
         if isinstance(e, CubeError):
             raise
         raise CubeError(str(e)) from None
 
 
-def validate_alignment(layers: Mapping[str, xr.Dataset], *, sources: Mapping[str, str] | None = None) -> GridSpec:
+def validate_alignment(
+    layers: Mapping[str, xr.Dataset], *, sources: Mapping[str, str] | None = None
+) -> GridSpec:
     """Check that the layers fit together; return the fine target grid.
 
     Fine layers (satellite, soil, crop, truth) must share one grid exactly; the

@@ -64,7 +64,9 @@ def one_line(text: str) -> str:
 def _known(exc: BaseException) -> bool:
     """Raised on purpose by this project (its message names the value and the fix), or an
     ``OSError`` (its message names the file)."""
-    return (type(exc).__module__ or "").startswith("kgml_grid") or isinstance(exc, (*_USAGE_TYPES, OSError))
+    return (type(exc).__module__ or "").startswith("kgml_grid") or isinstance(
+        exc, (*_USAGE_TYPES, OSError)
+    )
 
 
 def report(exc: BaseException) -> tuple[int, str]:

@@ -59,7 +59,9 @@ def _fluxes(daily: np.ndarray) -> dict[str, np.ndarray]:
     return {"ra": ra, "rh": rh, "reco": ra + rh, "nee": daily[..., I_NEE], "gpp": daily[..., I_GPP]}
 
 
-def mass_balance_residual(daily: np.ndarray, gpp_input: np.ndarray | None = None) -> dict[str, float]:
+def mass_balance_residual(
+    daily: np.ndarray, gpp_input: np.ndarray | None = None
+) -> dict[str, float]:
     """Median |GPP - Reco + NEE| as a fraction of Reco.
 
     ``model_gpp``: against the model's own GPP estimate (what the constraint enforces);
@@ -88,7 +90,9 @@ def evaluate_grid(model_dir: str | Path, catalog: str | Path, *, split: Split | 
     if split is None:
         sd = ck.provenance.get("split")
         if not sd:
-            raise ValueError(f"{model_dir}: the checkpoint records no pixel split; pass one explicitly")
+            raise ValueError(
+                f"{model_dir}: the checkpoint records no pixel split; pass one explicitly"
+            )
         split = Split.from_dict(sd)
     layers = open_catalog(catalog).open_all()
     pix = split.test_pixels[:max_pixels] if max_pixels else split.test_pixels
@@ -98,16 +102,24 @@ def evaluate_grid(model_dir: str | Path, catalog: str | Path, *, split: Split | 
     truth = _fluxes(series.y)
     spin = series.time < pd.Timestamp(f"{series.time[0].year}-01-01") + pd.Timedelta(days=365)
     years_all = sorted(set(series.time.year))
-    report: dict[str, Any] = {"pixels": len(pix), "years": years_all, "holdout_years": split.holdout_years,
-                              "feature_set": schema.feature_set_name(ck.features)}
+    report: dict[str, Any] = {
+        "pixels": len(pix),
+        "years": years_all,
+        "holdout_years": split.holdout_years,
+        "feature_set": schema.feature_set_name(ck.features),
+    }
     for label, mask in (("heldout_pixels_all_years", ~spin),
                         ("heldout_pixels_heldout_years", _year_mask(series.time, split.holdout_years))):  # fmt: skip
         report[label] = {v: metrics(pred[v][:, mask], truth[v][:, mask]) for v in pred}
         report[label]["yield"] = metrics(yld[:, mask], series.yld[:, mask])
     gin = series.x[..., FEATURE_INDEX["gpp_sat"]]
-    report["mass_balance_residual_median_frac_of_reco"] = mass_balance_residual(daily[:, ~spin], gin[:, ~spin])
+    report["mass_balance_residual_median_frac_of_reco"] = mass_balance_residual(
+        daily[:, ~spin], gin[:, ~spin]
+    )
     truth_daily = series.y[:, ~spin]
-    report["truth_residual_vs_input_gpp"] = mass_balance_residual(truth_daily, gin[:, ~spin])["input_gpp"]
+    report["truth_residual_vs_input_gpp"] = mass_balance_residual(truth_daily, gin[:, ~spin])[
+        "input_gpp"
+    ]
     return report, {"series": series, "daily": daily, "yield": yld}
 
 
@@ -170,7 +182,9 @@ def _month_index(time: pd.DatetimeIndex) -> pd.DatetimeIndex:
     return time.to_period("M").to_timestamp()
 
 
-def monthly_means(time: pd.DatetimeIndex, values: np.ndarray, *, span: tuple[int, int] | None = None) -> pd.Series:
+def monthly_means(
+    time: pd.DatetimeIndex, values: np.ndarray, *, span: tuple[int, int] | None = None
+) -> pd.Series:
     """Monthly means of a daily series, only for months whose every day is in ``span``
     (the tower's record; default all of ``time``) and has a value."""
     first, last = span or (0, len(time) - 1)
@@ -219,7 +233,10 @@ def evaluate_monthly(model_dir: str | Path, monthly: Sequence[str | Path], fluxn
         daily, _ = predict(ck.model, ck.normalizer, s)
         f = _fluxes(daily)
         years = _holdout_for(ck, sid, s, holdout_years)
-        obs_mm = {v: pd.Series(mm[v].values, index=pd.DatetimeIndex(mm["time"].values)) for v in ("nee", "reco", "gpp")}
+        obs_mm = {
+            v: pd.Series(mm[v].values, index=pd.DatetimeIndex(mm["time"].values))
+            for v in ("nee", "reco", "gpp")
+        }
         obs_dd = {"nee": s.y[0, :, I_NEE], "reco": s.reco[0], "gpp": s.y[0, :, I_GPP]}  # type: ignore[index]
         pred = {v: monthly_means(s.time, f[v][0]) for v in ("nee", "reco", "gpp")}
         months = pred["nee"].index.intersection(obs_mm["nee"].dropna().index)
@@ -235,18 +252,24 @@ def evaluate_monthly(model_dir: str | Path, monthly: Sequence[str | Path], fluxn
                                "holdout_months": len(held)}  # fmt: skip
         for v in ("nee", "reco", "gpp"):
             rep[v] = metrics(pred[v].reindex(months).values, obs_mm[v].reindex(months).values)
-            rep[f"{v}_holdout_years"] = metrics(pred[v].reindex(held).values, obs_mm[v].reindex(held).values)
+            rep[f"{v}_holdout_years"] = metrics(
+                pred[v].reindex(held).values, obs_mm[v].reindex(held).values
+            )
             dd = monthly_means(s.time, obs_dd[v]).reindex(months)
             diff = np.abs(dd.values - obs_mm[v].reindex(months).values)
             rep.setdefault("daily_file_vs_mm", {})[v] = {
                 "months_with_complete_days": int(np.isfinite(diff).sum()),
-                "max_abs_difference": float(np.nanmax(diff)) if np.isfinite(diff).any() else float("nan"),
+                "max_abs_difference": float(np.nanmax(diff))
+                if np.isfinite(diff).any()
+                else float("nan"),
             }
         out[sid] = rep
     return out
 
 
-def _plots(out: Path, grid: Mapping[str, Any] | None, towers: Mapping[str, Any] | None) -> list[Path]:
+def _plots(
+    out: Path, grid: Mapping[str, Any] | None, towers: Mapping[str, Any] | None
+) -> list[Path]:
     from kgml_grid.plots import _plt
 
     plt = _plt()
@@ -289,7 +312,9 @@ def _plots(out: Path, grid: Mapping[str, Any] | None, towers: Mapping[str, Any] 
             if v == "reco":
                 ax.plot(s.time, f["rh"][0], lw=0.6, label="model Rh")
             if m.any():
-                ax.axvspan(s.time[m][0], s.time[m][-1], color="gold", alpha=0.15, label="held-out years")
+                ax.axvspan(
+                    s.time[m][0], s.time[m][-1], color="gold", alpha=0.15, label="held-out years"
+                )
             ax.set_ylabel(f"{v} (g C m-2 d-1)")
             ax.legend(fontsize=8, ncol=4)
         axes[0].set_title(f"tower {sid}")
@@ -343,7 +368,9 @@ def evaluate(
         raise ValueError("--monthly needs the sites' daily files too (--fluxnet FILE|FOLDER): "
                          "they supply the model's inputs")  # fmt: skip
     if fluxnet:
-        report["towers"], tower_extra = evaluate_towers(model_dir, fluxnet, site_meta=site_meta, catalog=catalog)
+        report["towers"], tower_extra = evaluate_towers(
+            model_dir, fluxnet, site_meta=site_meta, catalog=catalog
+        )
         years = {sid: r["holdout_years"] for sid, r in report["towers"].items()}
         if baseline is not None:
             base, _ = evaluate_towers(baseline, fluxnet, site_meta=site_meta, holdout_years=years,
@@ -369,7 +396,9 @@ def format_report(report: Mapping[str, Any]) -> str:
             lines.append(f"grid, {label.replace('_', ' ')} ({g['pixels']} pixels):")
             for v in ("ra", "rh", "reco", "nee", "gpp", "yield"):
                 m = g[label][v]
-                lines.append(f"  {v:<6} R2 {m['r2']:.3f}  RMSE {m['rmse']:.3f}  bias {m['bias']:+.3f}")
+                lines.append(
+                    f"  {v:<6} R2 {m['r2']:.3f}  RMSE {m['rmse']:.3f}  bias {m['bias']:+.3f}"
+                )
         mb = g["mass_balance_residual_median_frac_of_reco"]
         lines.append(
             f"  mass balance: median |GPP - Reco + NEE| / Reco = {mb['model_gpp']:.4f} (model GPP), "

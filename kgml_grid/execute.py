@@ -204,6 +204,7 @@ class BlockOutput:
 # reading
 # --------------------------------------------------------------------------------------
 
+
 def _soil_features() -> tuple[str, ...]:
     from kgml_grid.features import SOIL_FEATURES
 
@@ -221,7 +222,9 @@ def _crop_pixels(run: RunConfig, tile: TileSpec) -> tuple[np.ndarray, np.ndarray
     return ct, rr, cc
 
 
-def read_inputs(tt: TileTask, bt: BlockTask, features: Sequence[str] = schema.FEATURES) -> dict[str, Any]:
+def read_inputs(
+    tt: TileTask, bt: BlockTask, features: Sequence[str] = schema.FEATURES
+) -> dict[str, Any]:
     """The block's raw inputs, read (decoded) as the model needs them, no assembly.
 
     Returns
@@ -241,7 +244,11 @@ def read_inputs(tt: TileTask, bt: BlockTask, features: Sequence[str] = schema.FE
         out[k] = blockio.read_region(run.paths["satellite"], k,
                                      {"time": slice(run.sat_t0 + bt.t0, run.sat_t0 + bt.t1), "y": ys, "x": xs},
                                      token=tok)  # fmt: skip
-    wreg = {"time": slice(run.wx_t0 + bt.t0, run.wx_t0 + bt.t1), "y": slice(*tile.wy), "x": slice(*tile.wx)}
+    wreg = {
+        "time": slice(run.wx_t0 + bt.t0, run.wx_t0 + bt.t1),
+        "y": slice(*tile.wy),
+        "x": slice(*tile.wx),
+    }
     for k in WEATHER_FEATURES:
         out[k] = blockio.read_region(run.paths["weather"], k, wreg, token=tok)
     for k in _soil_features():
@@ -267,7 +274,9 @@ def perturb_inputs(raw: dict[str, Any], perturb: Mapping[str, tuple[str, float]]
 
 
 def read_block(
-    tt: TileTask, bt: BlockTask, fill: Mapping[str, np.ndarray] | None,
+    tt: TileTask,
+    bt: BlockTask,
+    fill: Mapping[str, np.ndarray] | None,
     features: Sequence[str] = schema.FEATURES,
     *,
     perturb: Mapping[str, tuple[str, float]] | None = None,
@@ -282,7 +291,9 @@ def read_block(
     time, x, fill (for the next block), (rows, cols) of the crop pixels in the tile
     """
     run, tile = tt.run, tt.tile
-    time = pd.date_range(pd.Timestamp(run.start) + pd.Timedelta(days=bt.t0), periods=bt.t1 - bt.t0, freq="D")
+    time = pd.date_range(
+        pd.Timestamp(run.start) + pd.Timedelta(days=bt.t0), periods=bt.t1 - bt.t0, freq="D"
+    )
     raw = read_inputs(tt, bt, features)
     if perturb:
         perturb_inputs(raw, perturb)
@@ -320,8 +331,11 @@ def _load_state(prev: State | StateRef | None) -> State | None:
 
 
 def compute_block(
-    tt: TileTask, bt: BlockTask, prev: State | StateRef | None,
-    *, perturb: Mapping[str, tuple[str, float]] | None = None,
+    tt: TileTask,
+    bt: BlockTask,
+    prev: State | StateRef | None,
+    *,
+    perturb: Mapping[str, tuple[str, float]] | None = None,
 ) -> tuple[BlockOutput, State]:
     """Read, assemble, run the model: the block's outputs and the tile's next state.
 
@@ -337,14 +351,22 @@ def compute_block(
     run, tile = tt.run, tt.tile
     ckpt = get_checkpoint(run.checkpoint, run.checkpoint_hash)
     prev_state = _load_state(prev)
-    fill = None if prev_state is None else {k[2:]: v for k, v in prev_state.items() if k.startswith("f_")}
+    fill = (
+        None
+        if prev_state is None
+        else {k[2:]: v for k, v in prev_state.items() if k.startswith("f_")}
+    )
     time, x, new_fill, (rr, cc) = read_block(tt, bt, fill, ckpt.features, perturb=perturb)
     n, t = x.shape[0], x.shape[1]
     xn = np.ascontiguousarray(ckpt.normalizer.normalize_features(x), dtype="float32")
     del x
     ye = year_end_mask(time)
     ye_idx = np.flatnonzero(ye)
-    model_state = None if prev_state is None else {k[2:]: v for k, v in prev_state.items() if k.startswith("m_")}
+    model_state = (
+        None
+        if prev_state is None
+        else {k[2:]: v for k, v in prev_state.items() if k.startswith("m_")}
+    )
     if model_state is not None:
         bad = [k for k, v in model_state.items() if v.shape[0] != n]
         if bad:
@@ -363,7 +385,9 @@ def compute_block(
             xb = torch.from_numpy(xn[i : i + bsz]).to(device)
             sb = None
             if model_state is not None:
-                sb = state_from_numpy({k: v[i : i + bsz] for k, v in model_state.items()}, device=device)
+                sb = state_from_numpy(
+                    {k: v[i : i + bsz] for k, v in model_state.items()}, device=device
+                )
             out, st = ckpt.model(xb, sb, year_end=ye_t)
             daily[i : i + bsz] = out["daily"].float().cpu().numpy()
             if ye_idx.size:
@@ -396,7 +420,9 @@ def compute_block(
                 if run.partial_first_season and int(year) == run.years[0]:
                     continue
                 yearly[j, rr, cc] = yv[:, j]
-    state: State = {f"m_{k}": np.concatenate(v, axis=0) if v else np.empty((0,)) for k, v in new_model.items()}
+    state: State = {
+        f"m_{k}": np.concatenate(v, axis=0) if v else np.empty((0,)) for k, v in new_model.items()
+    }
     if n == 0:
         state = {}
     state.update({f"f_{k}": np.asarray(v) for k, v in new_fill.items()})
@@ -571,12 +597,18 @@ def _resume_points(plan: Plan, out: str | Path, done: set[BlockKey]) -> dict[tup
 def _provenance(plan: Plan) -> dict[str, Any]:
     from kgml_grid import __version__
 
-    return {"kgml_package_version": __version__, "kgml_created": _now(), outputs.MARKER_ATTR: "upscale"}
+    return {
+        "kgml_package_version": __version__,
+        "kgml_created": _now(),
+        outputs.MARKER_ATTR: "upscale",
+    }
 
 
 def run_inputs(plan: Plan) -> list[tuple[str, Path]]:
     """What a run reads: the catalog, its cubes and tower files, the checkpoint."""
-    found: list[tuple[str, Path]] = [(f"the {layer} cube", Path(p)) for layer, p in plan.paths.items()]
+    found: list[tuple[str, Path]] = [
+        (f"the {layer} cube", Path(p)) for layer, p in plan.paths.items()
+    ]
     with contextlib.suppress(ValueError, OSError):  # the plan's own paths are enough
         found = outputs.catalog_inputs(plan.catalog) + found
     return [*found, ("the catalog", Path(plan.catalog)), ("the checkpoint", Path(plan.checkpoint))]
@@ -626,7 +658,9 @@ def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool)
     if decision == "resume":
         attrs = _store_attrs(out)
         if "kgml_plan" not in attrs:
-            raise PlanError(f"--resume: {out} is not a kgml_grid upscaling store (no 'kgml_plan' attribute)")
+            raise PlanError(
+                f"--resume: {out} is not a kgml_grid upscaling store (no 'kgml_plan' attribute)"
+            )
         stored = json.loads(attrs["kgml_plan"])
         if stored.get("checkpoint_hash") != plan.checkpoint_hash:
             raise PlanError(
@@ -637,13 +671,16 @@ def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool)
         diffs = plan.differences(stored)
         if diffs:
             raise PlanError(
-                f"--resume: {out} was written with another plan: " + "; ".join(diffs)
+                f"--resume: {out} was written with another plan: "
+                + "; ".join(diffs)
                 + "; pass --overwrite to start again"
             )
         _check_inputs(plan, out, records)
         rec_plan = records / "plan.json"
         if rec_plan.exists() and json.loads(rec_plan.read_text()).get("plan_id") != plan.plan_id:
-            outputs.remove_output(records, "records", error=PlanError)  # another run's: not ours to trust
+            outputs.remove_output(
+                records, "records", error=PlanError
+            )  # another run's: not ours to trust
         if not rec_plan.exists():
             _write_records_plan(plan, records)
         if not (records / INPUTS_FILE).exists():
@@ -682,16 +719,21 @@ def _check_inputs(plan: Plan, out: Path, records: Path) -> None:
     try:
         old = json.loads(path.read_text())
     except ValueError:
-        raise PlanError(f"--resume: {path} is not valid JSON; pass --overwrite to start again") from None
+        raise PlanError(
+            f"--resume: {path} is not valid JSON; pass --overwrite to start again"
+        ) from None
     changes, unchecked = compare_fingerprints(old, input_fingerprints(plan.paths))
     if changes:
         raise PlanError(
-            f"--resume: the inputs of {out} changed since the run started: " + "; ".join(changes)
+            f"--resume: the inputs of {out} changed since the run started: "
+            + "; ".join(changes)
             + ". Finishing it would mix blocks computed from the old and the new inputs: "
             "pass --overwrite to start again (or restore the inputs)"
         )
     for u in unchecked:
-        warnings.warn(f"--resume: {u}; make sure it did not change since the run started", stacklevel=3)
+        warnings.warn(
+            f"--resume: {u}; make sure it did not change since the run started", stacklevel=3
+        )
 
 
 def _output_compressors() -> tuple[Any, ...]:
@@ -818,7 +860,9 @@ class UpscaleResult:
 # --------------------------------------------------------------------------------------
 
 
-def _tile_tasks(plan: Plan, out: str | Path | None, run_id: str, tiles: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TileTask]:
+def _tile_tasks(
+    plan: Plan, out: str | Path | None, run_id: str, tiles: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], TileTask]:
     run = RunConfig.from_plan(plan, out, run_id)
     return {t: TileTask(run, plan.tile_spec(*t)) for t in tiles}
 
@@ -839,7 +883,12 @@ class SerialExecutor:
         self.progress = progress
 
     def execute(
-        self, plan: Plan, out: str | Path | None = None, *, resume: bool = False, overwrite: bool = False
+        self,
+        plan: Plan,
+        out: str | Path | None = None,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
     ) -> UpscaleResult:
         t0 = _time.perf_counter()
         run_id = uuid.uuid4().hex[:12]
@@ -847,10 +896,16 @@ class SerialExecutor:
             return self._in_memory(plan, run_id, t0)
         done = prepare_store(plan, out, resume=resume, overwrite=overwrite)
         first = _resume_points(plan, out, done)
-        tiles = _tile_tasks(plan, out, run_id, [t for t, c in first.items() if c < plan.n_time_chunks])
+        tiles = _tile_tasks(
+            plan, out, run_id, [t for t, c in first.items() if c < plan.n_time_chunks]
+        )
         records = records_dir(out)
         state: dict[tuple[int, int], State | StateRef | None] = {
-            t: (StateRef(str(_state_path(records, BlockKey(first[t] - 1, *t)))) if first[t] > 0 else None)
+            t: (
+                StateRef(str(_state_path(records, BlockKey(first[t] - 1, *t))))
+                if first[t] > 0
+                else None
+            )
             for t in tiles
         }
         todo = [b for b in plan.blocks if b.tile in tiles and b.chunk >= first[b.tile]]
@@ -859,7 +914,9 @@ class SerialExecutor:
         try:
             for key in tqdm(todo, desc="upscaling", unit="block", disable=not self.progress):
                 try:
-                    state[key.tile] = run_block(_block_task(plan, key), tiles[key.tile], state[key.tile])
+                    state[key.tile] = run_block(
+                        _block_task(plan, key), tiles[key.tile], state[key.tile]
+                    )
                 except OSError as e:
                     if not is_disk_full(e):
                         raise
@@ -919,7 +976,9 @@ class UpscaleGraph:
         """The merged ``HighLevelGraph``."""
         from dask.highlevelgraph import HighLevelGraph
 
-        return HighLevelGraph.merge(*(d.dask for d in (*self.blocks.values(), *self.tiles.values())))
+        return HighLevelGraph.merge(
+            *(d.dask for d in (*self.blocks.values(), *self.tiles.values()))
+        )
 
     @property
     def n_tasks(self) -> int:
@@ -968,7 +1027,11 @@ def build_graph(
     }
     records = records_dir(out)
     prev: dict[tuple[int, int], Any] = {
-        t: (StateRef(str(_state_path(records, BlockKey(first[t] - 1, *t)))) if first[t] > 0 else None)
+        t: (
+            StateRef(str(_state_path(records, BlockKey(first[t] - 1, *t))))
+            if first[t] > 0
+            else None
+        )
         for t in active
     }
     fn = dask.delayed(run_block, pure=True, traverse=False)
@@ -1078,7 +1141,9 @@ class DaskExecutor:
             del ac
             raise failure
 
-    def _wait(self, ac: Any, by_key: Mapping[Any, BlockKey], bar: Any, out: Path | None) -> BlockError | None:
+    def _wait(
+        self, ac: Any, by_key: Mapping[Any, BlockKey], bar: Any, out: Path | None
+    ) -> BlockError | None:
         """Count the blocks as they finish; at the first failure cancel the rest and
         return the error (raised by the caller, once no future is referenced here)."""
         for fut in ac:
@@ -1116,7 +1181,10 @@ def direct_run(plan: Plan, *, pixels_per_group: int = 1024, batch_pixels: int = 
     from kgml_grid.worker import get_checkpoint
 
     ckpt = get_checkpoint(plan.checkpoint, plan.checkpoint_hash)
-    layers = {k: xr.open_zarr(p, consolidated=False, chunks=None, decode_coords="all") for k, p in plan.paths.items()}
+    layers = {
+        k: xr.open_zarr(p, consolidated=False, chunks=None, decode_coords="all")
+        for k, p in plan.paths.items()
+    }
     iy0, iy1, ix0, ix1 = plan.window
     years = plan.years
     crop = np.asarray(layers["crop"]["crop_type"].isel(
@@ -1130,10 +1198,16 @@ def direct_run(plan: Plan, *, pixels_per_group: int = 1024, batch_pixels: int = 
         for g in range(0, rr.size, pixels_per_group):
             r, c = rr[g : g + pixels_per_group], cc[g : g + pixels_per_group]
             time, daily, soil, cby = pixel_inputs(
-                layers, r + iy0, c + ix0, time=slice(plan.start, plan.end), weather_index=widx,
+                layers,
+                r + iy0,
+                c + ix0,
+                time=slice(plan.start, plan.end),
+                weather_index=widx,
                 features=ckpt.features,
             )
-            x, _ = assemble(time=time, daily=daily, soil=soil, crop_by_year=cby, features=ckpt.features)
+            x, _ = assemble(
+                time=time, daily=daily, soil=soil, crop_by_year=cby, features=ckpt.features
+            )
             xn = np.ascontiguousarray(ckpt.normalizer.normalize_features(x), dtype="float32")
             ye = year_end_mask(time)
             ye_idx = np.flatnonzero(ye)
@@ -1238,14 +1312,18 @@ def upscale(
         return UpscaleResult(plan, out, dry_run=True)
     check_store(plan, out, resume=resume, overwrite=overwrite)  # before a cluster starts
     if client is None and str(cluster) == "serial":
-        return SerialExecutor(progress=progress).execute(plan, out, resume=resume, overwrite=overwrite)
+        return SerialExecutor(progress=progress).execute(
+            plan, out, resume=resume, overwrite=overwrite
+        )
     if client is not None:
         return DaskExecutor(client, device=device, progress=progress).execute(
             plan, out, resume=resume, overwrite=overwrite
         )
     from kgml_grid.cluster import close_client, make_client
 
-    own = make_client(cluster or "local", n_workers=n_workers, verbose=progress, connect_timeout=connect_timeout)
+    own = make_client(
+        cluster or "local", n_workers=n_workers, verbose=progress, connect_timeout=connect_timeout
+    )
     try:
         return DaskExecutor(own, device=device, progress=progress).execute(
             plan, out, resume=resume, overwrite=overwrite

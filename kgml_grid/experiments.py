@@ -92,7 +92,9 @@ def transfer_experiment(
                         params=load_world_params(pfile), progress=progress)  # fmt: skip
     models: dict[str, Path] = {}
     for arch in ("kgml", "gru"):
-        res = pretrain(wa.catalog, out / f"{arch}_pretrained_A", replace(train, arch=arch), progress=progress)
+        res = pretrain(
+            wa.catalog, out / f"{arch}_pretrained_A", replace(train, arch=arch), progress=progress
+        )
         models[f"{arch}_pretrained_A"] = res.model_dir
     towers = load_towers(wb.towers)
     from kgml_grid.train import mask_low_quality
@@ -109,7 +111,9 @@ def transfer_experiment(
         for p in ref.parameters():
             p.requires_grad_(False)
         model = ck.model.train()
-        hist, split = finetune_series(model, ck.normalizer, tseries, tune, reference=ref, progress=progress)
+        hist, split = finetune_series(
+            model, ck.normalizer, tseries, tune, reference=ref, progress=progress
+        )
         d = prepare_target(out / f"{arch}_pretrained_A_finetuned_B", kind="model")
         save_checkpoint(model.cpu(), d, config=ck.config, features=ck.features, units=ck.units, norm=ck.norm,
                         provenance={"stage": "transfer finetune", "history": hist, "split": split})  # fmt: skip
@@ -118,9 +122,13 @@ def transfer_experiment(
     # GRU on B's towers alone: fresh weights, normalisation from the towers
     torch.manual_seed(seed)
     norm = _tower_norm(tseries)
-    cfg = ModelConfig(arch="gru", n_features=len(schema.FEATURES), hidden=train.hidden, dropout=train.dropout)
+    cfg = ModelConfig(
+        arch="gru", n_features=len(schema.FEATURES), hidden=train.hidden, dropout=train.dropout
+    )
     scratch = build_model(cfg).to(device)
-    hist, split = finetune_series(scratch, Normalizer(norm), tseries, tune, progress=progress, from_scratch=True)
+    hist, split = finetune_series(
+        scratch, Normalizer(norm), tseries, tune, progress=progress, from_scratch=True
+    )
     d = prepare_target(out / "gru_towers_B_only", kind="model")
     save_checkpoint(scratch.cpu(), d, config=cfg, features=schema.FEATURES, units=schema.feature_units(),
                     norm=norm, provenance={"stage": "towers only", "history": hist, "split": split})  # fmt: skip
@@ -139,7 +147,9 @@ def transfer_experiment(
         ck = load_for_eval(path)
         daily, _ = predict(ck.model, ck.normalizer, series)
         pred = _fluxes(daily)
-        rows[name] = {v: metrics(pred[v][:, first], truth[v][:, first]) for v in ("ra", "rh", "reco", "nee")}
+        rows[name] = {
+            v: metrics(pred[v][:, first], truth[v][:, first]) for v in ("ra", "rh", "reco", "nee")
+        }
     result = {
         "command": " ".join(sys.argv) if sys.argv and "kgml-grid" in sys.argv[0] else "kgml_grid.experiments.transfer_experiment",
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}, torch {torch.__version__}",

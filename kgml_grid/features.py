@@ -52,11 +52,14 @@ def feature_index(features: Sequence[str]) -> dict[str, int]:
     """Name -> position in ``features``."""
     return {n: i for i, n in enumerate(features)}
 
+
 #: Last valid value of each daily feature per pixel: the gap-filling state.
 FillState = dict[str, np.ndarray]
 
 
-def causal_fill(values: np.ndarray, last: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def causal_fill(
+    values: np.ndarray, last: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Fill NaN along axis 0 with the last valid value (``last`` before the first day).
 
     Parameters
@@ -75,7 +78,9 @@ def causal_fill(values: np.ndarray, last: np.ndarray | None = None) -> tuple[np.
     """
     values = np.asarray(values)
     t, n = values.shape
-    prev = np.full(n, np.nan, values.dtype) if last is None else np.asarray(last, dtype=values.dtype)
+    prev = (
+        np.full(n, np.nan, values.dtype) if last is None else np.asarray(last, dtype=values.dtype)
+    )
     if t == 0:
         return values.copy(), prev.copy()
     valid = ~np.isnan(values)
@@ -157,7 +162,9 @@ def assemble(
             x[:, :, index[f"{name}_available"]] = seen_mask(v, before).T
     for name in SOIL_FEATURES:
         if name not in soil:
-            raise ValueError(f"soil property {name!r} is missing; expected {', '.join(SOIL_FEATURES)}")
+            raise ValueError(
+                f"soil property {name!r} is missing; expected {', '.join(SOIL_FEATURES)}"
+            )
         x[:, :, FEATURE_INDEX[name]] = np.asarray(soil[name], dtype="float32")[:, None]
     years = np.asarray(time.year)
     crop = np.empty((t, n), dtype="int8")
@@ -215,14 +222,18 @@ def pixel_inputs(
     if time is not None:
         sat = sat.sel(time=time)
     # the period both daily inputs cover (a longer satellite or weather record is cut)
-    tindex = pd.DatetimeIndex(sat["time"].values).intersection(pd.DatetimeIndex(layers["weather"]["time"].values))
+    tindex = pd.DatetimeIndex(sat["time"].values).intersection(
+        pd.DatetimeIndex(layers["weather"]["time"].values)
+    )
     if len(tindex) == 0:
         raise ValueError("the satellite and weather cubes share no day")
     sat = sat.sel(time=tindex)
     rows = np.asarray(rows)
     cols = np.asarray(cols)
     if weather_index is None:
-        weather_index = coarse_index(grid_of(sat, layer="satellite"), grid_of(layers["weather"], layer="weather"))
+        weather_index = coarse_index(
+            grid_of(sat, layer="satellite"), grid_of(layers["weather"], layer="weather")
+        )
     years = [int(y) for y in layers["crop"]["year"].values]
     if rows.size == 0:
         return (
@@ -236,7 +247,10 @@ def pixel_inputs(
     wy, wx = slice(int(wr.min()), int(wr.max()) + 1), slice(int(wc.min()), int(wc.max()) + 1)
     wblock = layers["weather"][list(WEATHER_FEATURES)].sel(time=tindex).isel(y=wy, x=wx).load()
     daily = {k: wblock[k].values[:, wr - wy.start, wc - wx.start] for k in WEATHER_FEATURES}
-    fy, fx = slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)
+    fy, fx = (
+        slice(int(rows.min()), int(rows.max()) + 1),
+        slice(int(cols.min()), int(cols.max()) + 1),
+    )
     r, c = rows - fy.start, cols - fx.start
     for k in sat_vars:
         daily[k] = sat[k].isel(y=fy, x=fx).values[:, r, c]
@@ -293,9 +307,14 @@ def tower_inputs(
     time = pd.DatetimeIndex(ds["time"].values)
     daily = {k: ds[k].values.astype("float32")[:, None] for k in DAILY_FEATURES}
     for name, (var, _) in tower_addition_sources(ds, features).items():
-        daily[name] = (ds[var].values.astype("float32") if var else np.full(len(time), np.nan, "float32"))[:, None]
+        daily[name] = (
+            ds[var].values.astype("float32") if var else np.full(len(time), np.nan, "float32")
+        )[:, None]
     soil = {k: np.atleast_1d(ds[k].values.astype("float32")) for k in SOIL_FEATURES}
-    crop_by_year = {int(y): np.atleast_1d(c) for y, c in zip(ds["year"].values, ds["crop_type"].values, strict=True)}
+    crop_by_year = {
+        int(y): np.atleast_1d(c)
+        for y, c in zip(ds["year"].values, ds["crop_type"].values, strict=True)
+    }
     return time, daily, soil, crop_by_year
 
 
@@ -303,7 +322,9 @@ def tower_inputs(
 SATELLITE_AT_TOWER = {name: f"{name}_satellite" for name in OPTIONAL_DAILY}
 
 
-def tower_addition_sources(ds: xr.Dataset, features: Sequence[str]) -> dict[str, tuple[str | None, str]]:
+def tower_addition_sources(
+    ds: xr.Dataset, features: Sequence[str]
+) -> dict[str, tuple[str | None, str]]:
     """Where a tower's series of each addition of ``features`` comes from.
 
     Soil moisture: the tower's own ``SWC_F_MDS_1`` (variable ``soil_moisture``) when it
@@ -318,12 +339,19 @@ def tower_addition_sources(ds: xr.Dataset, features: Sequence[str]) -> dict[str,
     """
     out: dict[str, tuple[str | None, str]] = {}
     for name in schema.feature_additions(features):
-        own = name if name == "soil_moisture" and name in ds and bool(np.isfinite(ds[name].values).any()) else None
+        own = (
+            name
+            if name == "soil_moisture" and name in ds and bool(np.isfinite(ds[name].values).any())
+            else None
+        )
         sat = SATELLITE_AT_TOWER[name]
         if own is not None:
             out[name] = (own, f"tower column {ds[name].attrs.get('fluxnet_column', name)}")
         elif sat in ds and bool(np.isfinite(ds[sat].values).any()):
-            out[name] = (sat, str(ds[sat].attrs.get("source", "satellite cube at the tower's pixel")))
+            out[name] = (
+                sat,
+                str(ds[sat].attrs.get("source", "satellite cube at the tower's pixel")),
+            )
         else:
             why = "the tower has no SWC_F_MDS_1 value; " if name == "soil_moisture" else ""
             note = ds.attrs.get("satellite_note", "no satellite cube was given")

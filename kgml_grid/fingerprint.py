@@ -82,7 +82,11 @@ def input_fingerprints(paths: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _when(ns: int) -> str:
-    return _dt.datetime.fromtimestamp(ns / 1e9, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ns else "-"
+    return (
+        _dt.datetime.fromtimestamp(ns / 1e9, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if ns
+        else "-"
+    )
 
 
 def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -101,7 +105,9 @@ def compare(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], 
     for layer in sorted(set(o_in) | set(n_in)):
         o, n = o_in.get(layer), n_in.get(layer)
         if o is None or n is None:
-            changes.append(f"{layer}: {'not an input before' if o is None else 'no longer an input'}")
+            changes.append(
+                f"{layer}: {'not an input before' if o is None else 'no longer an input'}"
+            )
             continue
         head = f"{layer} cube {n.get('path')}"
         if o.get("path") != n.get("path"):

@@ -272,7 +272,10 @@ def _source_bytes(path: Path, resolution: str) -> tuple[str, str, bytes]:
                     found.setdefault(fm["res"], []).append(m)
             chosen = found.get(resolution, [])
             if len(chosen) != 1:
-                have = ", ".join(f"{r} ({Path(v[0]).name})" for r, v in sorted(found.items())) or "none"
+                have = (
+                    ", ".join(f"{r} ({Path(v[0]).name})" for r, v in sorted(found.items()))
+                    or "none"
+                )
                 what = "no" if not chosen else f"{len(chosen)}"
                 raise ValueError(
                     f"{name}: {what} FLUXNET {_RESOLUTIONS[resolution]} ({resolution}) CSV inside "
@@ -351,15 +354,23 @@ def _first_non_number(raw: bytes, name: str, columns: list[str]) -> ValueError:
 
 
 #: TIMESTAMP lengths of the other FLUXNET time steps, for the refusal of a misnamed file.
-_STAMP_STEPS = {4: "a year (YYYY): yearly", 6: "a month (YYYYMM): monthly", 12: "a time (YYYYMMDDHHMM): sub-daily"}
+_STAMP_STEPS = {
+    4: "a year (YYYY): yearly",
+    6: "a month (YYYYMM): monthly",
+    12: "a time (YYYYMMDDHHMM): sub-daily",
+}
 
 
-def _parse_timestamps(ts: pd.Series, name: str, digits: int = 8, fmt: str = "%Y%m%d") -> pd.DatetimeIndex:
+def _parse_timestamps(
+    ts: pd.Series, name: str, digits: int = 8, fmt: str = "%Y%m%d"
+) -> pd.DatetimeIndex:
     text = ts.astype(str).str.strip()
     bad = ~text.str.fullmatch(rf"\d{{{digits}}}")
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        step = _STAMP_STEPS.get(len(text.iloc[i])) if text.iloc[i].isdigit() and digits == 8 else None
+        step = (
+            _STAMP_STEPS.get(len(text.iloc[i])) if text.iloc[i].isdigit() and digits == 8 else None
+        )
         if step is not None and bool(text.str.len().eq(len(text.iloc[i])).all()):
             what, kind = step.split(": ")
             raise ValueError(
@@ -367,9 +378,7 @@ def _parse_timestamps(ts: pd.Series, name: str, digits: int = 8, fmt: str = "%Y%
                 f"holds {kind} data, though its name says DD; kgml_grid reads daily (DD) files only"
             )
         want = {8: "a date YYYYMMDD", 6: "a month YYYYMM"}[digits]
-        raise ValueError(
-            f"{name}: line {_line(i)}: TIMESTAMP {ts.iloc[i]!r} is not {want}"
-        )
+        raise ValueError(f"{name}: line {_line(i)}: TIMESTAMP {ts.iloc[i]!r} is not {want}")
     times = pd.to_datetime(text, format=fmt, errors="coerce")
     nat = times.isna()
     if nat.any():
@@ -737,7 +746,11 @@ def _attach_site(ds: xr.Dataset, meta: SiteMeta, origin: str, y0: int, y1: int) 
 
 # --------------------------------------------------------------------------- monthly files
 #: Columns of a FLUXNET MM file compared with monthly means of daily predictions.
-MONTHLY_COLUMNS: Mapping[str, str] = {"NEE_VUT_REF": "nee", "RECO_NT_VUT_REF": "reco", "GPP_NT_VUT_REF": "gpp"}
+MONTHLY_COLUMNS: Mapping[str, str] = {
+    "NEE_VUT_REF": "nee",
+    "RECO_NT_VUT_REF": "reco",
+    "GPP_NT_VUT_REF": "gpp",
+}
 
 
 def read_fluxnet_mm(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -811,7 +824,9 @@ def read_fluxnet_mm(path: str | os.PathLike[str]) -> xr.Dataset:
         q[q == FLUXNET_MISSING] = np.nan
         out["nee_qc"] = xr.Variable(("time",), q, {"units": "1", "fluxnet_column": qc,
                                                    "long_name": "share of good-quality data of the month"})  # fmt: skip
-    ds = xr.Dataset(out, coords={"time": ("time", np.asarray(times.values, dtype="datetime64[ns]"))})
+    ds = xr.Dataset(
+        out, coords={"time": ("time", np.asarray(times.values, dtype="datetime64[ns]"))}
+    )
     ds.attrs = {"site_id": info.site_id, "source_file": name, "fluxnet_resolution": "MM",
                 "title": f"FLUXNET monthly (MM) fluxes of site {info.site_id}"}  # fmt: skip
     return ds

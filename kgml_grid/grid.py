@@ -86,8 +86,12 @@ class GridSpec:
             else ("projection_x_coordinate", "projection_y_coordinate")
         )
         return {
-            "y": xr.DataArray(self.y, dims="y", attrs={"standard_name": yname, "units": units, "axis": "Y"}),
-            "x": xr.DataArray(self.x, dims="x", attrs={"standard_name": xname, "units": units, "axis": "X"}),
+            "y": xr.DataArray(
+                self.y, dims="y", attrs={"standard_name": yname, "units": units, "axis": "Y"}
+            ),
+            "x": xr.DataArray(
+                self.x, dims="x", attrs={"standard_name": xname, "units": units, "axis": "X"}
+            ),
         }
 
 

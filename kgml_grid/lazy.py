@@ -32,7 +32,9 @@ from kgml_grid.plan import DAILY_VARS, Plan, make_plan
 __all__ = ["block_graph", "predict", "predict_plan"]
 
 
-def _compute(bt: BlockTask, tt: TileTask, prev: Any, perturb: Mapping[str, Any] | None) -> tuple[Any, Any]:
+def _compute(
+    bt: BlockTask, tt: TileTask, prev: Any, perturb: Mapping[str, Any] | None
+) -> tuple[Any, Any]:
     """One block (the engine's :func:`compute_block`), optionally with perturbed inputs."""
     if perturb:
         return compute_block(tt, bt, prev, perturb=perturb)
@@ -95,7 +97,11 @@ def _state_of(result: tuple[Any, Any]) -> Any:
 
 
 def predict_plan(
-    plan: Plan, *, perturb: Mapping[str, Any] | None = None, client: Any = None, device: str = "auto"
+    plan: Plan,
+    *,
+    perturb: Mapping[str, Any] | None = None,
+    client: Any = None,
+    device: str = "auto",
 ) -> xr.Dataset:
     """The plan's outputs as a lazy Dataset (see the module docstring).
 
@@ -141,7 +147,9 @@ def predict_plan(
     return ds
 
 
-def _yield_array(plan: Plan, keys: Mapping[tuple[int, int, int], Any], graph: Mapping[Any, Any], token: str) -> Any:
+def _yield_array(
+    plan: Plan, keys: Mapping[tuple[int, int, int], Any], graph: Mapping[Any, Any], token: str
+) -> Any:
     """Yearly yield ``[Y, y, x]``: year chunks are the years ending in each time chunk
     (a year with no end in the run, the last of a run ending before 31 December, is NaN)."""
     import dask.array as da
@@ -214,7 +222,9 @@ def predict(
                  "chunks": chunks, "batch_pixels": batch_pixels}  # fmt: skip
         extra = [k for k, v in given.items() if v is not None]
         if extra:
-            raise TypeError(f"predict(plan, ...): {', '.join(extra)} are the plan's; make a new plan instead")
+            raise TypeError(
+                f"predict(plan, ...): {', '.join(extra)} are the plan's; make a new plan instead"
+            )
         plan = catalog_or_plan
     else:
         if model is None:

@@ -46,7 +46,9 @@ def missing_requirements(*, accounting: bool = True) -> list[str]:
     """What this machine lacks to run :func:`local_slurm` (empty when it can)."""
     missing = [f"{p} (Debian: slurm-wlm, munge)" for p in _DAEMONS if not shutil.which(p)]
     if accounting:
-        missing += [f"{p} (Debian: mariadb-server, slurmdbd)" for p in _ACCOUNTING if not shutil.which(p)]
+        missing += [
+            f"{p} (Debian: mariadb-server, slurmdbd)" for p in _ACCOUNTING if not shutil.which(p)
+        ]
     if os.geteuid() != 0:
         missing.append("root (the daemons run as root)")
     return missing
@@ -112,8 +114,8 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
-SlurmctldPort={ports['slurmctld']}
-SlurmdPort={ports['slurmd']}
+SlurmctldPort={ports["slurmctld"]}
+SlurmdPort={ports["slurmd"]}
 StateSaveLocation={d}/state
 SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
@@ -139,13 +141,13 @@ PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP Ove
 AuthInfo=socket={munge_socket}
 DbdHost=localhost
 DbdAddr=127.0.0.1
-DbdPort={ports['slurmdbd']}
+DbdPort={ports["slurmdbd"]}
 SlurmUser=root
 LogFile={d}/log/slurmdbd.log
 PidFile={d}/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort={ports['mariadb']}
+StoragePort={ports["mariadb"]}
 StorageUser=slurm
 StoragePass=kgmllocal
 StorageLoc=slurm_acct_db

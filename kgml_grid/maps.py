@@ -45,7 +45,10 @@ def annual_totals(ds: xr.Dataset, variable: str) -> tuple[xr.DataArray, dict[int
     """
     da = ds[variable]
     totals = da.groupby("time.year").sum("time", min_count=1)
-    days = {int(y): int(n) for y, n in zip(*np.unique(ds["time"].dt.year.values, return_counts=True), strict=True)}
+    days = {
+        int(y): int(n)
+        for y, n in zip(*np.unique(ds["time"].dt.year.values, return_counts=True), strict=True)
+    }
     return totals, days
 
 
@@ -72,14 +75,22 @@ def annual_maps(
     """
     import dask
 
-    ds = store if isinstance(store, xr.Dataset) else xr.open_zarr(str(store), consolidated=False, decode_coords="all")
+    ds = (
+        store
+        if isinstance(store, xr.Dataset)
+        else xr.open_zarr(str(store), consolidated=False, decode_coords="all")
+    )
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
-        raise ValueError(f"{store}: no variable {missing} to map; it has {sorted(map(str, ds.data_vars))}")
+        raise ValueError(
+            f"{store}: no variable {missing} to map; it has {sorted(map(str, ds.data_vars))}"
+        )
     from kgml_grid.outputs import prepare_target
 
     inputs = [] if isinstance(store, xr.Dataset) else [("the output store", store)]
-    out_dir = prepare_target(out_dir, kind="maps", inputs=inputs, overwrite=overwrite, option="--maps")
+    out_dir = prepare_target(
+        out_dir, kind="maps", inputs=inputs, overwrite=overwrite, option="--maps"
+    )
     plt = _plt()
     paths = []
     km = 1e-3

@@ -49,7 +49,9 @@ from kgml_grid.train import (
 __all__ = ["format_validation", "leave_one_site_out", "score_site", "validate_sites"]
 
 
-def score_site(model: torch.nn.Module, norm: Any, s: Series, years: Sequence[int]) -> dict[str, Any]:
+def score_site(
+    model: torch.nn.Module, norm: Any, s: Series, years: Sequence[int]
+) -> dict[str, Any]:
     """Reco, NEE and GPP metrics of one tower's series: on every day after the first 365 of
     its record (``all_years``) and on ``years`` (``holdout_years``)."""
     daily, _ = predict(model, norm, s)
@@ -180,16 +182,23 @@ def validate_sites(
         for ds in towers:
             sid = str(ds.attrs["site_id"])
             s = tower_series([ds], features=tuned.features)
-            years_scores[sid] = score_site(tuned.model, tuned.normalizer, s, per_site[sid]["holdout_years"])
+            years_scores[sid] = score_site(
+                tuned.model, tuned.normalizer, s, per_site[sid]["holdout_years"]
+            )
         loso = leave_one_site_out(model_dir, towers, out / "loso", config, progress=progress)
     report = {
         "pretrained": str(Path(model_dir).resolve()),
         "finetuned": str(out.resolve()),
         "feature_set": schema.feature_set_name(base.features),
         "sites": list(loso),
-        "per_site": {sid: {**loso[sid], "years": years_scores[sid],
-                           "feature_sources": tuned.provenance["tower_split"]["sources"].get(sid, {})}
-                     for sid in loso},
+        "per_site": {
+            sid: {
+                **loso[sid],
+                "years": years_scores[sid],
+                "feature_sources": tuned.provenance["tower_split"]["sources"].get(sid, {}),
+            }
+            for sid in loso
+        },
         "finetune_config": _jsonable(asdict(config)),
         "seconds": time.perf_counter() - t0,
     }

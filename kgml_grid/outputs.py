@@ -221,7 +221,9 @@ def _real(p: PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(p)))
 
 
-def input_paths(role: str, specs: Iterable[Any], *, folder_files: bool = False) -> list[tuple[str, Path]]:
+def input_paths(
+    role: str, specs: Iterable[Any], *, folder_files: bool = False
+) -> list[tuple[str, Path]]:
     """``(role, path)`` for files, folders or glob patterns (expanded; URLs left out).
 
     Items may be paths or objects with a ``paths`` attribute (``RasterSource``).
@@ -259,7 +261,12 @@ def catalog_inputs(catalog: Any) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = [("the catalog", cat.path)]
     for e in cat.entries.values():
         if "://" not in e.urlpath:
-            out.append((f"cube {e.name!r} of the catalog", Path(_resolve_urlpath(e.urlpath, cat.path.parent))))
+            out.append(
+                (
+                    f"cube {e.name!r} of the catalog",
+                    Path(_resolve_urlpath(e.urlpath, cat.path.parent)),
+                )
+            )
     out += [("a tower file of the catalog", t) for t in cat.towers()]
     return out
 

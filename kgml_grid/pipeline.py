@@ -42,8 +42,12 @@ def summarize_layers(layers: dict) -> str:  # type: ignore[type-arg]
         g = grid_of(ds, layer=name)
         dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
         chunks = ", ".join(f"{d}={c[0]}" for d, c in ds.chunks.items())
-        units = ", ".join(f"{v} [{ds[v].attrs.get('units')}]" for v in ds.data_vars if v != "spatial_ref")
-        lines.append(f"  {name:<9} ({dims}) chunks ({chunks}) {g.crs.split(',')[0][:40]}...\n      {units}")
+        units = ", ".join(
+            f"{v} [{ds[v].attrs.get('units')}]" for v in ds.data_vars if v != "spatial_ref"
+        )
+        lines.append(
+            f"  {name:<9} ({dims}) chunks ({chunks}) {g.crs.split(',')[0][:40]}...\n      {units}"
+        )
     return "\n".join(lines)
 
 
@@ -87,7 +91,9 @@ def run_demo(
     from kgml_grid.outputs import input_paths, prepare_target
     from kgml_grid.plots import world_overview
 
-    out = prepare_target(out, kind="demo", inputs=input_paths("the FLUXNET file", fluxnet), overwrite=overwrite)
+    out = prepare_target(
+        out, kind="demo", inputs=input_paths("the FLUXNET file", fluxnet), overwrite=overwrite
+    )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     info = generate_world(out / "world", preset=preset, seed=seed, progress=progress)
@@ -103,7 +109,9 @@ def run_demo(
     timings["open_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    overview = world_overview(layers, out / "overview.png", towers=towers, title=info.summary().split(":")[0])
+    overview = world_overview(
+        layers, out / "overview.png", towers=towers, title=info.summary().split(":")[0]
+    )
     timings["overview_s"] = time.perf_counter() - t0
     text = [
         info.summary(),
@@ -147,7 +155,13 @@ def _train_steps(
     model = tr.model_dir
     if fluxnet:
         t0 = time.perf_counter()
-        ft = finetune(tr.model_dir, fluxnet, res.out / "model_finetuned", FinetuneConfig(seed=seed), progress=progress)
+        ft = finetune(
+            tr.model_dir,
+            fluxnet,
+            res.out / "model_finetuned",
+            FinetuneConfig(seed=seed),
+            progress=progress,
+        )
         res.timings["finetune_s"] = time.perf_counter() - t0
         res.finetuned = ft.model_dir
         text.append(f"fine-tuned: {ft.summary()}")
@@ -159,11 +173,15 @@ def _train_steps(
         rep = {**rep, **{k: v for k, v in rep_t.items() if k.startswith("towers")}}
     res.timings["evaluate_s"] = time.perf_counter() - t0
     res.report = rep
-    text.append("evaluation (pre-trained model on held-out pixels; fine-tuned vs pre-trained on towers):")
+    text.append(
+        "evaluation (pre-trained model on held-out pixels; fine-tuned vs pre-trained on towers):"
+    )
     text.append(format_report(rep))
 
 
-def _upscale_step(res: DemoResult, text: list[str], *, start: str | None, workers: int, progress: bool) -> None:
+def _upscale_step(
+    res: DemoResult, text: list[str], *, start: str | None, workers: int, progress: bool
+) -> None:
     from kgml_grid.execute import upscale
     from kgml_grid.maps import annual_maps
 
@@ -172,7 +190,9 @@ def _upscale_step(res: DemoResult, text: list[str], *, start: str | None, worker
     if start == "auto":
         import xarray as xr
 
-        last = xr.open_zarr(res.catalog.parent / "satellite.zarr", consolidated=False)["time"].values[-1]
+        last = xr.open_zarr(res.catalog.parent / "satellite.zarr", consolidated=False)[
+            "time"
+        ].values[-1]
         start = f"{int(str(last)[:4]) - 2}-01-01"
     t0 = time.perf_counter()
     up = upscale(res.catalog, model, res.out / "upscaled.zarr", start=start, cluster="local",

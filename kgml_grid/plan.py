@@ -236,9 +236,13 @@ def parse_chunks(spec: str | Mapping[str, Any] | None) -> dict[str, ChunkValue]:
         try:
             n = int(str(v)) if not isinstance(v, int) else v
         except ValueError:
-            raise PlanError(f"--chunks: {k}={v} is not an integer (-1 means the whole dimension)") from None
+            raise PlanError(
+                f"--chunks: {k}={v} is not an integer (-1 means the whole dimension)"
+            ) from None
         if isinstance(v, bool) or (n < 1 and n != -1):
-            raise PlanError(f"--chunks: {k}={v} must be a positive integer or -1 (the whole dimension)")
+            raise PlanError(
+                f"--chunks: {k}={v} must be a positive integer or -1 (the whole dimension)"
+            )
         out[k] = n
     return out
 
@@ -444,14 +448,22 @@ class Plan:
             "model": dict(self.model),
             "start": str(self.start.date()),
             "end": str(self.end.date()),
-            "window": {"y": [self.window[0], self.window[1]], "x": [self.window[2], self.window[3]]},
+            "window": {
+                "y": [self.window[0], self.window[1]],
+                "x": [self.window[2], self.window[3]],
+            },
             "grid": {
-                "crs": self.grid.crs, "x0": self.grid.x0, "y0": self.grid.y0,
-                "res": self.grid.res, "ny": self.grid.ny, "nx": self.grid.nx,
+                "crs": self.grid.crs,
+                "x0": self.grid.x0,
+                "y0": self.grid.y0,
+                "res": self.grid.res,
+                "ny": self.grid.ny,
+                "nx": self.grid.nx,
             },
             "chunks": {"time": list(self.time_chunks), "y": self.tile_y, "x": self.tile_x},
             "tiles": {
-                "total": self.n_tiles, "crop": len(self.crop_tiles),
+                "total": self.n_tiles,
+                "crop": len(self.crop_tiles),
                 "skipped": [list(t) for t in self.skipped_tiles],
             },
             "blocks": self.n_blocks,
@@ -527,13 +539,17 @@ class Plan:
         if not self.has_yield:
             parts.append("all NaN: the checkpoint has no yield normalization statistics")
         if self.partial_first_season:
-            parts.append(f"{self.years[0]}: NaN, the run starts on {self.start.date()} (partial season)")
+            parts.append(
+                f"{self.years[0]}: NaN, the run starts on {self.start.date()} (partial season)"
+            )
         if self.partial_last_season:
             parts.append(f"{self.years[-1]}: NaN, the run ends on {self.end.date()} (no year end)")
         return "; ".join(parts)
 
     # ---- memory -------------------------------------------------------------------------------
-    def check_memory(self, limit: int | str | None, *, what: str = "the worker memory limit") -> None:
+    def check_memory(
+        self, limit: int | str | None, *, what: str = "the worker memory limit"
+    ) -> None:
         """Refuse a plan whose tasks need more than :data:`MEMORY_FRACTION` of ``limit``.
 
         Raises
@@ -553,7 +569,8 @@ class Plan:
         fixed = self.memory_per_task - per_day * max(self.time_chunks)
         fit = int((budget - fixed) // per_day)
         hint = (
-            f"try --chunks time={fit}" if fit >= 1
+            f"try --chunks time={fit}"
+            if fit >= 1
             else f"use smaller tiles than y={self.tile_y},x={self.tile_x}"
         )
         raise PlanError(
@@ -590,8 +607,11 @@ class Plan:
             f"{len(self.y_chunks)} x {len(self.x_chunks)} tiles x {self.n_time_chunks} time chunks",
             f"  tiles       {len(self.crop_tiles)} with crop ({self.n_crop_pixels} crop pixels), "
             f"{len(skipped)} skipped (no crop pixel)"
-            + (f": {', '.join(f'y{a}x{b}' for a, b in skipped[:8])}{' ...' if len(skipped) > 8 else ''}"
-               if skipped else ""),
+            + (
+                f": {', '.join(f'y{a}x{b}' for a, b in skipped[:8])}{' ...' if len(skipped) > 8 else ''}"
+                if skipped
+                else ""
+            ),
             f"  blocks      {self.n_blocks} ({len(self.crop_tiles)} tiles x {self.n_time_chunks} "
             f"time chunks)",
             f"  tasks       {self.n_tasks} ({self.n_blocks} blocks + {len(self.crop_tiles)} tile "
@@ -654,7 +674,9 @@ def memory_estimate(
     outputs per crop pixel and the five NaN-filled output blocks.
     """
     f = int(model.get("n_features", len(schema.FEATURES)))
-    n_sat = 1 + (f - len(schema.FEATURES)) // 2  # gpp_sat, plus one series per addition (value + flag)
+    n_sat = (
+        1 + (f - len(schema.FEATURES)) // 2
+    )  # gpp_sat, plus one series per addition (value + flag)
     px = tile[0] * tile[1]
     n = crop_pixels
     n_daily = 4 + n_sat  # daily series gathered per crop pixel
@@ -670,9 +692,13 @@ def memory_estimate(
     return out
 
 
-def batch_pixels_for(days: int, model: Mapping[str, Any], *, budget: int = ACTIVATION_BUDGET) -> int:
+def batch_pixels_for(
+    days: int, model: Mapping[str, Any], *, budget: int = ACTIVATION_BUDGET
+) -> int:
     """Pixels per model batch so that one batch's activations stay within ``budget``."""
-    per = _activation_per_pixel_day(model, int(model.get("n_features", len(schema.FEATURES)))) * max(days, 1)
+    per = _activation_per_pixel_day(
+        model, int(model.get("n_features", len(schema.FEATURES)))
+    ) * max(days, 1)
     return int(max(1, min(MAX_BATCH_PIXELS, budget // per)))
 
 
@@ -709,14 +735,14 @@ def _window_of(
         try:
             bbox = [float(v) for v in bbox.replace(" ", "").split(",")]
         except ValueError:
-            raise PlanError(f"--bbox {bbox!r}: write WEST,SOUTH,EAST,NORTH (four numbers)") from None
+            raise PlanError(
+                f"--bbox {bbox!r}: write WEST,SOUTH,EAST,NORTH (four numbers)"
+            ) from None
     if len(bbox) != 4:
         raise PlanError(f"--bbox {list(bbox)}: need four numbers WEST,SOUTH,EAST,NORTH")
     west, south, east, north = (float(v) for v in bbox)
     if not (west < east and south < north):
-        raise PlanError(
-            f"--bbox {west},{south},{east},{north}: need WEST < EAST and SOUTH < NORTH"
-        )
+        raise PlanError(f"--bbox {west},{south},{east},{north}: need WEST < EAST and SOUTH < NORTH")
     crs_note = ""
     if bbox_crs is not None:
         from pyproj import CRS, Transformer
@@ -821,7 +847,9 @@ def make_plan(
     needed = ("satellite", "weather", "soil", "crop")
     missing = [n for n in needed if n not in layers]
     if missing:
-        raise PlanError(f"catalog {cat.path}: no layer {missing} (upscaling needs {', '.join(needed)})")
+        raise PlanError(
+            f"catalog {cat.path}: no layer {missing} (upscaling needs {', '.join(needed)})"
+        )
     _check_cube_units(layers, ckpt.units, str(model_path), ckpt.features)
     # --- values: a few chunks of every input (the full check: `kgml-grid catalog --check-values`)
     from kgml_grid import values
@@ -856,9 +884,13 @@ def make_plan(
     t_start = avail0 if start is None else _parse_date(start, "--start")
     t_end = avail1 if end is None else _parse_date(end, "--end")
     if t_start < avail0 or t_start > avail1:
-        raise PlanError(f"--start {t_start.date()} is outside the cubes: days {avail} are available ({detail})")
+        raise PlanError(
+            f"--start {t_start.date()} is outside the cubes: days {avail} are available ({detail})"
+        )
     if t_end < avail0 or t_end > avail1:
-        raise PlanError(f"--end {t_end.date()} is outside the cubes: days {avail} are available ({detail})")
+        raise PlanError(
+            f"--end {t_end.date()} is outside the cubes: days {avail} are available ({detail})"
+        )
     if t_end < t_start:
         raise PlanError(f"--end {t_end.date()} is before --start {t_start.date()}")
     n_days = int((t_end - t_start).days) + 1
@@ -872,7 +904,11 @@ def make_plan(
     tile_x = grid.nx if tile_x == -1 else min(tile_x, grid.nx)
     tspec = parsed_chunks.get("time")
     if tspec is None:  # default: one chunk per calendar year
-        yl = pd.Series(1, index=pd.date_range(t_start, t_end, freq="D")).groupby(lambda d: d.year).size()
+        yl = (
+            pd.Series(1, index=pd.date_range(t_start, t_end, freq="D"))
+            .groupby(lambda d: d.year)
+            .size()
+        )
         time_chunks = tuple(int(n) for n in yl.values)
     elif isinstance(tspec, tuple):
         if sum(tspec) != n_days:
@@ -935,12 +971,16 @@ def _cube_chunks(ds: xr.Dataset) -> dict[str, int]:
     if enc:
         return dict(zip(("time", "y", "x"), (int(c) for c in enc), strict=True))
     if ds["gpp_sat"].chunks:
-        return {str(d): int(c[0]) for d, c in zip(ds["gpp_sat"].dims, ds["gpp_sat"].chunks, strict=True)}
+        return {
+            str(d): int(c[0]) for d, c in zip(ds["gpp_sat"].dims, ds["gpp_sat"].chunks, strict=True)
+        }
     return {"time": 365, "y": 256, "x": 256}
 
 
 def _check_cube_units(
-    layers: Mapping[str, xr.Dataset], units: Mapping[str, str], source: str,
+    layers: Mapping[str, xr.Dataset],
+    units: Mapping[str, str],
+    source: str,
     features: Sequence[str] = schema.FEATURES,
 ) -> None:
     """Each feature read from a cube must be there, in the units the checkpoint was trained with."""
@@ -987,7 +1027,9 @@ def _crop_counts(
     counts = np.zeros((len(ys), len(xs)), dtype="int64")
     xb = _bounds(xs)
     for i, (a, b) in enumerate(_bounds(ys)):
-        strip = np.asarray(crop.isel(year=years, y=slice(iy0 + a, iy0 + b), x=slice(ix0, ix1)).values)
+        strip = np.asarray(
+            crop.isel(year=years, y=slice(iy0 + a, iy0 + b), x=slice(ix0, ix1)).values
+        )
         col_sums = (strip[keep] > 0).any(axis=0).sum(axis=0)
         counts[i] = [int(col_sums[c0:c1].sum()) for c0, c1 in xb]
     return counts

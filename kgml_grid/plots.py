@@ -79,8 +79,18 @@ def world_overview(
     if "truth" in layers:
         t = layers["truth"]
         yr = int(t["time"].dt.year[0])
-        show(ax[4], t["nee"].sel(time=str(yr)).sum("time").compute(), f"true NEE {yr} (g C m-2 yr-1)", "RdBu_r")
-        show(ax[5], t["rh"].sel(time=str(yr)).sum("time").compute(), f"true Rh {yr} (g C m-2 yr-1)", "Oranges")
+        show(
+            ax[4],
+            t["nee"].sel(time=str(yr)).sum("time").compute(),
+            f"true NEE {yr} (g C m-2 yr-1)",
+            "RdBu_r",
+        )
+        show(
+            ax[5],
+            t["rh"].sel(time=str(yr)).sum("time").compute(),
+            f"true Rh {yr} (g C m-2 yr-1)",
+            "Oranges",
+        )
         mean = t[["gpp", "ra", "rh", "nee"]].mean(("y", "x")).compute()
         for v in ("gpp", "ra", "rh", "nee"):
             ax[6].plot(mean["time"].values, mean[v].values, lw=0.8, label=v)

@@ -36,7 +36,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} at line {line} (first at line {first})",
+                    None,
+                    None,
+                    f"duplicate key {key!r} at line {line} (first at line {first})",
                     key_node.start_mark,
                 )
             seen[key] = line

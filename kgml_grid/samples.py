@@ -40,7 +40,9 @@ class SplitSpec:
 
     def __post_init__(self) -> None:
         if not 0 < self.holdout_pixel_fraction < 1:
-            raise ValueError(f"holdout_pixel_fraction must be in (0, 1), got {self.holdout_pixel_fraction}")
+            raise ValueError(
+                f"holdout_pixel_fraction must be in (0, 1), got {self.holdout_pixel_fraction}"
+            )
         if self.holdout_years < 0 or self.spinup_days < 0:
             raise ValueError("holdout_years and spinup_days must be >= 0")
 
@@ -85,7 +87,9 @@ def make_split(layers: Mapping[str, xr.Dataset], spec: SplitSpec) -> Split:
     mask = crop_mask(layers["crop"])
     pix = np.argwhere(mask)
     if len(pix) < 2:
-        raise ValueError(f"only {len(pix)} crop pixels in the crop cube: too few to train and hold out")
+        raise ValueError(
+            f"only {len(pix)} crop pixels in the crop cube: too few to train and hold out"
+        )
     rng = np.random.default_rng(spec.seed)
     perm = rng.permutation(len(pix))
     n_test = max(1, round(spec.holdout_pixel_fraction * len(pix)))
@@ -96,7 +100,11 @@ def make_split(layers: Mapping[str, xr.Dataset], spec: SplitSpec) -> Split:
         raise ValueError(
             f"the cubes cover {len(years)} years ({years[0]}-{years[-1]}); need more than "
             f"{spec.holdout_years + 1} to train with {spec.holdout_years} held-out years; "
-            + (f"pass --holdout-years {len(years) - 2}" if len(years) >= 3 else "generate or ingest more years")
+            + (
+                f"pass --holdout-years {len(years) - 2}"
+                if len(years) >= 3
+                else "generate or ingest more years"
+            )
         )
     cut = len(years) - spec.holdout_years
     return Split(train, test, years[:cut], years[cut:], spec)
@@ -203,7 +211,11 @@ class Series:
 
 
 def grid_series(
-    layers: Mapping[str, xr.Dataset], pixels: np.ndarray, *, with_targets: bool = True, batch: int = 2000,
+    layers: Mapping[str, xr.Dataset],
+    pixels: np.ndarray,
+    *,
+    with_targets: bool = True,
+    batch: int = 2000,
     features: Sequence[str] = schema.FEATURES,
 ) -> Series:
     """Read features (and truth) of grid pixels ``[(row, col), ...]`` from the cubes."""
@@ -236,7 +248,9 @@ def _yield_at_year_end(time: pd.DatetimeIndex, yl: np.ndarray, years: Sequence[i
     return out
 
 
-def tower_series(towers: Sequence[xr.Dataset], *, features: Sequence[str] = schema.FEATURES) -> Series:
+def tower_series(
+    towers: Sequence[xr.Dataset], *, features: Sequence[str] = schema.FEATURES
+) -> Series:
     """Features and observations of FLUXNET towers (equal-length daily series).
 
     Towers with different date ranges are aligned on the union of their days; days
@@ -275,7 +289,9 @@ def tower_series(towers: Sequence[xr.Dataset], *, features: Sequence[str] = sche
                   np.concatenate(recos), names, features, spans, sources)  # fmt: skip
 
 
-def windows(time: pd.DatetimeIndex, years: Sequence[int], spinup: int) -> list[tuple[int, int, int]]:
+def windows(
+    time: pd.DatetimeIndex, years: Sequence[int], spinup: int
+) -> list[tuple[int, int, int]]:
     """Fixed-length windows ``(start, stop, loss_from)`` ending on 31 December of each year.
 
     Every window is ``366 + spinup`` days long (a non-leap year gets one more spin-up
@@ -297,7 +313,9 @@ def windows(time: pd.DatetimeIndex, years: Sequence[int], spinup: int) -> list[t
     return out
 
 
-def location_windows(series: Series, i: int, years: Sequence[int], spinup: int) -> list[tuple[int, int, int]]:
+def location_windows(
+    series: Series, i: int, years: Sequence[int], spinup: int
+) -> list[tuple[int, int, int]]:
     """:func:`windows` of location ``i`` that lie inside its own record (:attr:`Series.spans`)."""
     out = windows(series.time, years, spinup)
     if series.spans is None:
@@ -338,13 +356,17 @@ class Batches:
         self.year_end = F.year_end_mask(series.time)
         self.feature_dropout = float(feature_dropout)
         idx = F.feature_index(series.features)
-        self._droppable = [(idx[a], idx[f"{a}_available"]) for a in schema.feature_additions(series.features)]
+        self._droppable = [
+            (idx[a], idx[f"{a}_available"]) for a in schema.feature_additions(series.features)
+        ]
 
     def __len__(self) -> int:
         return -(-len(self.items) // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = self.rng.permutation(len(self.items)) if self.shuffle else np.arange(len(self.items))
+        order = (
+            self.rng.permutation(len(self.items)) if self.shuffle else np.arange(len(self.items))
+        )
         for b in range(0, len(order), self.batch_size):
             yield self.batch([self.items[i] for i in order[b : b + self.batch_size]])
 

@@ -67,7 +67,9 @@ def tower_files(inputs: Sequence[PathLike]) -> list[Path]:
                 elif m is not None:
                     other.setdefault(m["res"], []).append(f.name)
             if not found:
-                have = "; ".join(f"{len(v)} {r} file(s), e.g. {v[0]}" for r, v in sorted(other.items()))
+                have = "; ".join(
+                    f"{len(v)} {r} file(s), e.g. {v[0]}" for r, v in sorted(other.items())
+                )
                 hint = " (monthly files are for evaluate --monthly FILE)" if "MM" in other else ""
                 raise ValueError(
                     f"{p}: the folder holds no FLUXNET daily (DD) file "
@@ -87,7 +89,9 @@ def _site_of(path: Path) -> str | None:
     return m["site"] if m else None
 
 
-def _metas(site_meta: PathLike | SiteMeta | Sequence[PathLike | SiteMeta] | None) -> dict[str, tuple[SiteMeta, str]]:
+def _metas(
+    site_meta: PathLike | SiteMeta | Sequence[PathLike | SiteMeta] | None,
+) -> dict[str, tuple[SiteMeta, str]]:
     if site_meta is None:
         return {}
     items = [site_meta] if isinstance(site_meta, str | os.PathLike | SiteMeta) else list(site_meta)
@@ -96,7 +100,9 @@ def _metas(site_meta: PathLike | SiteMeta | Sequence[PathLike | SiteMeta] | None
         meta = item if isinstance(item, SiteMeta) else load_site_meta(item)
         origin = "given SiteMeta" if isinstance(item, SiteMeta) else str(item)
         if meta.site_id in out:
-            raise ValueError(f"--site-meta: two files describe site {meta.site_id!r} ({out[meta.site_id][1]}, {origin})")
+            raise ValueError(
+                f"--site-meta: two files describe site {meta.site_id!r} ({out[meta.site_id][1]}, {origin})"
+            )
         out[meta.site_id] = (meta, origin)
     return out
 
@@ -213,7 +219,9 @@ def attach_satellite(
     sid = str(ds.attrs.get("site_id", "?"))
     if sites is not None and sid not in sites:
         ds = ds.copy()
-        ds.attrs["satellite_note"] = f"the {source} is a synthetic world's and does not observe site {sid}"
+        ds.attrs["satellite_note"] = (
+            f"the {source} is a synthetic world's and does not observe site {sid}"
+        )
         return ds
     if "latitude" not in ds.attrs:
         ds = ds.copy()
@@ -290,11 +298,15 @@ def load_towers(
     out: list[xr.Dataset] = []
     seen: dict[str, Path] = {}
     for p in files:
-        if not p.name.lower().endswith(".zip"):  # the name's verdict (BASE, not daily) before metadata
+        if not p.name.lower().endswith(
+            ".zip"
+        ):  # the name's verdict (BASE, not daily) before metadata
             _require_daily(parse_fluxnet_filename(p), p.name, "reads")
         sid = _site_of(p)
         if sid is not None and sid in seen:
-            raise ValueError(f"{p}: a second file of site {sid} (the first is {seen[sid]}); give one per site")
+            raise ValueError(
+                f"{p}: a second file of site {sid} (the first is {seen[sid]}); give one per site"
+            )
         meta: SiteMeta | None = None
         if sid is not None and sid in metas:
             meta = metas[sid][0]
@@ -310,13 +322,14 @@ def load_towers(
         if check:
             check_usable(ds, qc_threshold=qc_threshold)
         if satellite is not None:
-            ds = attach_satellite(ds, satellite, features, source=satellite_source, sites=satellite_sites)
+            ds = attach_satellite(
+                ds, satellite, features, source=satellite_source, sites=satellite_sites
+            )
         out.append(ds)
     unused = [origin for s, (_, origin) in metas.items() if s not in used]
     if unused:
         raise ValueError(
-            f"--site-meta {', '.join(unused)}: describes no tower given "
-            f"(towers: {', '.join(seen)})"
+            f"--site-meta {', '.join(unused)}: describes no tower given (towers: {', '.join(seen)})"
         )
     return out
 

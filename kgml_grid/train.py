@@ -119,7 +119,11 @@ def _denorm(norm: Normalizer, y: torch.Tensor) -> torch.Tensor:
 
 
 def grid_loss(
-    model: torch.nn.Module, b: Mapping[str, torch.Tensor], norm: Normalizer, cfg: TrainConfig, step: int
+    model: torch.nn.Module,
+    b: Mapping[str, torch.Tensor],
+    norm: Normalizer,
+    cfg: TrainConfig,
+    step: int,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Pre-training loss on a batch of synthetic-truth windows."""
     out, _ = model(b["x"], year_end=b["year_end"])
@@ -136,7 +140,12 @@ def grid_loss(
     season = losses.season_sum(torch.relu(gpp) * loss_mask, b["year_end"])
     ypred = norm.denormalize_yield(out["yield"])
     l_yb = losses.yield_bounds_penalty(ypred, season, mask=ye)
-    total = l_flux + cfg.w_mass_balance * l_mb + cfg.w_nonneg * l_neg + cfg.w_yield * (l_yield + 0.01 * l_yb)
+    total = (
+        l_flux
+        + cfg.w_mass_balance * l_mb
+        + cfg.w_nonneg * l_neg
+        + cfg.w_yield * (l_yield + 0.01 * l_yb)
+    )
     parts = {"flux": l_flux.item(), "mass_balance": l_mb.item(), "yield": l_yield.item()}
     if cfg.w_response > 0 and step % cfg.response_every == 0:
         sub = b["x"][:4]
@@ -225,7 +234,9 @@ def fit(
         else:
             bad += 1
             if bad >= patience:
-                stopped = f"early stopping after epoch {epoch + 1} (no improvement for {patience} epochs)"
+                stopped = (
+                    f"early stopping after epoch {epoch + 1} (no improvement for {patience} epochs)"
+                )
                 break
         if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
             stopped = f"time budget of {max_minutes:g} min reached after epoch {epoch + 1}"
@@ -273,10 +284,15 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
     _seed_all(config.seed)
     device = resolve_device(config.device)
     cat = open_catalog(catalog)
-    inputs = [*outputs.catalog_inputs(cat), *outputs.input_paths("the --init checkpoint", [config.init])]
+    inputs = [
+        *outputs.catalog_inputs(cat),
+        *outputs.input_paths("the --init checkpoint", [config.init]),
+    ]
     outputs.check_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     if "truth" not in {e.layer for e in cat.entries.values()}:
-        raise ValueError(f"{cat.path}: pre-training needs a 'truth' layer (a synthetic world's catalog)")
+        raise ValueError(
+            f"{cat.path}: pre-training needs a 'truth' layer (a synthetic world's catalog)"
+        )
     layers = cat.open_all()
     feats = schema.feature_set(config.features)
     # impossible values (kelvin, all NaN, GPP 1e6...) refused before anything is computed
@@ -291,9 +307,13 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
     norm = Normalizer(norm_stats, features=feats)
     series = grid_series(layers, split.train_pixels, features=feats)
     sp = split.spec.spinup_days
-    train_items = [(i, w) for i in range(series.n) for w in windows(series.time, split.train_years, sp)]
+    train_items = [
+        (i, w) for i in range(series.n) for w in windows(series.time, split.train_years, sp)
+    ]
     val_pix = np.random.default_rng(config.seed).permutation(series.n)[: max(1, series.n // 4)]
-    val_items = [(int(i), w) for i in val_pix for w in windows(series.time, split.holdout_years, sp)]
+    val_items = [
+        (int(i), w) for i in val_pix for w in windows(series.time, split.holdout_years, sp)
+    ]
     if not train_items or not val_items:
         raise ValueError(
             f"no training windows: years {split.train_years} / held-out {split.holdout_years} with "
@@ -318,7 +338,9 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
         model.load_state_dict(init.model.state_dict())
     train = Batches(series, train_items, norm, batch_size=config.batch_size, seed=config.seed, device=device,
                     feature_dropout=config.feature_dropout)  # fmt: skip
-    val = Batches(series, val_items, norm, batch_size=config.batch_size * 2, shuffle=False, device=device)
+    val = Batches(
+        series, val_items, norm, batch_size=config.batch_size * 2, shuffle=False, device=device
+    )
     history, best_epoch, stopped = fit(
         model, lambda b, s: grid_loss(model, b, norm, config, s), train, val,
         param_groups=[{"params": list(model.parameters()), "lr": config.lr}],
@@ -343,7 +365,9 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
     }
     save_checkpoint(model.cpu(), out, config=mcfg, features=feats,
                     units=schema.feature_units(feats), norm=norm_stats, provenance=prov)  # fmt: skip
-    png = _learning_curve(history, out / "learning_curve.png", f"pre-training {config.arch} on {cat.path.parent.name}")
+    png = _learning_curve(
+        history, out / "learning_curve.png", f"pre-training {config.arch} on {cat.path.parent.name}"
+    )
     return TrainResult(out, history, best_epoch, stopped, time.perf_counter() - t0, png)
 
 
@@ -396,22 +420,31 @@ def tower_years(series: Series, holdout: int, val: int) -> tuple[list[int], list
     return _years_of(t, holdout, val, what="towers")
 
 
-def _years_of(t: pd.DatetimeIndex, holdout: int, val: int, *, what: str) -> tuple[list[int], list[int], list[int]]:
+def _years_of(
+    t: pd.DatetimeIndex, holdout: int, val: int, *, what: str
+) -> tuple[list[int], list[int], list[int]]:
     full = [int(y) for y in sorted(set(t.year)) if ((t.year == y).sum() >= 365)]
     if len(full) < holdout + val + 1:
         raise ValueError(
             f"{what}: {len(full)} full years ({full}); fine-tuning needs more than "
             f"{holdout + val} (held-out {holdout} + validation {val}); "
-            + (f"pass --holdout-years {max(0, len(full) - 1 - val)}" if len(full) > val else
-               "give towers with more full years")
+            + (
+                f"pass --holdout-years {max(0, len(full) - 1 - val)}"
+                if len(full) > val
+                else "give towers with more full years"
+            )
         )
     test = full[len(full) - holdout :]
     valy = full[len(full) - holdout - val : len(full) - holdout]
-    train = [y for y in sorted(set(t.year)) if y < (valy[0] if valy else (test[0] if test else 10**4))]
+    train = [
+        y for y in sorted(set(t.year)) if y < (valy[0] if valy else (test[0] if test else 10**4))
+    ]
     return train, valy, test
 
 
-def site_years(series: Series, i: int, holdout: int, val: int) -> tuple[list[int], list[int], list[int]]:
+def site_years(
+    series: Series, i: int, holdout: int, val: int
+) -> tuple[list[int], list[int], list[int]]:
     """Train, validation and held-out years of location ``i``, from its own record.
 
     The last ``holdout`` full calendar years of the tower's record are held out (never
@@ -460,7 +493,12 @@ def tower_loss_fn(
         l_neg = losses.masked_mean(torch.relu(-ra) + torch.relu(-rh), m)
         total = l_t + cfg.gpp_weight * l_g + cfg.w_mass_balance * l_mb + l_neg
         parts = {"tower": l_t.item(), "gpp": l_g.item(), "mass_balance": l_mb.item()}
-        if reference is not None and cfg.w_drift > 0 and model.training and step % cfg.drift_every == 0:
+        if (
+            reference is not None
+            and cfg.w_drift > 0
+            and model.training
+            and step % cfg.drift_every == 0
+        ):
             l_d = losses.response_drift_penalty(
                 lambda x: model(x)[0]["daily"][..., I_RH], lambda x: reference(x)[0]["daily"][..., I_RH],
                 b["x"][:2], [FEATURE_INDEX["soc"], FEATURE_INDEX["tair"]], deltas=(1.0,), mask=m[:2],
@@ -501,7 +539,10 @@ def finetune_series(
         tr += [(i, w) for w in location_windows(series, i, per_site[name]["train_years"], sp)]
         va += [(i, w) for w in location_windows(series, i, per_site[name]["val_years"], sp)]
     if not tr or not va:
-        detail = "; ".join(f"{n}: training {v['train_years']}, validation {v['val_years']}" for n, v in per_site.items())
+        detail = "; ".join(
+            f"{n}: training {v['train_years']}, validation {v['val_years']}"
+            for n, v in per_site.items()
+        )
         raise ValueError(
             f"no tower {'training' if not tr else 'validation'} windows: a window is a full "
             f"calendar year with {sp} days of the tower's record before it ({detail})"
@@ -562,7 +603,9 @@ def load_towers(
     """
     from kgml_grid import towers as T
 
-    sat, source, sites = T.satellite_of(catalog) if schema.feature_additions(features) else (None, "", None)
+    sat, source, sites = (
+        T.satellite_of(catalog) if schema.feature_additions(features) else (None, "", None)
+    )
     return T.load_towers(paths, site_meta, qc_threshold=qc_threshold, satellite=sat,
                          features=features, satellite_source=source, satellite_sites=sites)  # fmt: skip
 
@@ -630,7 +673,9 @@ def _finetune(model_dir: str | Path, fluxnet: Sequence[str | Path], out: str | P
     reference = copy.deepcopy(model).eval()
     for p in reference.parameters():
         p.requires_grad_(False)
-    history, split = finetune_series(model, ck.normalizer, series, config, reference=reference, progress=progress)
+    history, split = finetune_series(
+        model, ck.normalizer, series, config, reference=reference, progress=progress
+    )
     from kgml_grid.towers import tower_files
 
     prov = {
@@ -649,9 +694,13 @@ def _finetune(model_dir: str | Path, fluxnet: Sequence[str | Path], out: str | P
     out = outputs.prepare_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     save_checkpoint(model.cpu(), out, config=ck.config, features=ck.features, units=ck.units,
                     norm=ck.norm, provenance=prov)  # fmt: skip
-    png = _learning_curve(history, out / "learning_curve.png", f"fine-tuning on {', '.join(series.names)}")
+    png = _learning_curve(
+        history, out / "learning_curve.png", f"fine-tuning on {', '.join(series.names)}"
+    )
     best = int(np.argmin([h["val"] for h in history])) if history else 0
-    return TrainResult(out, history, best, "; ".join(split["stopped"]), time.perf_counter() - t0, png)
+    return TrainResult(
+        out, history, best, "; ".join(split["stopped"]), time.perf_counter() - t0, png
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -660,7 +709,9 @@ def _finetune(model_dir: str | Path, fluxnet: Sequence[str | Path], out: str | P
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, norm: Normalizer, series: Series, *, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module, norm: Normalizer, series: Series, *, batch: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Run the model over whole series from a zero state.
 
     Returns

@@ -121,14 +121,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     u.add_argument("--cluster", default="local",
                    help="'local' (default), tcp://HOST:PORT, a scheduler file, a cluster/*.yaml, "
                         "or 'serial' (no Dask)")  # fmt: skip
-    u.add_argument("--workers", type=positive_int, default=None, help="workers of a local cluster (>= 1)")
+    u.add_argument(
+        "--workers", type=positive_int, default=None, help="workers of a local cluster (>= 1)"
+    )
     u.add_argument("--connect-timeout", type=positive_float, default=None, metavar="S",
                    help="seconds to wait for an existing scheduler (default 20)")  # fmt: skip
-    u.add_argument("--resume", action="store_true", help="finish an interrupted run: only missing blocks")
+    u.add_argument(
+        "--resume", action="store_true", help="finish an interrupted run: only missing blocks"
+    )
     u.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUT (and --maps DIR): only an upscaling store kgml_grid "
                         "wrote, never an input of the run")  # fmt: skip
-    u.add_argument("--dry-run", action="store_true", help="print the plan; compute and write nothing")
+    u.add_argument(
+        "--dry-run", action="store_true", help="print the plan; compute and write nothing"
+    )
     u.add_argument("--batch-pixels", type=positive_int, default=None, help="pixels per model batch")
     u.add_argument("--device", default="auto", type=device_spec,
                    help="worker device: auto (GPU if any), cpu, cuda or cuda:N")  # fmt: skip

@@ -68,7 +68,11 @@ Mode = Literal["sample", "full"]
 
 #: The stored variables the model's features are made of (what upscaling reads).
 MODEL_INPUTS: tuple[str, ...] = (
-    *(n for n in schema.FEATURES if schema.VARIABLES[n].resolution != schema.ResolutionClass.DERIVED),
+    *(
+        n
+        for n in schema.FEATURES
+        if schema.VARIABLES[n].resolution != schema.ResolutionClass.DERIVED
+    ),
     "crop_type",
 )
 #: Chunks read per variable in the sampled check.
@@ -101,7 +105,9 @@ class VariableStats:
     vmin: float = np.inf
     vmax: float = -np.inf
     worst: tuple[float, float, tuple[int, ...]] | None = None  # (excess, value, index)
-    bad_codes: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)  # code -> (count, index)
+    bad_codes: dict[int, tuple[int, tuple[int, ...]]] = field(
+        default_factory=dict
+    )  # code -> (count, index)
     chunks_checked: int = 0
     chunks_total: int = 0
 
@@ -190,7 +196,10 @@ def _chunk_bounds(da: xr.DataArray) -> list[list[tuple[int, int]]]:
             enc = tuple(enc.get(d, n) for d, n in da.sizes.items())
         if not enc or len(enc) != da.ndim:
             enc = da.shape
-        sizes = [[min(c, n - s) for s in range(0, n, max(int(c), 1))] for c, n in zip(enc, da.shape, strict=True)]
+        sizes = [
+            [min(c, n - s) for s in range(0, n, max(int(c), 1))]
+            for c, n in zip(enc, da.shape, strict=True)
+        ]
     out = []
     for dim_sizes in sizes:
         b, s = [], 0
@@ -209,7 +218,9 @@ def _sample_indices(grid: Sequence[int], k: int) -> list[tuple[int, ...]]:
     return [tuple(int(i) for i in np.unravel_index(f, grid)) for f in flat] if grid else [()]
 
 
-def _stats(a: Any, lo: float, hi: float, flags: tuple[int, ...] | None, offset: tuple[int, ...]) -> VariableStats:
+def _stats(
+    a: Any, lo: float, hi: float, flags: tuple[int, ...] | None, offset: tuple[int, ...]
+) -> VariableStats:
     """Statistics of one chunk (``offset``: its first index in the variable)."""
     a = np.asarray(a)
     s = VariableStats(n=int(a.size), chunks_checked=1)
@@ -224,7 +235,10 @@ def _stats(a: Any, lo: float, hi: float, flags: tuple[int, ...] | None, offset: 
             s.n_finite = int(a.size)
         for code in np.unique(a[bad])[:8]:
             where = np.unravel_index(int(np.argmax(a == code)), a.shape)
-            s.bad_codes[int(code)] = (int((a == code).sum()), tuple(int(o + w) for o, w in zip(offset, where, strict=True)))
+            s.bad_codes[int(code)] = (
+                int((a == code).sum()),
+                tuple(int(o + w) for o, w in zip(offset, where, strict=True)),
+            )
         if s.n_finite:
             valid = a[np.isfinite(a)] if np.issubdtype(a.dtype, np.floating) else a
             s.vmin, s.vmax = float(valid.min()), float(valid.max())
@@ -241,11 +255,17 @@ def _stats(a: Any, lo: float, hi: float, flags: tuple[int, ...] | None, offset: 
     s.n_low, s.n_high = int(low.sum()), int(high.sum())
     if s.n_low or s.n_high:
         with np.errstate(invalid="ignore"):
-            excess = np.where(low, lo - a.astype("float64"), np.where(high, a.astype("float64") - hi, 0.0))
+            excess = np.where(
+                low, lo - a.astype("float64"), np.where(high, a.astype("float64") - hi, 0.0)
+            )
         s.n_wide = int((excess > WIDE_MARGIN * (hi - lo)).sum())
         i = int(np.argmax(excess))
         where = np.unravel_index(i, a.shape)
-        s.worst = (float(excess.flat[i]), float(a.flat[i]), tuple(int(o + w) for o, w in zip(offset, where, strict=True)))
+        s.worst = (
+            float(excess.flat[i]),
+            float(a.flat[i]),
+            tuple(int(o + w) for o, w in zip(offset, where, strict=True)),
+        )
     return s
 
 
@@ -291,7 +311,9 @@ def _dtype_finding(da: xr.DataArray, var: schema.Variable, layer: str, head: str
     return None
 
 
-def _first_finite(da: xr.DataArray, bounds: list[list[tuple[int, int]]], skip: set[tuple[int, ...]]) -> bool:
+def _first_finite(
+    da: xr.DataArray, bounds: list[list[tuple[int, int]]], skip: set[tuple[int, ...]]
+) -> bool:
     """Whether any chunk not in ``skip`` holds a finite value (stops at the first)."""
     import itertools
 
@@ -319,14 +341,22 @@ def _findings(ds: xr.Dataset, var: schema.Variable, layer: str, head: str, s: Va
     if var.flag_values is not None:
         if s.bad_codes:
             code, (count, idx) = next(iter(sorted(s.bad_codes.items(), key=lambda kv: -kv[1][0])))
-            legend = ", ".join(f"{c} {m}" for c, m in zip(var.flag_values, (var.flag_meanings or "").split(), strict=False))
+            legend = ", ".join(
+                f"{c} {m}"
+                for c, m in zip(var.flag_values, (var.flag_meanings or "").split(), strict=False)
+            )
             out.append(Finding("refuse", layer, var.name,
                                f"{head} has codes {sorted(s.bad_codes)} outside its legend ({legend}): "
                                f"{count:,} values of code {code}, e.g. at {_where(ds, da.dims, idx)}, "
                                f"among {checked}; map the source classes onto the legend (kgml_grid.ingest.cdl)"))  # fmt: skip
         return out
     units = var.units
-    kelvin = var.units == "degC" and s.n_finite and KELVIN_RANGE[0] <= s.vmin and s.vmax <= KELVIN_RANGE[1]
+    kelvin = (
+        var.units == "degC"
+        and s.n_finite
+        and KELVIN_RANGE[0] <= s.vmin
+        and s.vmax <= KELVIN_RANGE[1]
+    )
     if kelvin:
         return [Finding("refuse", layer, var.name,
                         f"{head} has values {s.vmin:.5g}..{s.vmax:.5g}, labelled {da.attrs.get('units')!r}: "
@@ -344,8 +374,14 @@ def _findings(ds: xr.Dataset, var: schema.Variable, layer: str, head: str, s: Va
     if s.n_wide or frac > MAX_OUTSIDE_FRACTION:
         why = (f"{s.n_wide:,} beyond it by more than its width" if s.n_wide
                else f"more than {100 * MAX_OUTSIDE_FRACTION:g} % are outside")  # fmt: skip
-        out.append(Finding("refuse", layer, var.name,
-                           f"{head}: {what}; {why}: check the source's units and scale factor and rebuild the cube"))
+        out.append(
+            Finding(
+                "refuse",
+                layer,
+                var.name,
+                f"{head}: {what}; {why}: check the source's units and scale factor and rebuild the cube",
+            )
+        )
     else:
         out.append(Finding("warn", layer, var.name,
                            f"{head}: {what}; accepted (at most {100 * MAX_OUTSIDE_FRACTION:g} % may be "
@@ -449,8 +485,12 @@ def check_layers(
             layer, name = key
             ds = layers[layer]
             bounds, done = plans[key]
-            has_finite = s.n_finite > 0 or (mode == "sample" and _first_finite(ds[name], bounds, done))
-            report.findings.extend(_findings(ds, schema.VARIABLES[name], layer, heads[key], s, mode, has_finite))
+            has_finite = s.n_finite > 0 or (
+                mode == "sample" and _first_finite(ds[name], bounds, done)
+            )
+            report.findings.extend(
+                _findings(ds, schema.VARIABLES[name], layer, heads[key], s, mode, has_finite)
+            )
     return report
 
 

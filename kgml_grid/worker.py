@@ -34,7 +34,14 @@ if TYPE_CHECKING:
 
     from kgml_grid.checkpoint import Checkpoint
 
-__all__ = ["ModelPlugin", "get_checkpoint", "plugin_name", "register_model", "select_device", "tune_malloc"]
+__all__ = [
+    "ModelPlugin",
+    "get_checkpoint",
+    "plugin_name",
+    "register_model",
+    "select_device",
+    "tune_malloc",
+]
 
 _LOCAL: dict[str, Checkpoint] = {}
 _LOCK = threading.Lock()
@@ -131,7 +138,12 @@ class ModelPlugin(WorkerPlugin):
     idempotent = True
 
     def __init__(
-        self, path: str, checkpoint_hash: str, *, device: str = "auto", torch_threads: int | None = None
+        self,
+        path: str,
+        checkpoint_hash: str,
+        *,
+        device: str = "auto",
+        torch_threads: int | None = None,
     ) -> None:
         self.path = str(path)
         self.checkpoint_hash = checkpoint_hash
@@ -168,7 +180,9 @@ class ModelPlugin(WorkerPlugin):
         self.checkpoint = None
 
 
-def register_model(client: Any, path: str | Path, checkpoint_hash: str, *, device: str = "auto") -> str:
+def register_model(
+    client: Any, path: str | Path, checkpoint_hash: str, *, device: str = "auto"
+) -> str:
     """Register :class:`ModelPlugin` on every worker (now and joining later).
 
     Returns the plugin name. Errors of a worker's ``setup`` (missing file, wrong hash)

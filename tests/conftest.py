@@ -17,7 +17,9 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory):
     """World A, tiny preset, seed 0: cubes, towers and catalog (read-only for tests)."""
     from kgml_grid.synth import generate_world
 
-    return generate_world(tmp_path_factory.mktemp("world") / "tiny", preset="tiny", seed=0, progress=False)
+    return generate_world(
+        tmp_path_factory.mktemp("world") / "tiny", preset="tiny", seed=0, progress=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,9 @@ def test_simulator_rerun_reproduces_the_truth_and_responds(tiny_world):
 def test_sensitivities_are_exact_across_time_chunkings(tiny_world, ckpt):
     args = dict(start="2010-01-01", end="2011-12-31", bbox=None)
     one = make_plan(tiny_world.catalog, ckpt, chunks="y=-1,x=-1,time=-1", **args)
-    many = make_plan(tiny_world.catalog, ckpt, chunks={"y": 10, "x": 12, "time": (150, 400, 180)}, **args)
+    many = make_plan(
+        tiny_world.catalog, ckpt, chunks={"y": 10, "x": 12, "time": (150, 400, 180)}, **args
+    )
     with dask.config.set(scheduler="threads"):
         a = sensitivities(one, ["tair", "soc"], variables=["rh"]).compute()
         b = sensitivities(many, ["tair", "soc"], variables=["rh"]).compute()
@@ -58,7 +60,9 @@ def test_sensitivities_are_exact_across_time_chunkings(tiny_world, ckpt):
     assert crop.any() and not crop.all()  # non-crop pixels stay NaN
     assert np.isfinite(s.values[:, crop]).all()
     assert np.abs(s.sel(driver="tair").values[crop]).max() > 0
-    with pytest.raises(ValueError, match=r"--drivers \['wind'\]: unknown driver; expected some of tair"):
+    with pytest.raises(
+        ValueError, match=r"--drivers \['wind'\]: unknown driver; expected some of tair"
+    ):
         sensitivities(one, ["wind"])
 
 
@@ -67,7 +71,11 @@ def test_interannual_regression_recovers_known_controls():
     n, ny, nx = 12, 3, 4
     drv = {k: rng.standard_normal((n, ny, nx)) for k in ("tair", "precip", "swrad")}
     # left half controlled by temperature, right half by precipitation
-    resp = np.where(np.arange(nx) < 2, 3 * drv["tair"] + 0.5 * drv["swrad"], -2 * drv["precip"] + 0.3 * drv["tair"])
+    resp = np.where(
+        np.arange(nx) < 2,
+        3 * drv["tair"] + 0.5 * drv["swrad"],
+        -2 * drv["precip"] + 0.3 * drv["tair"],
+    )
     resp = resp + 0.05 * rng.standard_normal(resp.shape)
     resp[:, 0, 0] = np.nan  # a non-crop pixel
     coords = {"year": np.arange(2000, 2000 + n), "y": np.arange(ny), "x": np.arange(nx)}
@@ -76,11 +84,18 @@ def test_interannual_regression_recovers_known_controls():
     names = list(att["driver"].values)
     dom = att["dominant"].values
     assert dom[0, 0] == -1 and np.isnan(att["r2"].values[0, 0])
-    assert (dom[:, :2][1:] == names.index("tair")).all() and (dom[:, 2:] == names.index("precip")).all()
+    assert (dom[:, :2][1:] == names.index("tair")).all() and (
+        dom[:, 2:] == names.index("precip")
+    ).all()
     assert np.nanmin(att["r2"].values) > 0.98
     assert (att["beta"].sel(driver="precip").values[:, 2:] < -0.9).all()
     with pytest.raises(ValueError, match=r"4 years for 3 drivers; need at least 5 years"):
-        interannual_attribution(xr.DataArray(resp[:4], dims=("year", "y", "x"), coords={**coords, "year": coords["year"][:4]}), ds)
+        interannual_attribution(
+            xr.DataArray(
+                resp[:4], dims=("year", "y", "x"), coords={**coords, "year": coords["year"][:4]}
+            ),
+            ds,
+        )
 
 
 def test_annual_drivers_on_the_plan_grid(tiny_world, ckpt):
@@ -98,7 +113,9 @@ def test_annual_drivers_on_the_plan_grid(tiny_world, ckpt):
 
 
 @pytest.mark.slow
-def test_attribute_command_writes_store_and_maps_and_refuses_before_writing(tiny_world, ckpt, tmp_path, capsys):
+def test_attribute_command_writes_store_and_maps_and_refuses_before_writing(
+    tiny_world, ckpt, tmp_path, capsys
+):
     from kgml_grid import outputs
     from kgml_grid.cli import main
 
@@ -110,7 +127,10 @@ def test_attribute_command_writes_store_and_maps_and_refuses_before_writing(tiny
     assert "annual rh sensitivity" in printed and "tair" in printed
     assert outputs.kind_of(out) == "attribution"
     ds = xr.open_zarr(out, consolidated=False)
-    assert ds["rh_sensitivity"].sizes["year"] == 4 and list(ds["driver"].values) == ["tair", "precip"]
+    assert ds["rh_sensitivity"].sizes["year"] == 4 and list(ds["driver"].values) == [
+        "tair",
+        "precip",
+    ]
     assert set(np.unique(ds["rh_dominant"].values)) <= {-1, 0, 1}
     assert (ds["rh_dominant"].values >= 0).any()
     assert sorted(p.name for p in maps.glob("*.png")) == [

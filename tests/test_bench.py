@@ -116,9 +116,15 @@ def test_acceptance_ratios():
     assert acc["end_to_end_vs_min_limit"]["met"] is True
     assert "the compute limit" in acc["end_to_end_vs_min_limit"]["what"]
     assert acc["end_to_end_vs_map_blocks"]["met"] is True
-    assert acc["end_to_end_vs_patch_loop"] == {**acc["end_to_end_vs_patch_loop"], "value": 0.8, "met": False}
+    assert acc["end_to_end_vs_patch_loop"] == {
+        **acc["end_to_end_vs_patch_loop"],
+        "value": 0.8,
+        "met": False,
+    }
     assert acc["workers_2_vs_1"]["value"] == pytest.approx(1.6) and not acc["workers_2_vs_1"]["met"]
-    assert acc["memory_4x_vs_1x"]["value"] == pytest.approx(1.25) and not acc["memory_4x_vs_1x"]["met"]
+    assert (
+        acc["memory_4x_vs_1x"]["value"] == pytest.approx(1.25) and not acc["memory_4x_vs_1x"]["met"]
+    )
     md = format_markdown({**_fake_result(), "acceptance": acc})
     assert "| 8x8 px x 30 d **(recommended)** |" in md and "**no**" in md
 
@@ -126,9 +132,14 @@ def test_acceptance_ratios():
 def test_median_run():
     from kgml_grid.bench import median_run as _median_run
 
-    runs = [{"pixel_days_per_s": v, "peak_memory_per_worker_mib": m} for v, m in ((5, 1), (9, 2), (7, 3), (1, 4))]
+    runs = [
+        {"pixel_days_per_s": v, "peak_memory_per_worker_mib": m}
+        for v, m in ((5, 1), (9, 2), (7, 3), (1, 4))
+    ]
     med = _median_run(runs)
-    assert med["pixel_days_per_s"] == 5 and med["peak_memory_per_worker_mib"] == 1  # lower median of 4
+    assert (
+        med["pixel_days_per_s"] == 5 and med["peak_memory_per_worker_mib"] == 1
+    )  # lower median of 4
     assert med["repeats"] == 4 and med["pixel_days_per_s_each"] == [5, 9, 7, 1]
     assert _median_run(runs[:3])["pixel_days_per_s"] == 7
 
@@ -213,7 +224,10 @@ def _bench_imports() -> dict[str, set[str]]:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             for n in names:
                 if n == "kgml_grid.bench" or n.startswith("kgml_grid.bench."):
-                    deps.add(n.removeprefix("kgml_grid.bench").removeprefix(".").split(".")[0] or "__init__")
+                    deps.add(
+                        n.removeprefix("kgml_grid.bench").removeprefix(".").split(".")[0]
+                        or "__init__"
+                    )
     return graph
 
 
@@ -221,7 +235,16 @@ def test_bench_package_imports_run_one_way():
     import graphlib
 
     graph = _bench_imports()
-    assert {"shapes", "ratios", "report", "instruments", "limits", "peers", "runners", "benchmark"} <= set(graph)
+    assert {
+        "shapes",
+        "ratios",
+        "report",
+        "instruments",
+        "limits",
+        "peers",
+        "runners",
+        "benchmark",
+    } <= set(graph)
     for mod, deps in graph.items():
         assert "__init__" not in deps, f"kgml_grid.bench.{mod} imports the package itself"
         assert not [d for d in deps if d.startswith("<")], f"kgml_grid.bench.{mod}: {deps}"
@@ -263,10 +286,16 @@ def test_tiny_run_structure(tiny_result):
     cfg = res["config"]
     assert cfg["domain"] == [20, 24] and cfg["days"] == 90 and cfg["workers"] == 2
     assert res["command"].startswith("kgml-grid bench --preset tiny --out ")
-    assert res["command"].endswith("--hidden 8 --quick --world " + cfg["world"] + " --max-seconds 20.0 --quiet")
+    assert res["command"].endswith(
+        "--hidden 8 --quick --world " + cfg["world"] + " --max-seconds 20.0 --quiet"
+    )
     for k in ("cpu", "cores", "load_average_at_start", "load_average_at_end", "torch"):
         assert k in res["machine"]
-    assert [r["chunks"] for r in res["sweep"]] == cfg["shapes"] == ["y=10,x=10,time=90", "y=20,x=20,time=23"]
+    assert (
+        [r["chunks"] for r in res["sweep"]]
+        == cfg["shapes"]
+        == ["y=10,x=10,time=90", "y=20,x=20,time=23"]
+    )
     for r in res["sweep"]:
         assert r["pixel_days_per_s"] > 0 and r["wall_s"] > 0 and r["tasks"] > 0
         assert r["pixel_days"] == cfg["pixel_days"]
@@ -285,14 +314,23 @@ def test_tiny_run_structure(tiny_result):
     assert lim["compute"]["pixel_days_per_s"] == max(lim["compute_threads"]["pixel_days_per_s"],
                                                      lim["compute_processes"]["pixel_days_per_s"])  # fmt: skip
     assert lim["compute_threads"]["threads"] == 2 and lim["compute_processes"]["threads"] == 1
-    assert lim["compute_processes"]["processes"] in (1, 2)  # as many as there are batches to share, at most 2
+    assert lim["compute_processes"]["processes"] in (
+        1,
+        2,
+    )  # as many as there are batches to share, at most 2
     for k in ("compute_threads", "compute_processes"):
         assert lim[k]["pixel_days_done"] == res["end_to_end"]["pixel_days"] or lim[k]["truncated"]
     for k in ("map_blocks", "patch_loop"):
         assert res["peers"][k]["pixel_days_per_s"] > 0
     e2e = res["end_to_end"]
-    assert e2e["chunks"] == res["recommended"]["chunks"] and e2e["domain"] == [10, 12] and e2e["repeats"] == 1
-    assert e2e["pixel_days"] < cfg["pixel_days"]  # the 1x domain of the scaling part (half the sides)
+    assert (
+        e2e["chunks"] == res["recommended"]["chunks"]
+        and e2e["domain"] == [10, 12]
+        and e2e["repeats"] == 1
+    )
+    assert (
+        e2e["pixel_days"] < cfg["pixel_days"]
+    )  # the 1x domain of the scaling part (half the sides)
     sc = res["scaling"]
     assert sc["domain_1x"] == e2e == sc["workers_2"]
     assert sc["domain_1x"]["domain"] == [10, 12] and sc["domain_4x"]["domain"] == [20, 24]
@@ -307,15 +345,22 @@ def test_tiny_ratios_from_the_same_run(tiny_result):
     acc = res["acceptance"]
     assert set(acc) == set(TARGETS)
     rec, lim = res["end_to_end"], res["limits"]
-    want = rec["pixel_days_per_s"] / min(lim["compute"]["pixel_days_per_s"], lim["io"]["pixel_days_per_s"])
+    want = rec["pixel_days_per_s"] / min(
+        lim["compute"]["pixel_days_per_s"], lim["io"]["pixel_days_per_s"]
+    )
     assert acc["end_to_end_vs_min_limit"]["value"] == pytest.approx(want, abs=1.5e-3)
     assert acc["end_to_end_vs_map_blocks"]["value"] == pytest.approx(
-        rec["pixel_days_per_s"] / res["peers"]["map_blocks"]["pixel_days_per_s"], abs=1.5e-3)
+        rec["pixel_days_per_s"] / res["peers"]["map_blocks"]["pixel_days_per_s"], abs=1.5e-3
+    )
     sc = res["scaling"]
     assert acc["workers_2_vs_1"]["value"] == pytest.approx(
-        sc["workers_2"]["pixel_days_per_s"] / sc["workers_1"]["pixel_days_per_s"], abs=1.5e-3)
+        sc["workers_2"]["pixel_days_per_s"] / sc["workers_1"]["pixel_days_per_s"], abs=1.5e-3
+    )
     assert acc["memory_4x_vs_1x"]["value"] == pytest.approx(
-        sc["domain_4x"]["peak_memory_per_worker_mib"] / sc["domain_1x"]["peak_memory_per_worker_mib"], abs=1.5e-3)
+        sc["domain_4x"]["peak_memory_per_worker_mib"]
+        / sc["domain_1x"]["peak_memory_per_worker_mib"],
+        abs=1.5e-3,
+    )
     for a in acc.values():
         assert isinstance(a["met"], bool) and math.isfinite(a["value"])
 
@@ -327,7 +372,11 @@ def test_tiny_files(tiny_result):
     md = (out / "bench_tiny.md").read_text()
     assert "(recommended)" in md and "compute limit" in md and "acceptance ratio" in md
     assert "**end-to-end** (upscale, 2 workers" in md
-    assert res["files"] == {"json": "bench_tiny.json", "png": "bench_tiny.png", "markdown": "bench_tiny.md"}
+    assert res["files"] == {
+        "json": "bench_tiny.json",
+        "png": "bench_tiny.png",
+        "markdown": "bench_tiny.md",
+    }
 
 
 def test_output_codec_benchmark_runs_and_names_the_engines_codec(tiny_world, tmp_path):
@@ -341,7 +390,12 @@ def test_output_codec_benchmark_runs_and_names_the_engines_codec(tiny_world, tmp
     finally:
         sys.path.pop(0)
     out = tmp_path / "codecs.json"
-    assert output_codecs.main(["--world", str(tiny_world.catalog), "--out", str(out), "--repeats", "2"]) == 0
+    assert (
+        output_codecs.main(
+            ["--world", str(tiny_world.catalog), "--out", str(out), "--repeats", "2"]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["block"]["crop_pixels"] > 0 and 0 < res["block"]["nan_fraction"] < 1
     engine = [c.to_dict() for c in _output_compressors()]

@@ -44,8 +44,12 @@ def regions(draw):
     return tuple(out)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(regs=st.lists(regions(), min_size=1, max_size=6), budget=st.sampled_from([0, 600, 4000, 10**7]))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    regs=st.lists(regions(), min_size=1, max_size=6), budget=st.sampled_from([0, 600, 4000, 10**7])
+)
 def test_cached_reads_equal_plain_reads(store, regs, budget):
     """Any sequence of regions, any budget: the same values as reading the array."""
     root, v, _ = store
@@ -107,12 +111,17 @@ def test_zero_budget_and_large_regions_bypass(store):
 
 def test_read_region_names_dimensions_and_unpacks(store):
     root, v, p = store
-    got = blockio.read_region(root, "v", {"x": slice(1, 9), "time": slice(3, 20), "y": slice(0, 6)}, token="r1")
+    got = blockio.read_region(
+        root, "v", {"x": slice(1, 9), "time": slice(3, 20), "y": slice(0, 6)}, token="r1"
+    )
     np.testing.assert_array_equal(got, v[3:20, 0:6, 1:9].transpose(2, 0, 1))
     unpacked = blockio.read_region(root, "p", {"y": slice(None), "x": slice(None)}, token="r1")
     np.testing.assert_allclose(unpacked, p, equal_nan=True)  # as xarray decodes it
     assert np.isnan(unpacked[0, 0])
-    with pytest.raises(ValueError, match=r"cube.zarr/v: dimensions \('time', 'y', 'x'\), the engine reads \('y', 'x'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"cube.zarr/v: dimensions \('time', 'y', 'x'\), the engine reads \('y', 'x'\)",
+    ):
         blockio.read_region(root, "v", {"y": slice(0, 2), "x": slice(0, 2)})
     with pytest.raises(FileNotFoundError, match="no Zarr array 'nope'"):
         blockio.read_region(root, "nope", {"y": slice(0, 2)})
@@ -123,15 +132,27 @@ def test_read_region_names_dimensions_and_unpacks(store):
 
 def test_write_region_writes_named_regions(tmp_path):
     path = tmp_path / "out.zarr"
-    tmpl = xr.Dataset({"a": (("time", "y", "x"), np.zeros((6, 4, 5), "float32"))}).chunk({"time": 3})
+    tmpl = xr.Dataset({"a": (("time", "y", "x"), np.zeros((6, 4, 5), "float32"))}).chunk(
+        {"time": 3}
+    )
     cubes.init_store(tmpl, path, {"time": 3, "y": 4, "x": 5})
     block = np.arange(3 * 4 * 2, dtype="float32").reshape(4, 2, 3)  # y, x, time
-    blockio.write_region(path, "w1", {"a": block}, {"y": slice(0, 4), "x": slice(1, 3), "time": slice(3, 6)})
+    blockio.write_region(
+        path, "w1", {"a": block}, {"y": slice(0, 4), "x": slice(1, 3), "time": slice(3, 6)}
+    )
     out = xr.open_zarr(path, consolidated=False)["a"].values
     np.testing.assert_array_equal(out[3:6, :, 1:3], block.transpose(2, 0, 1))
     assert np.isnan(out[:3]).all() and np.isnan(out[3:, :, [0, 3, 4]]).all()
-    with pytest.raises(ValueError, match=r"out.zarr/a: block of shape \(4, 2, 2\) for a region of shape \(4, 2, 3\) \(y, x, time\)"):
-        blockio.write_region(path, "w1", {"a": block[..., :2]}, {"y": slice(0, 4), "x": slice(1, 3), "time": slice(3, 6)})
+    with pytest.raises(
+        ValueError,
+        match=r"out.zarr/a: block of shape \(4, 2, 2\) for a region of shape \(4, 2, 3\) \(y, x, time\)",
+    ):
+        blockio.write_region(
+            path,
+            "w1",
+            {"a": block[..., :2]},
+            {"y": slice(0, 4), "x": slice(1, 3), "time": slice(3, 6)},
+        )
     blockio.drop_run("w1")
 
 
@@ -143,5 +164,7 @@ def test_cache_budget_setting(monkeypatch):
     monkeypatch.setenv(blockio.CACHE_ENV, "0")
     assert blockio.cache_bytes_setting() == 0
     monkeypatch.setenv(blockio.CACHE_ENV, "lots")
-    with pytest.raises(ValueError, match=r"KGML_CHUNK_CACHE='lots' is not a size; write e.g. 256MiB"):
+    with pytest.raises(
+        ValueError, match=r"KGML_CHUNK_CACHE='lots' is not a size; write e.g. 256MiB"
+    ):
         blockio.cache_bytes_setting()

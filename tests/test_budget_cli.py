@@ -62,7 +62,9 @@ def test_budget_table_and_chart_match_the_store(store, halves, tmp_path, capsys)
     assert meta["by"] == "year" and meta["rows"] == len(t)
     ds = xr.open_zarr(store, consolidated=False)
     ra = ds["ra"].values.astype("float64")
-    crop = xr.open_zarr(json.loads(ds.attrs["kgml_plan"])["paths"]["crop"], consolidated=False)["crop_type"]
+    crop = xr.open_zarr(json.loads(ds.attrs["kgml_plan"])["paths"]["crop"], consolidated=False)[
+        "crop_type"
+    ]
     years = ds["time"].dt.year.values
     for zone, cols in (("west", slice(0, half)), ("east", slice(half, None))):
         for year in (2010, 2011):
@@ -73,12 +75,16 @@ def test_budget_table_and_chart_match_the_store(store, halves, tmp_path, capsys)
             np.testing.assert_allclose(row.area_km2, ok.sum() * 0.25, rtol=1e-9)
             ct = crop.sel(year=year).values[:, cols]
             corn = t[(t.zone_name == zone) & (t.year == year) & (t.crop == "corn")].iloc[0]
-            np.testing.assert_allclose(corn.ra_TgC, (tot[ok & (ct == 1)] * 500.0**2).sum() / 1e12, rtol=1e-5)
+            np.testing.assert_allclose(
+                corn.ra_TgC, (tot[ok & (ct == 1)] * 500.0**2).sum() / 1e12, rtol=1e-5
+            )
     assert set(t.crop) >= {"all", "corn", "soybean"}
     assert ((t.rh_reco_ratio > 0) & (t.rh_reco_ratio < 1)).all()
     # by month: twelve months a year, the months add up to the year
     mo = tmp_path / "month.csv"
-    assert main(["budget", str(store), "--zones", str(zones), "--by", "month", "--out", str(mo)]) == 0
+    assert (
+        main(["budget", str(store), "--zones", str(zones), "--by", "month", "--out", str(mo)]) == 0
+    )
     m = pd.read_csv(mo)
     m = m[m.crop == "all"]
     assert m.groupby(["zone", "year"]).size().eq(12).all()
@@ -94,18 +100,25 @@ def test_budget_refuses_before_writing(store, halves, tmp_path, capsys):
     assert main(["budget", str(store), "--zones", str(zones), "--out", str(out)]) == 0
     assert main(["budget", str(store), "--zones", str(zones), "--out", str(out)]) == 2
     assert "pass --overwrite to replace them" in capsys.readouterr().err
-    assert main(["budget", str(store), "--zones", str(zones), "--out", str(out), "--overwrite"]) == 0
+    assert (
+        main(["budget", str(store), "--zones", str(zones), "--out", str(out), "--overwrite"]) == 0
+    )
     # a file kgml_grid did not write is never replaced
     foreign = tmp_path / "mine.csv"
     foreign.write_text("keep me")
-    assert main(["budget", str(store), "--zones", str(zones), "--out", str(foreign), "--overwrite"]) == 2
+    assert (
+        main(["budget", str(store), "--zones", str(zones), "--out", str(foreign), "--overwrite"])
+        == 2
+    )
     assert "were not written by kgml_grid" in capsys.readouterr().err
     assert foreign.read_text() == "keep me"
     # not a store, a bad table format, a bad zone file: errors naming them, nothing written
     new = tmp_path / "new.csv"
     assert main(["budget", str(tmp_path), "--zones", str(zones), "--out", str(new)]) == 2
     assert "not an upscaling store written by kgml-grid upscale" in capsys.readouterr().err
-    assert main(["budget", str(store), "--zones", str(zones), "--out", str(tmp_path / "t.xlsx")]) == 2
+    assert (
+        main(["budget", str(store), "--zones", str(zones), "--out", str(tmp_path / "t.xlsx")]) == 2
+    )
     assert "unknown table format '.xlsx'; expected .csv or .parquet" in capsys.readouterr().err
     bad = tmp_path / "bad.geojson"
     bad.write_text("{not json")

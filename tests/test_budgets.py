@@ -71,7 +71,11 @@ def cases(draw):
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, n_zones + 1, (ny, nx)).astype("int32")
     ids[0, 0] = 1  # at least one zoned pixel
-    chunks = {"time": draw(st.integers(5, TIME.size)), "y": draw(st.integers(1, ny)), "x": draw(st.integers(1, nx))}
+    chunks = {
+        "time": draw(st.integers(5, TIME.size)),
+        "y": draw(st.integers(1, ny)),
+        "x": draw(st.integers(1, nx)),
+    }
     by = draw(st.sampled_from(["year", "season", "month"]))
     return ny, nx, n_zones, ids, seed, chunks, by
 
@@ -89,7 +93,9 @@ def test_zone_sums_equal_brute_force_numpy_sums(case):
     zones = Zones(xr.DataArray(ids, dims=("y", "x"), coords=grid_coords),
                   {i: f"z{i}" for i in range(1, n_zones + 1)})  # fmt: skip
     ct = xr.DataArray(crop, dims=("year", "y", "x"), coords={"year": [2010, 2011], **grid_coords})
-    b = zone_budgets(ds, zones, by=by, variables=VARS, area=xr.DataArray(area, dims=("y", "x")), crop_type=ct)
+    b = zone_budgets(
+        ds, zones, by=by, variables=VARS, area=xr.DataArray(area, dims=("y", "x")), crop_type=ct
+    )
     assert isinstance(b["ra_g"].data, dask.array.Array)  # lazy until the table
     with dask.config.set(scheduler="sync"):
         table = budget_table(b)
@@ -164,13 +170,27 @@ def test_zone_files_are_checked(tmp_path):
     p = tmp_path / "z.geojson"
     p.write_text(json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {"NAME": "a"}, "geometry": square(0, 0, 1000, 1000)}]}))  # fmt: skip
-    with pytest.raises(ZoneError, match=r"z.geojson: no property 'STATE' \(--zone-field\); the features have NAME"):
+    with pytest.raises(
+        ZoneError, match=r"z.geojson: no property 'STATE' \(--zone-field\); the features have NAME"
+    ):
         read_zones(p, GRID, field="STATE")
-    with pytest.raises(ZoneError, match=r"no polygon covers a pixel centre of the grid .* is the file's CRS right"):
+    with pytest.raises(
+        ZoneError, match=r"no polygon covers a pixel centre of the grid .* is the file's CRS right"
+    ):
         read_zones(p, GRID)  # lon/lat 0..1000 degrees: not on the grid
     pt = tmp_path / "pt.geojson"
-    pt.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [0, 0]}}))
-    with pytest.raises(ZoneError, match=r"pt.geojson: feature 1 has geometry 'Point'; expected Polygon"):
+    pt.write_text(
+        json.dumps(
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Point", "coordinates": [0, 0]},
+            }
+        )
+    )
+    with pytest.raises(
+        ZoneError, match=r"pt.geojson: feature 1 has geometry 'Point'; expected Polygon"
+    ):
         read_zones(pt, GRID)
     with pytest.raises(ZoneError, match=r"zones .*z.csv: unknown suffix '.csv'"):
         (tmp_path / "z.csv").write_text("a")
@@ -201,7 +221,9 @@ def test_cell_areas_projected_and_geographic():
     # exact: ellipsoidal area of a 0.5 x 0.5 degree cell between 40.5 and 41 N
     from pyproj import Geod
 
-    want = abs(Geod(ellps="WGS84").polygon_area_perimeter([0, 0.5, 0.5, 0], [40.5, 40.5, 41, 41])[0])
+    want = abs(
+        Geod(ellps="WGS84").polygon_area_perimeter([0, 0.5, 0.5, 0], [40.5, 40.5, 41, 41])[0]
+    )
     np.testing.assert_allclose(g[0], want, rtol=1e-9)
     assert g[0, 0] < g[-1, 0]  # cells shrink towards the pole
     # the whole sphere-band check: 360 x 180 degrees sums to the ellipsoid's area
@@ -215,7 +237,9 @@ def test_geopackage_zones_need_fiona_or_read_like_geojson(tmp_path):
         import fiona
     except ImportError:
         p.write_bytes(b"")
-        with pytest.raises(ZoneError, match=r"z.gpkg: reading .gpkg files needs the 'fiona' package .*ogr2ogr"):
+        with pytest.raises(
+            ZoneError, match=r"z.gpkg: reading .gpkg files needs the 'fiona' package .*ogr2ogr"
+        ):
             read_zones(p, GRID)
         return
     schema = {"geometry": "Polygon", "properties": {"NAME": "str"}}
@@ -223,7 +247,9 @@ def test_geopackage_zones_need_fiona_or_read_like_geojson(tmp_path):
         dst.write({"geometry": square(0, 0, 3000, 5000), "properties": {"NAME": "west"}})
     z = read_zones(p, GRID)
     assert z.names == {1: "west"}
-    assert (z.ids.values[:, GRID.x < 3000] == 1).all() and (z.ids.values[:, GRID.x > 3000] == 0).all()
+    assert (z.ids.values[:, GRID.x < 3000] == 1).all() and (
+        z.ids.values[:, GRID.x > 3000] == 0
+    ).all()
 
 
 def test_crop_share_scales_areas_and_totals_not_means():

@@ -40,7 +40,9 @@ def test_open_by_layer_name_with_custom_chunks(tiny_world):
 
 def test_driver_other_than_zarr_refused(tmp_path):
     p = _write(tmp_path, {"sources": {"soil": _entry(driver="os.system")}})
-    with pytest.raises(CatalogError, match=r"entry 'soil' uses driver 'os.system'; only 'zarr' is allowed"):
+    with pytest.raises(
+        CatalogError, match=r"entry 'soil' uses driver 'os.system'; only 'zarr' is allowed"
+    ):
         open_catalog(p)
 
 
@@ -52,7 +54,9 @@ def test_python_tags_are_not_executed(tmp_path):
 
 def test_a_version_other_than_2_is_refused(tmp_path):
     p = _write(tmp_path, {"version": 1, "entries": {}, "data": {}})
-    with pytest.raises(CatalogError, match=r"top-level 'version' is 1: an Intake 2 catalog says 'version: 2'"):
+    with pytest.raises(
+        CatalogError, match=r"top-level 'version' is 1: an Intake 2 catalog says 'version: 2'"
+    ):
         open_catalog(p)
 
 
@@ -70,7 +74,9 @@ def test_consolidated_metadata_refused(tmp_path):
 
 def test_unknown_layer_refused(tmp_path):
     p = _write(tmp_path, {"sources": {"rain": _entry(metadata={"layer": "rain"})}})
-    with pytest.raises(CatalogError, match=r"entry 'rain' has layer 'rain'; expected one of weather"):
+    with pytest.raises(
+        CatalogError, match=r"entry 'rain' has layer 'rain'; expected one of weather"
+    ):
         open_catalog(p)
 
 

@@ -96,7 +96,10 @@ def test_migrate_rewrites_v1_as_v2_with_the_same_entries(v1_world, tmp_path, cap
         migrate_catalog(v1_world, v1_world, overwrite=True)
     notes = v1_world.with_name("notes.yaml")
     notes.write_text("shopping: [milk]\n")
-    with pytest.raises(CatalogError, match=r"notes.yaml: exists and is not a kgml_grid catalog; it is never replaced"):
+    with pytest.raises(
+        CatalogError,
+        match=r"notes.yaml: exists and is not a kgml_grid catalog; it is never replaced",
+    ):
         migrate_catalog(v1_world, notes, overwrite=True)
     assert notes.read_text() == "shopping: [milk]\n"
     with pytest.raises(CatalogError, match=r"already an Intake 2 catalog"):
@@ -124,7 +127,10 @@ def test_ingest_registers_entries_in_the_files_own_version(tiny_world, tmp_path)
         register_entry(cat, "crop", layer="crop", cube=d / "crop.zarr", crs="EPSG:5070")
         c = open_catalog(cat)
         assert c.version == version and set(c.entries) == {"soil", "crop"}
-        assert c.open("crop")["crop_type"].shape[0] == open_catalog(tiny_world.catalog).open("crop")["crop_type"].shape[0]
+        assert (
+            c.open("crop")["crop_type"].shape[0]
+            == open_catalog(tiny_world.catalog).open("crop")["crop_type"].shape[0]
+        )
     new = tmp_path / "new" / "cat.yaml"
     register_entry(new, "soil", layer="soil", cube=tmp_path / "v1" / "soil.zarr", crs="EPSG:5070")
     assert open_catalog(new).version == 2
@@ -156,21 +162,54 @@ def _open(tmp_path, doc):
 @pytest.mark.parametrize(
     ("over", "match"),
     [
-        ({"entries__soil__reader": "os:system"}, r"entry 'soil' uses reader 'os:system'; only 'intake.readers.readers:XArrayDatasetReader'"),
-        ({"data__soil_zarr__datatype": "mymod:Evil"}, r"data 'soil_zarr' has datatype 'mymod:Evil'; only 'intake.readers.datatypes:Zarr'"),
-        ({"entries__soil__output_instance": "pandas:DataFrame"}, r"output_instance must be 'xarray:Dataset'"),
+        (
+            {"entries__soil__reader": "os:system"},
+            r"entry 'soil' uses reader 'os:system'; only 'intake.readers.readers:XArrayDatasetReader'",
+        ),
+        (
+            {"data__soil_zarr__datatype": "mymod:Evil"},
+            r"data 'soil_zarr' has datatype 'mymod:Evil'; only 'intake.readers.datatypes:Zarr'",
+        ),
+        (
+            {"entries__soil__output_instance": "pandas:DataFrame"},
+            r"output_instance must be 'xarray:Dataset'",
+        ),
         ({"entries__soil__kwargs__engine": "netcdf4"}, r"engine must be 'zarr'"),
         ({"entries__soil__kwargs__consolidated": True}, r"must set 'consolidated: false'"),
-        ({"entries__soil__kwargs__args": ["{data(nope)}"]}, r"kwargs.args must be one reference .* to a 'data:' entry \(soil_zarr\)"),
-        ({"entries__soil__kwargs__args": ["{func(os.getcwd)}"]}, r"kwargs.args must be one reference"),
-        ({"entries__soil__kwargs__preprocess": "mod:f"}, r"entry 'soil' kwargs: key 'preprocess' is not one kgml_grid understands"),
-        ({"data__soil_zarr__kwargs__url": "{env(HOME)}/soil.zarr"}, r"the only template allowed is '\{CATALOG_DIR\}'"),
-        ({"data__soil_zarr__kwargs__url": "{{ CATALOG_DIR }}/soil.zarr"}, r"the only template allowed is '\{CATALOG_DIR\}'"),
-        ({"entries__soil__metadata__description": "{data(soil_zarr)}"}, r"the only template allowed"),
+        (
+            {"entries__soil__kwargs__args": ["{data(nope)}"]},
+            r"kwargs.args must be one reference .* to a 'data:' entry \(soil_zarr\)",
+        ),
+        (
+            {"entries__soil__kwargs__args": ["{func(os.getcwd)}"]},
+            r"kwargs.args must be one reference",
+        ),
+        (
+            {"entries__soil__kwargs__preprocess": "mod:f"},
+            r"entry 'soil' kwargs: key 'preprocess' is not one kgml_grid understands",
+        ),
+        (
+            {"data__soil_zarr__kwargs__url": "{env(HOME)}/soil.zarr"},
+            r"the only template allowed is '\{CATALOG_DIR\}'",
+        ),
+        (
+            {"data__soil_zarr__kwargs__url": "{{ CATALOG_DIR }}/soil.zarr"},
+            r"the only template allowed is '\{CATALOG_DIR\}'",
+        ),
+        (
+            {"entries__soil__metadata__description": "{data(soil_zarr)}"},
+            r"the only template allowed",
+        ),
         ({"user_parameters": {"p": {"default": 1}}}, r"top-level 'user_parameters' must be empty"),
         ({"aliases": {"s": "soil"}}, r"top-level 'aliases' must be empty"),
-        ({"entries__soil__user_parameters": {"p": 1}}, r"entry 'soil': 'user_parameters' must be empty"),
-        ({"plugins": {"source": [{"module": "x"}]}}, r"top-level key 'plugins' is not one kgml_grid understands"),
+        (
+            {"entries__soil__user_parameters": {"p": 1}},
+            r"entry 'soil': 'user_parameters' must be empty",
+        ),
+        (
+            {"plugins": {"source": [{"module": "x"}]}},
+            r"top-level key 'plugins' is not one kgml_grid understands",
+        ),
         ({"metadata__kgml_grid__format": 7}, r"metadata.kgml_grid.format is 7, expected 1"),
         ({"entries__soil__metadata__layer": "rain"}, r"entry 'soil' has layer 'rain'"),
         ({"data__soil_zarr__kwargs__root": "sub"}, r"'root' must be ''"),

@@ -31,7 +31,9 @@ from kgml_grid.model import DAILY_TARGETS, ModelConfig, build_model
 FEATURES = schema.FEATURES
 UNITS = schema.feature_units()
 NORM = {name: (0.1 * i, 1.0 + 0.5 * i) for i, name in enumerate(FEATURES)}
-NORM.update(ra=(2.0, 1.5), rh=(1.0, 0.8), nee=(-0.5, 3.0), gpp=(4.0, 5.0), **{"yield": (400.0, 150.0)})
+NORM.update(
+    ra=(2.0, 1.5), rh=(1.0, 0.8), nee=(-0.5, 3.0), gpp=(4.0, 5.0), **{"yield": (400.0, 150.0)}
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -394,10 +396,22 @@ def test_import_does_not_initialise_cuda():
 @pytest.mark.parametrize(
     ("entry", "value", "match"),
     [
-        ("features", "tair,swrad", r"entry 'features' must be a list of feature names, got str 'tair,swrad'"),
-        ("features", [1, 2, 3], r"entry 'features' must be a list of feature names, got list \[1, 2, 3\]"),
+        (
+            "features",
+            "tair,swrad",
+            r"entry 'features' must be a list of feature names, got str 'tair,swrad'",
+        ),
+        (
+            "features",
+            [1, 2, 3],
+            r"entry 'features' must be a list of feature names, got list \[1, 2, 3\]",
+        ),
         ("norm", [[0.0, 1.0]], r"entry 'norm' must be an object name -> \{mean, std\}, got list"),
-        ("targets", ["ra", "rh"], r"entry 'targets' must be an object \{\"daily\": \[...\], .*got list"),
+        (
+            "targets",
+            ["ra", "rh"],
+            r"entry 'targets' must be an object \{\"daily\": \[...\], .*got list",
+        ),
         ("units", "degC", r"entry 'units' must be an object name -> units, got str 'degC'"),
         ("config", 64, r"entry 'config' must be an object of architecture settings, got int 64"),
         ("provenance", None, r"entry 'provenance' must be an object, got NoneType None"),
@@ -421,12 +435,16 @@ def test_refuses_wrong_types_inside_entries(saved, tmp_path):
     meta = json.loads((d / "model.json").read_text())
     meta["targets"]["daily"] = "ra"
     (d / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"entry 'targets.daily' must be a list of target names, got str 'ra'"):
+    with pytest.raises(
+        ValueError, match=r"entry 'targets.daily' must be a list of target names, got str 'ra'"
+    ):
         load_checkpoint(d)
     meta = json.loads((directory / "model.json").read_text())
     meta["units"]["tair"] = 1
     (d / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"entry 'units' must map names to unit strings; 'tair' has int 1"):
+    with pytest.raises(
+        ValueError, match=r"entry 'units' must map names to unit strings; 'tair' has int 1"
+    ):
         load_checkpoint(d)
 
 
@@ -436,7 +454,9 @@ def test_refuses_absurd_architectures_before_allocating(saved, tmp_path, monkeyp
     meta = json.loads((d / "model.json").read_text())
     meta["config"]["hidden"] = 10**7  # ~12 PB of weights
     (d / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"bad 'config': ModelConfig.hidden is 10000000, above the limit of 4096"):
+    with pytest.raises(
+        ValueError, match=r"bad 'config': ModelConfig.hidden is 10000000, above the limit of 4096"
+    ):
         load_checkpoint(d)
     with pytest.raises(ValueError, match=r"ModelConfig.rh_layers is 1000, above the limit of 16"):
         ModelConfig(arch="kgml", n_features=18, rh_layers=1000)
@@ -458,7 +478,9 @@ def test_refuses_absurd_architectures_before_allocating(saved, tmp_path, monkeyp
     assert built_on == ["meta"]
 
 
-@pytest.mark.parametrize(("bad", "counts"), [(float("nan"), r"1 NaN, 0 inf"), (float("inf"), r"0 NaN, 1 inf")])
+@pytest.mark.parametrize(
+    ("bad", "counts"), [(float("nan"), r"1 NaN, 0 inf"), (float("inf"), r"0 NaN, 1 inf")]
+)
 def test_refuses_non_finite_weights(saved, tmp_path, bad, counts):
     model, _ = saved
     broken = build_model(model.config).eval()

@@ -25,7 +25,18 @@ def test_synth_tiny_then_catalog(tmp_path, capsys):
 def test_synth_bad_world_params_is_a_clear_error(tmp_path, capsys):
     p = tmp_path / "p.json"
     p.write_text('{"carbon": {"nope": 1}}')
-    rc = main(["synth", "--preset", "tiny", "--out", str(tmp_path / "w"), "--world-params", str(p), "--quiet"])
+    rc = main(
+        [
+            "synth",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path / "w"),
+            "--world-params",
+            str(p),
+            "--quiet",
+        ]
+    )
     assert rc == 2
     assert "unknown parameter carbon.nope" in capsys.readouterr().err
     assert not (tmp_path / "w" / "catalog.yaml").exists()
@@ -38,5 +49,7 @@ def test_fluxnet_command_reads_real_file(us_ne1, capsys):
 
 
 def test_console_script_is_installed():
-    r = subprocess.run([sys.executable, "-m", "kgml_grid.cli", "--version"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "kgml_grid.cli", "--version"], capture_output=True, text=True
+    )
     assert r.returncode == 0 and "kgml-grid 0.1.0" in r.stdout

@@ -36,9 +36,15 @@ def test_every_option_has_help_and_shows_its_default(path):
         name = "/".join(a.option_strings) or a.dest
         assert a.help and a.help.strip(), f"kgml-grid {' '.join(path)} {name}: no help text"
         text = " ".join(parser.format_help().split())
-        if a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS) and a.dest != "debug":
+        if (
+            a.option_strings
+            and a.default not in (None, False, [], argparse.SUPPRESS)
+            and a.dest != "debug"
+        ):
             shown = parser._get_formatter()._get_help_string(a) % {"default": a.default}
-            assert "default" in shown.lower(), f"kgml-grid {' '.join(path)} {name}: default {a.default!r} not shown"
+            assert "default" in shown.lower(), (
+                f"kgml-grid {' '.join(path)} {name}: default {a.default!r} not shown"
+            )
             assert " ".join(shown.split())[:40] in text
 
 

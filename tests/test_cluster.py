@@ -42,7 +42,10 @@ def test_cluster_files_parse_with_safe_load_and_name_a_kind():
 def test_specs_resolve_to_kinds(tmp_path):
     assert load_cluster_config("local") == {"kind": "local"}
     assert load_cluster_config(None) == {"kind": "local"}
-    assert load_cluster_config("tcp://127.0.0.1:8786") == {"kind": "address", "address": "tcp://127.0.0.1:8786"}
+    assert load_cluster_config("tcp://127.0.0.1:8786") == {
+        "kind": "address",
+        "address": "tcp://127.0.0.1:8786",
+    }
     sf = tmp_path / "scheduler.json"
     sf.write_text("{}")
     assert load_cluster_config(str(sf)) == {"kind": "scheduler_file", "scheduler_file": str(sf)}
@@ -71,11 +74,17 @@ def test_slurm_job_script_renders_from_the_config():
     assert "#SBATCH -n 1" in script and "--cpus-per-task=4" in script
     assert "source .venv/bin/activate" in script
     assert "--nworkers 4" in script and "--nthreads 1" in script
-    assert "tcp://127.0.0.1:" in script  # the scheduler bound to localhost: not configured otherwise
+    assert (
+        "tcp://127.0.0.1:" in script
+    )  # the scheduler bound to localhost: not configured otherwise
     assert "--lifetime 115m" in script
     # Dask housekeeping for one-thread compute workers, unless the prologue sets it itself
-    assert script.index("export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=500ms") < script.index("source .venv")
-    cluster = slurm_cluster({**cfg, "job_script_prologue": ["export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s"]})
+    assert script.index("export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=500ms") < script.index(
+        "source .venv"
+    )
+    cluster = slurm_cluster(
+        {**cfg, "job_script_prologue": ["export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s"]}
+    )
     try:
         script = cluster.job_script()
     finally:
@@ -141,7 +150,9 @@ def test_tune_malloc_undoes_the_nannys_trim_threshold():
         assert tune_malloc() is False
         return
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}  # what Dask's nanny sets
-    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True
+    )
     ok, before, after = map(int, out.stdout.split())
     assert ok == 1
     # every 8 MiB buffer mmapped and faulted in afresh (~500 faults each with the kernel's
@@ -160,7 +171,9 @@ def test_client_factory_against_real_processes(tmp_path, capsys):
             assert sorted(w["name"] for w in info["workers"].values()) == ["worker-0", "worker-1"]
             assert all(w["nthreads"] == 1 for w in info["workers"].values())
             assert worker_memory_limit(c) == 2**30
-            assert set(c.run(_housekeeping()).values()) == {("500ms", "2s", "500ms")}  # via DASK_* variables
+            assert set(c.run(_housekeeping()).values()) == {
+                ("500ms", "2s", "500ms")
+            }  # via DASK_* variables
             address = info["address"]
         finally:
             close_client(c)
@@ -201,7 +214,9 @@ def test_housekeeping_keeps_what_a_user_configured():
 def test_local_cluster_binds_to_localhost(capsys):
     c = make_client("local", n_workers=1)
     try:
-        assert set(c.run(_housekeeping()).values()) == {("500ms", "2s", "500ms")}  # the nanny passed it on
+        assert set(c.run(_housekeeping()).values()) == {
+            ("500ms", "2s", "500ms")
+        }  # the nanny passed it on
         assert c.scheduler.address.startswith("tcp://127.0.0.1:")
         info = c.scheduler_info(n_workers=-1)
         assert len(info["workers"]) == 1
@@ -229,6 +244,15 @@ def test_housekeeping_benchmark_runs(tmp_path):
     assert res["settings"] == HOUSEKEEPING
     for name in ("dask defaults", "HOUSEKEEPING"):
         cpu = res[name]["cpu_seconds"]
-        assert set(cpu) == {"client process (scheduler, nannies)", "worker 0", "worker 1", "all processes"}
-        assert cpu["all processes"] == pytest.approx(sum(v for k, v in cpu.items() if k != "all processes"), abs=0.01)
-        assert 0 < cpu["all processes"] < 2 * 3  # some housekeeping, and less than the 3 processes' wall time
+        assert set(cpu) == {
+            "client process (scheduler, nannies)",
+            "worker 0",
+            "worker 1",
+            "all processes",
+        }
+        assert cpu["all processes"] == pytest.approx(
+            sum(v for k, v in cpu.items() if k != "all processes"), abs=0.01
+        )
+        assert (
+            0 < cpu["all processes"] < 2 * 3
+        )  # some housekeeping, and less than the 3 processes' wall time

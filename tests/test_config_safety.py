@@ -99,7 +99,12 @@ def test_catalog_keys_outside_the_allowlists_are_refused(tmp_path, doc, match):
 
 @pytest.mark.parametrize(
     "urlpath",
-    ["{{ env('HOME') }}/soil.zarr", "{{ shell('id') }}", "{% if 1 %}a{% endif %}", "{{CATALOG_DIR}}/{{ x }}"],
+    [
+        "{{ env('HOME') }}/soil.zarr",
+        "{{ shell('id') }}",
+        "{% if 1 %}a{% endif %}",
+        "{{CATALOG_DIR}}/{{ x }}",
+    ],
 )
 def test_catalog_templates_other_than_catalog_dir_are_refused(tmp_path, urlpath):
     e = _entry()
@@ -111,13 +116,17 @@ def test_catalog_templates_other_than_catalog_dir_are_refused(tmp_path, urlpath)
 
 def test_catalog_template_in_a_description_is_refused_too(tmp_path):
     with pytest.raises(CatalogError, match=r"sources\.soil\.description is"):
-        open_catalog(_write(tmp_path, {"sources": {"soil": _entry(description="{{ shell('id') }}")}}))
+        open_catalog(
+            _write(tmp_path, {"sources": {"soil": _entry(description="{{ shell('id') }}")}})
+        )
 
 
 def test_catalog_dir_template_in_any_spacing_is_accepted(tmp_path):
     e = _entry()
     e["args"]["urlpath"] = "{{CATALOG_DIR}}/soil.zarr"
-    cat = open_catalog(_write(tmp_path, {"description": "in {{ CATALOG_DIR }}", "sources": {"soil": e}}))
+    cat = open_catalog(
+        _write(tmp_path, {"description": "in {{ CATALOG_DIR }}", "sources": {"soil": e}})
+    )
     assert cat.entries["soil"].urlpath == "{{CATALOG_DIR}}/soil.zarr"
 
 
@@ -139,7 +148,10 @@ def test_catalog_duplicate_key_is_refused_naming_key_and_lines(tmp_path):
         open_catalog(_write(tmp_path, nested))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("aiohttp") is not None, reason="aiohttp is installed: https:// is readable here")
+@pytest.mark.skipif(
+    importlib.util.find_spec("aiohttp") is not None,
+    reason="aiohttp is installed: https:// is readable here",
+)
 def test_catalog_remote_urlpath_without_its_package_names_it(tmp_path):
     e = _entry()
     e["args"]["urlpath"] = "https://example.org/cubes/soil.zarr"
@@ -149,7 +161,9 @@ def test_catalog_remote_urlpath_without_its_package_names_it(tmp_path):
         open_catalog(_write(tmp_path, {"sources": {"soil": e}}))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed: s3:// is readable here")
+@pytest.mark.skipif(
+    importlib.util.find_spec("s3fs") is not None, reason="s3fs is installed: s3:// is readable here"
+)
 def test_catalog_s3_urlpath_without_s3fs_names_it(tmp_path):
     e = _entry()
     e["args"]["urlpath"] = "s3://bucket/soil.zarr"
@@ -167,7 +181,13 @@ def test_catalog_unknown_protocol_is_refused(tmp_path):
 def test_shipped_and_generated_catalogs_pass(tiny_world):
     cat = open_catalog(Path(__file__).resolve().parents[1] / "catalogs" / "real_products.yaml")
     assert len(cat.entries) == 4
-    assert set(open_catalog(tiny_world.catalog).entries) == {"weather", "satellite", "soil", "crop", "truth"}
+    assert set(open_catalog(tiny_world.catalog).entries) == {
+        "weather",
+        "satellite",
+        "soil",
+        "crop",
+        "truth",
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -176,11 +196,16 @@ def test_shipped_and_generated_catalogs_pass(tiny_world):
 
 
 def test_load_yaml_is_plain_data_and_keeps_merge_keys():
-    assert load_yaml("a: &x {b: 1}\nc:\n  <<: *x\n  d: 2\n", source="f") == {"a": {"b": 1}, "c": {"b": 1, "d": 2}}
+    assert load_yaml("a: &x {b: 1}\nc:\n  <<: *x\n  d: 2\n", source="f") == {
+        "a": {"b": 1},
+        "c": {"b": 1, "d": 2},
+    }
     with pytest.raises(YamlError, match=r"f: not valid YAML \(plain data only\): line 1, column 4: could not "
                                         r"determine a constructor for the tag"):  # fmt: skip
         load_yaml("a: !!python/object/apply:os.system ['true']\n", source="f")
-    with pytest.raises(YamlError, match=r"f: not valid YAML: line 1, column 5: mapping values are not allowed"):
+    with pytest.raises(
+        YamlError, match=r"f: not valid YAML: line 1, column 5: mapping values are not allowed"
+    ):
         load_yaml("a: b: c\n", source="f")
 
 
@@ -237,7 +262,10 @@ def test_cluster_keys_that_name_code_are_refused(tmp_path, cfg, match):
 
 def test_cluster_duplicate_key_is_refused(tmp_path):
     p = _write(tmp_path, "kind: local\nn_workers: 1\nn_workers: 4\n", "c.yaml")
-    with pytest.raises(ClusterConfigError, match=r"c\.yaml: duplicate key 'n_workers' at line 3 \(first at line 2\)"):
+    with pytest.raises(
+        ClusterConfigError,
+        match=r"c\.yaml: duplicate key 'n_workers' at line 3 \(first at line 2\)",
+    ):
         load_cluster_config(p)
 
 
@@ -254,7 +282,9 @@ def test_shipped_cluster_files_pass_the_allowlists():
 
 @pytest.mark.parametrize("n", [0, -1, 1.5, "two", True])
 def test_workers_below_one_are_refused_before_anything_starts(n):
-    with pytest.raises(ClusterConfigError, match=r"--workers .*: need a whole number of workers >= 1"):
+    with pytest.raises(
+        ClusterConfigError, match=r"--workers .*: need a whole number of workers >= 1"
+    ):
         check_n_workers(n)
     with pytest.raises(ClusterConfigError, match=r"need a whole number of workers >= 1"):
         make_client("local", n_workers=n, verbose=False)  # no LocalCluster is made: no hang

@@ -101,7 +101,9 @@ def test_non_daily_time_refused():
     ds = _sat()
     t = ds["time"].values.copy()
     t[5:] = t[5:] + np.timedelta64(1, "D")
-    with pytest.raises(CubeError, match=r"time is not daily: 2012-01-05 is followed by 2012-01-07 \(2 days\)"):
+    with pytest.raises(
+        CubeError, match=r"time is not daily: 2012-01-05 is followed by 2012-01-07 \(2 days\)"
+    ):
         cubes.validate_layer(ds.assign_coords(time=t), "satellite")
 
 
@@ -109,13 +111,17 @@ def test_non_monotonic_time_refused():
     ds = _sat()
     t = ds["time"].values.copy()
     t[[3, 4]] = t[[4, 3]]
-    with pytest.raises(CubeError, match=r"time is not strictly increasing: 2012-01-05 is followed by 2012-01-04"):
+    with pytest.raises(
+        CubeError, match=r"time is not strictly increasing: 2012-01-05 is followed by 2012-01-04"
+    ):
         cubes.validate_layer(ds.assign_coords(time=t), "satellite")
 
 
 def test_wrong_dims_refused():
     ds = _sat().transpose("time", "x", "y")
-    with pytest.raises(CubeError, match=r"'gpp_sat' has dims \('time', 'x', 'y'\), expected \('time', 'y', 'x'\)"):
+    with pytest.raises(
+        CubeError, match=r"'gpp_sat' has dims \('time', 'x', 'y'\), expected \('time', 'y', 'x'\)"
+    ):
         cubes.validate_layer(ds, "satellite")
 
 
@@ -140,14 +146,19 @@ def test_irregular_grid_refused():
 
 def test_misaligned_grid_refused():
     shifted = GridSpec("EPSG:5070", GRID.x0 + 250.0, GRID.y0, GRID.res, GRID.ny, GRID.nx)
-    with pytest.raises(CubeError, match=r"layer 'soil'\): grid is misaligned with layer 'satellite'"):
+    with pytest.raises(
+        CubeError, match=r"layer 'soil'\): grid is misaligned with layer 'satellite'"
+    ):
         cubes.validate_alignment({"satellite": _sat(), "soil": _soil(shifted)})
 
 
 def test_weather_not_covering_target_refused():
     w = GridSpec("EPSG:5070", GRID.x0, GRID.y0, 1000.0, 2, 2)  # covers 2x2 km, target is 2.5x3 km
     t = pd.date_range("2012-01-01", periods=10, freq="D")
-    data = {v: (("time", "y", "x"), np.zeros((10, 2, 2), "float32")) for v in ("tair", "swrad", "vpd", "precip")}
+    data = {
+        v: (("time", "y", "x"), np.zeros((10, 2, 2), "float32"))
+        for v in ("tair", "swrad", "vpd", "precip")
+    }
     weather = cubes.annotate(xr.Dataset(data, coords={"time": t}), w, title="w")
     with pytest.raises(CubeError, match=r"weather.*does not cover the target grid"):
         cubes.validate_alignment({"satellite": _sat(), "weather": weather})
@@ -156,7 +167,10 @@ def test_weather_not_covering_target_refused():
 def test_lat_lon_weather_covering_target_accepted():
     w = GridSpec("EPSG:4326", -97.0, 42.0, 0.125, 16, 16)
     t = pd.date_range("2012-01-01", periods=10, freq="D")
-    data = {v: (("time", "y", "x"), np.zeros((10, 16, 16), "float32")) for v in ("tair", "swrad", "vpd", "precip")}
+    data = {
+        v: (("time", "y", "x"), np.zeros((10, 16, 16), "float32"))
+        for v in ("tair", "swrad", "vpd", "precip")
+    }
     weather = cubes.annotate(xr.Dataset(data, coords={"time": t}), w, title="w")
     cubes.validate_layer(weather, "weather", crs="EPSG:4326")
     g = cubes.validate_alignment({"satellite": _sat(), "weather": weather})

@@ -43,7 +43,9 @@ def test_ensemble_plan_counts_cost_and_refuses_bad_members(tiny_world, members):
     p = ep.plans[0]
     assert ep.n_blocks == 3 * p.n_blocks and ep.n_tasks == 3 * p.n_tasks
     assert ep.pixel_days == 3 * p.n_crop_pixels * 365
-    assert "ensemble of 3 members (seed4, seed5, seed6)" in str(ep) and f"{ep.n_tasks} tasks" in str(ep)
+    assert "ensemble of 3 members (seed4, seed5, seed6)" in str(
+        ep
+    ) and f"{ep.n_tasks} tasks" in str(ep)
     with pytest.raises(PlanError, match=r"the same checkpoint \(hash"):
         plan_ensemble(tiny_world.catalog, [members[0], members[0]], **ARGS)
     with pytest.raises(PlanError, match=r"at least two checkpoints, got 1"):
@@ -60,7 +62,9 @@ def test_ensemble_stats_and_budget_ranges_equal_the_members(tiny_world, members)
     annual = np.stack([r["rh"].sum("time", min_count=1).values for r in ref])
     with dask.config.set(scheduler="threads"):
         st = ensemble_stats(ds, ["rh"]).compute()
-    np.testing.assert_allclose(st["rh_mean"].sel(year=2010).values, annual.mean(0), rtol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(
+        st["rh_mean"].sel(year=2010).values, annual.mean(0), rtol=1e-5, equal_nan=True
+    )
     np.testing.assert_allclose(st["rh_std"].sel(year=2010).values, annual.std(0, ddof=1), rtol=1e-4, atol=1e-4,
                                equal_nan=True)  # fmt: skip
     assert np.nanmax(st["rh_std"].values) > 0

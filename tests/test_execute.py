@@ -101,7 +101,9 @@ def chunkings(draw):
     return {"time": time_chunks, "y": draw(st.integers(4, 14)), "x": draw(st.integers(5, 17))}
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(chunks=chunkings())
 def test_any_time_chunking_equals_one_chunk(tiny_world, ckpt, reference, chunks):
     plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, bbox=window(tiny_world),
@@ -127,7 +129,9 @@ def test_serial_equals_direct_in_memory_run(tiny_world, ckpt, reference):
 
 
 @pytest.mark.cluster
-def test_dask_uneven_chunks_equal_serial_and_unchunked(tiny_world, ckpt, client, reference, tmp_path):
+def test_dask_uneven_chunks_equal_serial_and_unchunked(
+    tiny_world, ckpt, client, reference, tmp_path
+):
     chunks = {"y": 7, "x": 9, "time": (100, 265, 1, 364)}
     plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, bbox=window(tiny_world),
                      chunks=chunks)  # fmt: skip
@@ -150,7 +154,9 @@ def test_dask_uneven_chunks_equal_serial_and_unchunked(tiny_world, ckpt, client,
     from kgml_grid.blockio import chunk_cache
 
     stats = client.run(lambda: chunk_cache().stats())
-    assert sum(s["hits"] for s in stats.values()) > 0 and sum(s["misses"] for s in stats.values()) > 0
+    assert (
+        sum(s["hits"] for s in stats.values()) > 0 and sum(s["misses"] for s in stats.values()) > 0
+    )
     assert all(s["bytes"] == 0 and s["max_bytes"] <= 2 * 2**30 // 8 for s in stats.values())
 
 
@@ -193,7 +199,9 @@ def test_model_workers_reuse_heap_memory(tiny_world, ckpt, client, tmp_path):
         r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(n):
             np.ones(2**20).sum()  # 8 MiB, touched, freed
-        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), resource.getrusage(
+            resource.RUSAGE_SELF
+        ).ru_minflt - r0
 
     got = client.run(faults)
     assert {env for env, _ in got.values()} == {"65536"}  # the nanny's setting is in force
@@ -217,7 +225,9 @@ def test_memory_check_uses_the_workers_limit(tiny_world, ckpt, client, tmp_path)
 # The killed-client + --resume test lives in test_faults.py with the other fault injections.
 
 
-def test_serial_store_skips_tiles_without_crop_and_refuses_other_checkpoints(tiny_world, ckpt, tmp_path):
+def test_serial_store_skips_tiles_without_crop_and_refuses_other_checkpoints(
+    tiny_world, ckpt, tmp_path
+):
     plan = make_plan(tiny_world.catalog, ckpt, start="2010-01-01", end="2010-03-31",
                      chunks="y=5,x=6,time=-1")  # fmt: skip
     out = tmp_path / "o.zarr"
@@ -231,5 +241,7 @@ def test_serial_store_skips_tiles_without_crop_and_refuses_other_checkpoints(tin
     other = make_checkpoint(tiny_world, tmp_path / "other", hidden=8, seed=7)
     plan2 = make_plan(tiny_world.catalog, other, start="2010-01-01", end="2010-03-31",
                       chunks="y=5,x=6,time=-1")  # fmt: skip
-    with pytest.raises(PlanError, match=r"--resume: .* was written with checkpoint hash .* this run uses"):
+    with pytest.raises(
+        PlanError, match=r"--resume: .* was written with checkpoint hash .* this run uses"
+    ):
         SerialExecutor().execute(plan2, out, resume=True)

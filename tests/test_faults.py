@@ -130,8 +130,12 @@ def _idle(client, timeout=60):
         if n_sched == 0 and n_work == 0:
             return
         time.sleep(0.2)
-    left = client.run(lambda dask_worker: {str(k): ts.state for k, ts in dask_worker.state.tasks.items()})
-    raise AssertionError(f"the cluster did not go idle: {n_sched} tasks on the scheduler; on the workers {left}")
+    left = client.run(
+        lambda dask_worker: {str(k): ts.state for k, ts in dask_worker.state.tasks.items()}
+    )
+    raise AssertionError(
+        f"the cluster did not go idle: {n_sched} tasks on the scheduler; on the workers {left}"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -141,7 +145,9 @@ def _idle(client, timeout=60):
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_sigkill_of_one_worker_mid_run_gives_the_identical_store(tiny_world, ckpt, client, clean, tmp_path):
+def test_sigkill_of_one_worker_mid_run_gives_the_identical_store(
+    tiny_world, ckpt, client, clean, tmp_path
+):
     out = tmp_path / "out.zarr"
     pids = client.run(os.getpid)  # worker address -> pid of the worker process (not its nanny)
     assert len(pids) == 2
@@ -167,9 +173,19 @@ def test_sigkill_of_one_worker_mid_run_gives_the_identical_store(tiny_world, ckp
     assert 3 <= at_kill < N_BLOCKS, f"the kill came at {at_kill} of {N_BLOCKS} blocks"
     if "err" in result:
         assert isinstance(result["err"], BlockError), result["err"]
-        upscale(tiny_world.catalog, ckpt, out, client=client, progress=False, resume=True, **run_kw(tiny_world))
+        upscale(
+            tiny_world.catalog,
+            ckpt,
+            out,
+            client=client,
+            progress=False,
+            resume=True,
+            **run_kw(tiny_world),
+        )
     assert_identical(out, clean)
-    assert {b.name for b in completed_blocks(out)} == {p.stem for p in (records_dir(out) / "done").glob("*.json")}
+    assert {b.name for b in completed_blocks(out)} == {
+        p.stem for p in (records_dir(out) / "done").glob("*.json")
+    }
     assert len(completed_blocks(out)) == N_BLOCKS
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the worker: a new process
     assert victim not in client.run(os.getpid).values()
@@ -216,7 +232,9 @@ def test_full_disk_fails_with_one_line_then_resume_gives_the_identical_store(
     tiny_world, ckpt, client, clean, small_disk
 ):
     out = small_disk / "out.zarr"
-    with pytest.raises(BlockError, match=r"failed: no space left on the device writing .*out\.zarr") as ei:
+    with pytest.raises(
+        BlockError, match=r"failed: no space left on the device writing .*out\.zarr"
+    ) as ei:
         upscale(tiny_world.catalog, ckpt, out, client=client, progress=False, **run_kw(tiny_world))
     code, line = report(ei.value)
     assert code == 1 and "\n" not in line and "rerun with --resume" in line
@@ -224,9 +242,19 @@ def test_full_disk_fails_with_one_line_then_resume_gives_the_identical_store(
     before = n_done(out)
     assert 0 < before < N_BLOCKS
     assert xr.open_zarr(out, consolidated=False).attrs["kgml_complete"] == 0
-    r = subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-o", "remount,size=64m", str(small_disk)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
-    res = upscale(tiny_world.catalog, ckpt, out, client=client, progress=False, resume=True, **run_kw(tiny_world))
+    res = upscale(
+        tiny_world.catalog,
+        ckpt,
+        out,
+        client=client,
+        progress=False,
+        resume=True,
+        **run_kw(tiny_world),
+    )
     assert res.already_done + res.computed == N_BLOCKS and res.already_done > 0
     assert_identical(out, clean)
 
@@ -251,8 +279,11 @@ def test_enospc_inside_a_block_is_one_line_exit_1_then_resume_gives_the_identica
     err = capsys.readouterr().err.strip()
     assert rc == 1, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert re.match(rf"kgml-grid upscale: error: block\(time chunk \d+, tile y\d+ x\d+\) failed: no space left on the "
-                    rf"device writing {re.escape(str(out.resolve()))} \(OSError: \[Errno 28\]", err), err
+    assert re.match(
+        rf"kgml-grid upscale: error: block\(time chunk \d+, tile y\d+ x\d+\) failed: no space left on the "
+        rf"device writing {re.escape(str(out.resolve()))} \(OSError: \[Errno 28\]",
+        err,
+    ), err
     assert err.endswith("free space, then rerun with --resume")
     assert 0 < n_done(out) < N_BLOCKS
     monkeypatch.setattr(blockio, "write_region", real)
@@ -265,7 +296,9 @@ def test_enospc_outside_blocks_names_the_file(monkeypatch, tmp_path, capsys):
     import kgml_grid.catalog as catalog
 
     def full(*a, **kw):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.zarr" / "zarr.json"))
+        raise OSError(
+            errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.zarr" / "zarr.json")
+        )
 
     monkeypatch.setattr(catalog, "open_catalog", full)
     assert main(["catalog", str(tmp_path / "c.yaml")]) == 1
@@ -282,10 +315,19 @@ def test_enospc_outside_blocks_names_the_file(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_killed_client_then_resume_recomputes_only_missing_blocks(tiny_world, ckpt, client, cluster, clean, tmp_path):
+def test_killed_client_then_resume_recomputes_only_missing_blocks(
+    tiny_world, ckpt, client, cluster, clean, tmp_path
+):
     out = tmp_path / "out.zarr"
-    cmd = [sys.executable, "-m", "kgml_grid.cli", *cli_args(tiny_world, ckpt, out, "--cluster", str(cluster))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "kgml_grid.cli",
+        *cli_args(tiny_world, ckpt, out, "--cluster", str(cluster)),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     t_end = time.monotonic() + 120
     try:
         while time.monotonic() < t_end and n_done(out) < 4 and proc.poll() is None:
@@ -328,7 +370,9 @@ def world_copy(tiny_world, tmp_path):
     return d
 
 
-def _partial_run(catalog: Path, ckpt: Path, out: Path, world, monkeypatch, n_writes: int = 4) -> int:
+def _partial_run(
+    catalog: Path, ckpt: Path, out: Path, world, monkeypatch, n_writes: int = 4
+) -> int:
     """A serial run stopped by a failing write after ``n_writes`` region writes."""
     real = blockio.write_region
     calls = {"n": 0}
@@ -367,12 +411,16 @@ def test_resume_after_an_input_cube_was_rebuilt_is_refused_saying_what_changed(
     assert json.loads((records_dir(out) / INPUTS_FILE).read_text()) == recorded
 
 
-def test_resume_refused_when_a_cube_metadata_changed(tiny_world, ckpt, world_copy, tmp_path, monkeypatch):
+def test_resume_refused_when_a_cube_metadata_changed(
+    tiny_world, ckpt, world_copy, tmp_path, monkeypatch
+):
     cat, out = world_copy / "catalog.yaml", tmp_path / "out.zarr"
     _partial_run(cat, ckpt, out, tiny_world, monkeypatch)
     soil = zarr.open_array(str(world_copy / "soil.zarr" / "soc"), mode="r+")
     soil.attrs["comment"] = "re-derived from another gSSURGO release"
-    with pytest.raises(PlanError, match=r"soil cube .*soil\.zarr: variable soc: metadata \(zarr\.json\) changed"):
+    with pytest.raises(
+        PlanError, match=r"soil cube .*soil\.zarr: variable soc: metadata \(zarr\.json\) changed"
+    ):
         upscale(cat, ckpt, out, cluster="serial", progress=False, resume=True, **run_kw(tiny_world))
 
 
@@ -399,10 +447,13 @@ def test_fingerprint_comparison_names_every_kind_of_change(tiny_world, tmp_path)
     changes, _ = compare(a, b)
     assert any("variable soc was removed" in c for c in changes)
     assert any("variable extra was added" in c for c in changes)
-    assert compare(a, {"format": 1, "inputs": {"soil": store_fingerprint(tmp_path / "gone.zarr")}})[0] == [
-        f"soil: was {tiny_world.root / 'soil.zarr'}, now {tmp_path / 'gone.zarr'}"
-    ]
+    assert compare(a, {"format": 1, "inputs": {"soil": store_fingerprint(tmp_path / "gone.zarr")}})[
+        0
+    ] == [f"soil: was {tiny_world.root / 'soil.zarr'}, now {tmp_path / 'gone.zarr'}"]
     gone = {"format": 1, "inputs": {"soil": {"path": fp["path"], "missing": True}}}
     assert compare(a, gone)[0] == [f"soil cube {fp['path']}: no longer exists"]
     remote = {"format": 1, "inputs": {"soil": store_fingerprint("s3://bucket/soil.zarr")}}
-    assert compare(remote, remote) == ([], ["soil cube s3://bucket/soil.zarr (remote: not fingerprinted)"])
+    assert compare(remote, remote) == (
+        [],
+        ["soil cube s3://bucket/soil.zarr (remote: not fingerprinted)"],
+    )

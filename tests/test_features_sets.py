@@ -33,7 +33,9 @@ def layers(tiny_world):
 def both(tiny_world, tmp_path_factory):
     """A KGML model pre-trained with +lai,+soil_moisture on the tiny world."""
     d = tmp_path_factory.mktemp("fs")
-    return pretrain(tiny_world.catalog, d / "kgml_both", TrainConfig(**SMALL, features=BOTH), progress=False)
+    return pretrain(
+        tiny_world.catalog, d / "kgml_both", TrainConfig(**SMALL, features=BOTH), progress=False
+    )
 
 
 # --------------------------------------------------------------------------- the schema
@@ -41,7 +43,12 @@ def test_feature_set_spec():
     assert schema.feature_set("default") == schema.feature_set(None) == schema.FEATURES
     got = schema.feature_set("+soil_moisture, +lai")
     assert got[: len(schema.FEATURES)] == schema.FEATURES  # default features keep their positions
-    assert got[len(schema.FEATURES) :] == ("lai", "lai_available", "soil_moisture", "soil_moisture_available")
+    assert got[len(schema.FEATURES) :] == (
+        "lai",
+        "lai_available",
+        "soil_moisture",
+        "soil_moisture_available",
+    )
     assert schema.feature_set("default,+lai") == (*schema.FEATURES, "lai", "lai_available")
     assert schema.feature_set_name(got) == "default+lai+soil_moisture"
     with pytest.raises(ValueError, match=r"--features '\+ndvi': unknown addition '\+ndvi'; write 'default' or "
@@ -57,13 +64,23 @@ def test_check_features_accepts_sets_and_refuses_broken_ones():
     for spec in ("default", "+lai", "+soil_moisture", BOTH):
         f = schema.feature_set(spec)
         schema.check_features(f, schema.feature_units(f))
-    with pytest.raises(ValueError, match=r"src: feature set 'default\+lai' lacks \['lai_available'\] \(each addition"):
-        schema.check_features((*schema.FEATURES, "lai"), schema.feature_units((*schema.FEATURES, "lai")), source="src")
+    with pytest.raises(
+        ValueError,
+        match=r"src: feature set 'default\+lai' lacks \['lai_available'\] \(each addition",
+    ):
+        schema.check_features(
+            (*schema.FEATURES, "lai"), schema.feature_units((*schema.FEATURES, "lai")), source="src"
+        )
     f = (*schema.FEATURES, "soil_moisture_available")
-    with pytest.raises(ValueError, match=r"features \['soil_moisture_available'\] belong to no addition present"):
+    with pytest.raises(
+        ValueError, match=r"features \['soil_moisture_available'\] belong to no addition present"
+    ):
         schema.check_features(f, schema.feature_units(f))
     f = (*schema.FEATURES, "soil_moisture", "soil_moisture_available", "lai", "lai_available")
-    with pytest.raises(ValueError, match=r"feature order differs from the schema at position 18: 'soil_moisture' where 'lai'"):
+    with pytest.raises(
+        ValueError,
+        match=r"feature order differs from the schema at position 18: 'soil_moisture' where 'lai'",
+    ):
         schema.check_features(f, schema.feature_units(f))
     f = schema.feature_set("+lai")
     with pytest.raises(ValueError, match=r"feature 'lai' has units 'percent', expected '1'"):
@@ -92,7 +109,9 @@ def test_availability_flag_is_explicit_and_causal():
     np.testing.assert_array_equal(x[0, :, idx["lai_available"]], [0, 0, 1, 1, 1])
     np.testing.assert_array_equal(x[0, :, idx["soil_moisture"]], 0)
     np.testing.assert_array_equal(x[0, :, idx["soil_moisture_available"]], 0)
-    assert fill["lai"][0] == 3.0 and np.isnan(fill["soil_moisture"][0])  # "never seen" survives a chunk
+    assert fill["lai"][0] == 3.0 and np.isnan(
+        fill["soil_moisture"][0]
+    )  # "never seen" survives a chunk
 
 
 def test_additions_chunked_equal_whole():
@@ -111,7 +130,10 @@ def test_additions_chunked_equal_whole():
 
 
 def test_assemble_refuses_a_missing_addition_series():
-    with pytest.raises(ValueError, match=r"daily input 'lai' is missing; expected tair, swrad, vpd, precip, gpp_sat, lai"):
+    with pytest.raises(
+        ValueError,
+        match=r"daily input 'lai' is missing; expected tair, swrad, vpd, precip, gpp_sat, lai",
+    ):
         F.assemble(time=pd.date_range("2010-01-01", periods=2), daily={k: np.ones((2, 1)) for k in F.DAILY_FEATURES},
                    soil={k: np.ones(1) for k in F.SOIL_FEATURES}, crop_by_year={2010: np.ones(1, "int8")},
                    features=schema.feature_set("+lai"))  # fmt: skip
@@ -127,7 +149,9 @@ def test_grid_pixels_read_lai_and_soil_moisture_from_the_satellite_cube(layers):
             raw = layers["satellite"][name].values[:, r, c].astype("float32")
             filled, _ = F.causal_fill(raw[:, None])
             np.testing.assert_array_equal(s.x[k, :, idx[name]], filled[:, 0])
-            np.testing.assert_array_equal(s.x[k, :, idx[f"{name}_available"]], F.seen_mask(raw[:, None])[:, 0])
+            np.testing.assert_array_equal(
+                s.x[k, :, idx[f"{name}_available"]], F.seen_mask(raw[:, None])[:, 0]
+            )
     assert s.x[..., idx["soil_moisture_available"]].mean() > 0.99  # a retrieval every 3 days
 
 
@@ -144,7 +168,9 @@ def test_feature_dropout_hides_value_and_flag(layers):
     shown = Batches(s, items, norm, shuffle=False, feature_dropout=0.0).batch(items)["x"].numpy()
     for name in ("lai", "soil_moisture"):
         for col in (idx[name], idx[f"{name}_available"]):
-            want = (0.0 - norm.norm[feats[col]][0]) / norm.norm[feats[col]][1]  # a physical 0, normalised
+            want = (0.0 - norm.norm[feats[col]][0]) / norm.norm[feats[col]][
+                1
+            ]  # a physical 0, normalised
             np.testing.assert_allclose(hidden[..., col], want, rtol=1e-6)
         assert not np.allclose(shown[..., idx[name]], hidden[..., idx[name]])
     np.testing.assert_array_equal(hidden[..., idx["tair"]], shown[..., idx["tair"]])
@@ -158,7 +184,9 @@ def test_tower_sources_swc_satellite_pixel_or_flag_zero(tiny_world, us_ne1):
     idx = F.feature_index(feats)
     sy, ne1 = 0, 1
     # SY-A01: soil moisture from its own SWC_F_MDS_1 column (% x 0.01)
-    raw = pd.read_csv(tiny_world.towers[0], usecols=["TIMESTAMP", "SWC_F_MDS_1"], dtype={"TIMESTAMP": str})
+    raw = pd.read_csv(
+        tiny_world.towers[0], usecols=["TIMESTAMP", "SWC_F_MDS_1"], dtype={"TIMESTAMP": str}
+    )
     first = s.spans[sy][0]
     got = s.x[sy, first : first + len(raw), idx["soil_moisture"]]
     np.testing.assert_allclose(got, raw["SWC_F_MDS_1"].to_numpy() * 0.01, rtol=1e-5)
@@ -168,7 +196,9 @@ def test_tower_sources_swc_satellite_pixel_or_flag_zero(tiny_world, us_ne1):
     grid = tiny_world.grid
     r, c = int((grid.y0 - meta["y"]) // grid.res), int((meta["x"] - grid.x0) // grid.res)
     assert f"pixel row {r}, col {c} (variable lai)" in s.sources[sy]["lai"]
-    sat = xr.open_zarr(tiny_world.root / "satellite.zarr", consolidated=False)["lai"].values[:, r, c]
+    sat = xr.open_zarr(tiny_world.root / "satellite.zarr", consolidated=False)["lai"].values[
+        :, r, c
+    ]
     filled, _ = F.causal_fill(sat[:, None].astype("float32"))
     np.testing.assert_allclose(s.x[sy, first : first + len(sat), idx["lai"]], filled[:, 0])
     # US-Ne1 lies inside the synthetic world (centred on Mead, NE) but is not one of its towers,
@@ -176,24 +206,41 @@ def test_tower_sources_swc_satellite_pixel_or_flag_zero(tiny_world, us_ne1):
     for name in ("lai", "soil_moisture"):
         assert (s.x[ne1, :, idx[f"{name}_available"]] == 0).all()
         assert (s.x[ne1, :, idx[name]] == 0).all()
-        assert s.sources[ne1][name].startswith("none (") and "does not observe site US-Ne1" in s.sources[ne1][name]
+        assert (
+            s.sources[ne1][name].startswith("none (")
+            and "does not observe site US-Ne1" in s.sources[ne1][name]
+        )
     assert "no SWC_F_MDS_1 value" in s.sources[ne1]["soil_moisture"]
 
 
 # --------------------------------------------------------------------------- the whole chain
 @pytest.mark.slow
-def test_kgml_with_lai_and_soil_moisture_trains_finetunes_and_upscales(both, tiny_world, us_ne1, tmp_path):
+def test_kgml_with_lai_and_soil_moisture_trains_finetunes_and_upscales(
+    both, tiny_world, us_ne1, tmp_path
+):
     from kgml_grid.execute import SerialExecutor, direct_run
     from kgml_grid.plan import make_plan
 
     ck = load_checkpoint(both.model_dir, check_schema=True)
-    assert ck.features == schema.feature_set(BOTH) and ck.config.n_features == len(schema.FEATURES) + 4
+    assert (
+        ck.features == schema.feature_set(BOTH) and ck.config.n_features == len(schema.FEATURES) + 4
+    )
     meta = json.loads((both.model_dir / "model.json").read_text())
     assert meta["feature_set"] == "default+lai+soil_moisture"
     assert ck.norm["lai_available"] == (0.5, 0.5)
     sat = xr.open_zarr(tiny_world.root / "satellite.zarr", consolidated=False)
-    assert ck.norm["lai"][0] == pytest.approx(float(sat["lai"].where(
-        (xr.open_zarr(tiny_world.root / "crop.zarr", consolidated=False)["crop_type"] > 0).all("year")).mean()), rel=1e-4)
+    assert ck.norm["lai"][0] == pytest.approx(
+        float(
+            sat["lai"]
+            .where(
+                (
+                    xr.open_zarr(tiny_world.root / "crop.zarr", consolidated=False)["crop_type"] > 0
+                ).all("year")
+            )
+            .mean()
+        ),
+        rel=1e-4,
+    )
 
     ft = finetune(both.model_dir, [tiny_world.root / "towers", us_ne1], tmp_path / "ft", TUNE,
                   catalog=tiny_world.catalog, progress=False)  # fmt: skip
@@ -212,7 +259,11 @@ def test_kgml_with_lai_and_soil_moisture_trains_finetunes_and_upscales(both, tin
     with torch_threads(1):
         up = SerialExecutor().execute(plan, tmp_path / "up.zarr", overwrite=True)
         ref = direct_run(plan)
-    crop = (xr.open_zarr(tiny_world.root / "crop.zarr", consolidated=False)["crop_type"] > 0).any("year").values
+    crop = (
+        (xr.open_zarr(tiny_world.root / "crop.zarr", consolidated=False)["crop_type"] > 0)
+        .any("year")
+        .values
+    )
     crop = crop[:10, :12]
     for v in ("ra", "rh", "nee"):
         a = up.dataset[v].values
@@ -227,11 +278,17 @@ def test_feature_sets_are_checked_everywhere(both, tiny_world, tmp_path, layers)
     ck = load_checkpoint(both.model_dir)
     # a series of another feature set is refused by prediction and fine-tuning
     s = grid_series(layers, np.array([[3, 4]]), with_targets=False)
-    with pytest.raises(ValueError, match=r"the series has the feature set 'default', the model 'default\+lai\+soil_moisture'"):
+    with pytest.raises(
+        ValueError,
+        match=r"the series has the feature set 'default', the model 'default\+lai\+soil_moisture'",
+    ):
         predict(ck.model, ck.normalizer, s)
     from kgml_grid.train import finetune_series
 
-    with pytest.raises(ValueError, match=r"tower features are the set 'default', the model was trained with 'default\+lai"):
+    with pytest.raises(
+        ValueError,
+        match=r"tower features are the set 'default', the model was trained with 'default\+lai",
+    ):
         finetune_series(ck.model, ck.normalizer, s, TUNE)
     # warm start from another feature set
     with pytest.raises(ValueError, match=r"--init .*: trained with the feature set 'default\+lai\+soil_moisture', this "
@@ -244,17 +301,27 @@ def test_feature_sets_are_checked_everywhere(both, tiny_world, tmp_path, layers)
     meta = json.loads((d / "model.json").read_text())
     meta["feature_set"] = "default+lai"
     (d / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"'feature_set' is 'default\+lai' but the features listed make 'default\+lai\+soil_moisture'"):
+    with pytest.raises(
+        ValueError,
+        match=r"'feature_set' is 'default\+lai' but the features listed make 'default\+lai\+soil_moisture'",
+    ):
         load_checkpoint(d, check_schema=True)
     # a plan refuses a satellite cube without LAI, before anything is written
-    sat = xr.open_zarr(tiny_world.root / "satellite.zarr", consolidated=False, decode_coords="all").drop_vars("lai").load()
+    sat = (
+        xr.open_zarr(tiny_world.root / "satellite.zarr", consolidated=False, decode_coords="all")
+        .drop_vars("lai")
+        .load()
+    )
     for v in sat.variables.values():
         v.encoding = {}
     from kgml_grid import cubes
 
     cubes.write_cube(sat, tmp_path / "satellite.zarr", {"time": 365, "y": 20, "x": 24})
     root = tiny_world.root
-    entries = {n: {"layer": n, "path": str(root / f"{n}.zarr")} for n in ("weather", "soil", "crop", "truth")}
+    entries = {
+        n: {"layer": n, "path": str(root / f"{n}.zarr")}
+        for n in ("weather", "soil", "crop", "truth")
+    }
     entries["satellite"] = {"layer": "satellite", "path": str(tmp_path / "satellite.zarr")}
     cat = write_catalog(tmp_path / "catalog.yaml", catalog_yaml(entries, crs=open_catalog(tiny_world.catalog).crs,
                                                                 description="no lai"))  # fmt: skip
@@ -278,4 +345,6 @@ def test_memory_estimate_counts_the_additions():
     # two more satellite blocks [T, 16, 16] and two more daily series per crop pixel (and their fills)
     assert both["inputs"] - base["inputs"] == 4 * 365 * (2 * 256 + 2 * 2 * 200)
     assert both["model"] > base["model"]
-    assert batch_pixels_for(365, {"hidden": 64, "n_features": 22}) <= batch_pixels_for(365, {"hidden": 64, "n_features": 18})
+    assert batch_pixels_for(365, {"hidden": 64, "n_features": 22}) <= batch_pixels_for(
+        365, {"hidden": 64, "n_features": 18}
+    )

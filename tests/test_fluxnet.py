@@ -581,7 +581,9 @@ def test_write_is_atomic(ds: xr.Dataset, tmp_path: Path, monkeypatch: pytest.Mon
 REAL_FLUXNET = FLUXNET_DIR.parent / "real" / "fluxnet"
 MM_FILES = sorted(REAL_FLUXNET.glob("FLX_*_MM_*.csv"))
 BASE_ZIP = REAL_FLUXNET / "AMF_US-CRT_BASE-BADM_2-5.zip"
-needs_real = pytest.mark.skipif(not BASE_ZIP.is_file(), reason=f"real data not found in {REAL_FLUXNET}")
+needs_real = pytest.mark.skipif(
+    not BASE_ZIP.is_file(), reason=f"real data not found in {REAL_FLUXNET}"
+)
 
 
 def _same_values(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -597,7 +599,9 @@ def test_ameriflux_fluxnet_name_reads_like_fluxnet2015(ds: xr.Dataset, tmp_path:
     got = read_fluxnet_dd(amf)
     _same_values(got, ds)
     assert got.attrs["fluxnet_prefix"] == "AMF" and got.attrs["fluxnet_product"] == "FLUXNET"
-    assert got.attrs["site_id"] == "US-Ne1" and "crop_type" in got  # site metadata found from the ID
+    assert (
+        got.attrs["site_id"] == "US-Ne1" and "crop_type" in got
+    )  # site metadata found from the ID
 
 
 def test_fullset_dd_reads_like_subset(ds: xr.Dataset, raw: pd.DataFrame, tmp_path: Path) -> None:
@@ -632,11 +636,17 @@ def test_zip_download_reads_its_dd_member(ds: xr.Dataset, lines: list[str], tmp_
         read_fluxnet_dd(only_mm)
 
 
-@pytest.mark.parametrize(("res", "word"), [("WW", "weekly"), ("YY", "yearly"), ("HR", "hourly"), ("MM", "monthly")])
-def test_non_daily_steps_refused_naming_file_and_step(tmp_path: Path, lines: list[str], res: str, word: str) -> None:
+@pytest.mark.parametrize(
+    ("res", "word"), [("WW", "weekly"), ("YY", "yearly"), ("HR", "hourly"), ("MM", "monthly")]
+)
+def test_non_daily_steps_refused_naming_file_and_step(
+    tmp_path: Path, lines: list[str], res: str, word: str
+) -> None:
     name = REAL_NAME.replace("_DD_", f"_{res}_")
     path = write_variant(tmp_path, lines[:5], name)
-    with pytest.raises(ValueError, match=rf"^{re.escape(name)}: resolution '{res}' \({word}\) is not supported"):
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(name)}: resolution '{res}' \({word}\) is not supported"
+    ):
         read_fluxnet_dd(path)
 
 
@@ -670,14 +680,19 @@ def test_us_ne1_monthly_facts() -> None:
     assert (len(t), f"{t[0]:%Y-%m}", f"{t[-1]:%Y-%m}") == (156, "2001-01", "2013-12")
     assert float(mm.nee.min()) == pytest.approx(-13.37, abs=0.01)
     assert float(mm.nee.max()) == pytest.approx(4.58, abs=0.01)
-    assert mm["nee"].attrs["units"] == "g m-2 d-1" and mm["nee"].attrs["fluxnet_column"] == "NEE_VUT_REF"
+    assert (
+        mm["nee"].attrs["units"] == "g m-2 d-1"
+        and mm["nee"].attrs["fluxnet_column"] == "NEE_VUT_REF"
+    )
 
 
 @needs_real
 def test_monthly_reader_refuses_a_daily_file() -> None:
     from kgml_grid.fluxnet import read_fluxnet_mm
 
-    with pytest.raises(ValueError, match=rf"{REAL_NAME}: resolution 'DD' \(daily\) where a monthly \(MM\)"):
+    with pytest.raises(
+        ValueError, match=rf"{REAL_NAME}: resolution 'DD' \(daily\) where a monthly \(MM\)"
+    ):
         read_fluxnet_mm(REAL_PATH)
 
 
@@ -705,7 +720,9 @@ def test_ameriflux_base_csv_refused_with_why(tmp_path: Path) -> None:
     # the same BASE content under a daily FLUXNET name: refused by its content
     renamed = tmp_path / "AMF_US-CRT_FLUXNET_SUBSET_DD_2011-2011_2-5.csv"
     (tmp_path / "AMF_US-CRT_BASE_HH_2-5.csv").rename(renamed)
-    with pytest.raises(ValueError, match=r"starts with comment lines \('# Site: US-CRT'\), as AmeriFlux BASE"):
+    with pytest.raises(
+        ValueError, match=r"starts with comment lines \('# Site: US-CRT'\), as AmeriFlux BASE"
+    ):
         read_fluxnet_dd(renamed, site_meta=None)
 
 

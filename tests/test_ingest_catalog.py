@@ -42,8 +42,12 @@ def _write_all(root: Path) -> dict[str, object]:
             write_geotiff(root / "slope" / f"SLOPE_GPP_{day:%Y%j}.tif", np.full(shape, 800 + 100 * k, "int16"),
                           crs=UTM, transform=tr, nodata=-9999, tags={"scale_factor": "0.01"})  # fmt: skip
     lai = np.full(shape, 35, "uint8")
-    lai[shape[0] // 2 - 10 : shape[0] // 2 + 10, shape[1] // 2 - 10 : shape[1] // 2 + 10] = 250  # a fill class
-    write_geotiff(root / "lai" / f"MOD15A2H.A{DAYS[0]:%Y%j}.tif", lai, crs=UTM, transform=tr, nodata=255)
+    lai[shape[0] // 2 - 10 : shape[0] // 2 + 10, shape[1] // 2 - 10 : shape[1] // 2 + 10] = (
+        250  # a fill class
+    )
+    write_geotiff(
+        root / "lai" / f"MOD15A2H.A{DAYS[0]:%Y%j}.tif", lai, crs=UTM, transform=tr, nodata=255
+    )
     # soil: one GeoTIFF per property, lon/lat
     step = 0.001
     soil_tr = Affine(step, 0, LON0 - 0.06, 0, -step, LAT0 + 0.04)
@@ -63,12 +67,22 @@ def _write_all(root: Path) -> dict[str, object]:
     lon = LON0 - 0.3 + (np.arange(16) + 0.5) / 24
     kw = {"lat": lat, "lon": lon, "times": DAYS, "time_name": "day"}
     sh = (len(DAYS), 16, 16)
-    write_netcdf(root / "gridmet" / "tmmx_2015.nc", {"air_temperature": (np.full(sh, 303.15), "K")}, **kw)
-    write_netcdf(root / "gridmet" / "tmmn_2015.nc", {"air_temperature": (np.full(sh, 288.15), "K")}, **kw)
+    write_netcdf(
+        root / "gridmet" / "tmmx_2015.nc", {"air_temperature": (np.full(sh, 303.15), "K")}, **kw
+    )
+    write_netcdf(
+        root / "gridmet" / "tmmn_2015.nc", {"air_temperature": (np.full(sh, 288.15), "K")}, **kw
+    )
     write_netcdf(root / "gridmet" / "srad_2015.nc", {"surface_downwelling_shortwave_flux_in_air":
                                                      (np.full(sh, 300.0), "W m-2")}, **kw)  # fmt: skip
-    write_netcdf(root / "gridmet" / "vpd_2015.nc", {"mean_vapor_pressure_deficit": (np.full(sh, 1.2), "kPa")}, **kw)
-    write_netcdf(root / "gridmet" / "pr_2015.nc", {"precipitation_amount": (np.full(sh, 2.0), "mm")}, **kw)
+    write_netcdf(
+        root / "gridmet" / "vpd_2015.nc",
+        {"mean_vapor_pressure_deficit": (np.full(sh, 1.2), "kPa")},
+        **kw,
+    )
+    write_netcdf(
+        root / "gridmet" / "pr_2015.nc", {"precipitation_amount": (np.full(sh, 2.0), "mm")}, **kw
+    )
     return {"soil": soil, "x_centre": x_centre}
 
 
@@ -109,7 +123,10 @@ def test_the_catalog_opens_validates_and_aligns(real):
     raw = yaml.safe_load(cat.read_text())
     assert raw["version"] == 2  # ingest writes Intake 2 catalogs
     crop = raw["entries"]["crop"]
-    assert crop["reader"] == "intake.readers.readers:XArrayDatasetReader" and crop["kwargs"]["consolidated"] is False
+    assert (
+        crop["reader"] == "intake.readers.readers:XArrayDatasetReader"
+        and crop["kwargs"]["consolidated"] is False
+    )
     assert raw["data"]["crop_zarr"]["kwargs"]["url"] == "{CATALOG_DIR}/../data/crop.zarr"
     assert main(["catalog", str(cat)]) == 0
 
@@ -119,7 +136,9 @@ def test_values_survive_the_trip(real):
     layers = kgml_grid.open_catalog(cat).open_all()
     sat = layers["satellite"].load()
     assert sat.sizes["time"] == 5 and np.isnan(sat.gpp_sat.values[2]).all()
-    np.testing.assert_allclose(sat.gpp_sat.values[[0, 1, 3, 4]][:, 0, 0], [8.0, 9.0, 11.0, 12.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        sat.gpp_sat.values[[0, 1, 3, 4]][:, 0, 0], [8.0, 9.0, 11.0, 12.0], rtol=1e-6
+    )
     lai = sat.lai.values[0]  # raw 35 x 0.1; the fill class 250 is outside --valid-range 0,100
     assert 30 <= np.isnan(lai).sum() <= 80  # the 2 km x 2 km block is about 8 x 8 cells
     np.testing.assert_allclose(lai[~np.isnan(lai)], 3.5, rtol=1e-6)
@@ -136,7 +155,9 @@ def test_values_survive_the_trip(real):
     xu = Transformer.from_crs("EPSG:5070", UTM, always_xy=True).transform(xx, yy)[0]
     west, east = xu < info["x_centre"] - 200, xu > info["x_centre"] + 200
     assert west.sum() > 20 and east.sum() > 20
-    assert (crop.crop_type.values[0][west] == 1).all() and (crop.crop_type.values[0][east] == 2).all()
+    assert (crop.crop_type.values[0][west] == 1).all() and (
+        crop.crop_type.values[0][east] == 2
+    ).all()
     np.testing.assert_allclose(crop.corn_fraction.values[0][west], 1.0)
     np.testing.assert_allclose(crop.soybean_fraction.values[0][east], 1.0)
 
@@ -163,7 +184,9 @@ def test_the_training_norms_and_upscaling_plan_read_the_cubes_unchanged(real, tm
     _, cat, _ = real
     layers = kgml_grid.open_catalog(cat).open_all()
     norm = samples.compute_norm(layers)
-    assert norm["tair"][0] == pytest.approx(22.5, abs=1e-3) and norm["ksat"][0] == pytest.approx(8.0)
+    assert norm["tair"][0] == pytest.approx(22.5, abs=1e-3) and norm["ksat"][0] == pytest.approx(
+        8.0
+    )
     norm.update({n: (0.0, 1.0) for n in DAILY_TARGETS})  # targets are not in real inputs
     cfg = ModelConfig(arch="kgml", n_features=len(schema.FEATURES), hidden=4)
     ckpt = save_checkpoint(build_model(cfg), tmp_path / "m", config=cfg, features=schema.FEATURES,
@@ -198,7 +221,18 @@ def test_cli_errors_name_the_file(real, tmp_path, capsys):
     assert f"kgml-grid ingest: error: {bad}: cannot be read as a raster" in err
     rc = main(["ingest", "satellite", "--out", str(tmp_path / "x.zarr"), "--source", "ndvi=x.tif"])
     assert rc == 2 and "--source 'ndvi=x.tif': write VAR=PATH" in capsys.readouterr().err
-    rc = main(["ingest", "soil", "--out", str(tmp_path / "y.zarr"), "--property", "sand=s.tif", "--crs", "EPSG:5070"])
+    rc = main(
+        [
+            "ingest",
+            "soil",
+            "--out",
+            str(tmp_path / "y.zarr"),
+            "--property",
+            "sand=s.tif",
+            "--crs",
+            "EPSG:5070",
+        ]
+    )
     assert rc == 2 and "needs all of --crs, --bounds and --res" in capsys.readouterr().err
 
 
@@ -208,7 +242,13 @@ def test_register_keeps_other_entries_and_refuses_foreign_catalogs(real, tmp_pat
         cat = tmp_path / name  # the shipped Intake 2 catalog and its v1-style original
         shutil.copy(REPO / "catalogs" / name, cat)
         before = yaml.safe_load(cat.read_text())[key]
-        register_entry(cat, "satellite", layer="satellite", cube=root / "data" / "satellite.zarr", crs="EPSG:5070")
+        register_entry(
+            cat,
+            "satellite",
+            layer="satellite",
+            cube=root / "data" / "satellite.zarr",
+            crs="EPSG:5070",
+        )
         after = yaml.safe_load(cat.read_text())[key]
         assert list(after) == list(before)
         for other in ("weather", "soil", "crop"):
@@ -219,5 +259,7 @@ def test_register_keeps_other_entries_and_refuses_foreign_catalogs(real, tmp_pat
         assert c.version == (2 if key == "entries" else 1)
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 2\nentries: {}\n")
-    with pytest.raises(IngestError, match=r"bad.yaml: cannot register entry 'soil': .*no 'entries:' mapping"):
+    with pytest.raises(
+        IngestError, match=r"bad.yaml: cannot register entry 'soil': .*no 'entries:' mapping"
+    ):
         register_entry(bad, "soil", layer="soil", cube=root / "data" / "soil.zarr", crs="EPSG:5070")

@@ -56,7 +56,13 @@ def _expected(year: int) -> tuple[np.ndarray, np.ndarray]:
 def cdl_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cdl")
     for y in (2015, 2016, 2017):
-        write_geotiff(root / f"CDL_{y}_clip_20180101.tif", _cdl(y), crs="EPSG:5070", transform=CDL_TR, nodata=0)
+        write_geotiff(
+            root / f"CDL_{y}_clip_20180101.tif",
+            _cdl(y),
+            crs="EPSG:5070",
+            transform=CDL_TR,
+            nodata=0,
+        )
     return root
 
 
@@ -104,7 +110,6 @@ def test_append_the_next_year_only(crop, cdl_dir, tmp_path):
     np.testing.assert_array_equal(ds.crop_type.values[2], _expected(2017)[0])
 
 
-
 # --- refusals ---------------------------------------------------------------------------------
 
 
@@ -113,7 +118,9 @@ def test_unknown_code_is_refused_naming_file_year_and_code(tmp_path):
     a[MARGIN + 3, MARGIN + 5] = 7  # not in the CDL legend
     bad = write_geotiff(tmp_path / "in" / "CDL_2016.tif", a, crs="EPSG:5070", transform=CDL_TR)
     out = tmp_path / "crop.zarr"
-    with pytest.raises(IngestError, match=rf"{bad}: class code 7 \(year 2016\) is not in the CDL legend"):
+    with pytest.raises(
+        IngestError, match=rf"{bad}: class code 7 \(year 2016\) is not in the CDL legend"
+    ):
         ingest_crop([bad], out, grid=TARGET, chunks={"y": 4, "x": 4})
     assert not out.exists() and not (tmp_path / ".crop.zarr.partial").exists()
     ingest_crop([bad], out, grid=TARGET, chunks={"y": 4, "x": 4}, extra_codes=[7])
@@ -124,16 +131,24 @@ def test_codes_outside_the_table_and_float_rasters_are_refused(tmp_path):
     a = _cdl(2015).astype("uint16")
     a[MARGIN, MARGIN] = 300
     bad = write_geotiff(tmp_path / "CDL_2015.tif", a, crs="EPSG:5070", transform=CDL_TR)
-    with pytest.raises(IngestError, match=rf"{bad}: class code 300 is outside the CDL table 0..255"):
+    with pytest.raises(
+        IngestError, match=rf"{bad}: class code 300 is outside the CDL table 0..255"
+    ):
         ingest_crop([bad], tmp_path / "c.zarr", grid=TARGET)
-    flt = write_geotiff(tmp_path / "CDL_2014.tif", _cdl(2014).astype("float32"), crs="EPSG:5070", transform=CDL_TR)
-    with pytest.raises(IngestError, match=rf"{flt}: has data type float32; CDL rasters hold integer class codes"):
+    flt = write_geotiff(
+        tmp_path / "CDL_2014.tif", _cdl(2014).astype("float32"), crs="EPSG:5070", transform=CDL_TR
+    )
+    with pytest.raises(
+        IngestError, match=rf"{flt}: has data type float32; CDL rasters hold integer class codes"
+    ):
         ingest_crop([flt], tmp_path / "c.zarr", grid=TARGET)
     assert not (tmp_path / "c.zarr").exists()
 
 
 def test_years_must_parse_and_be_consecutive(cdl_dir, tmp_path):
-    with pytest.raises(IngestError, match=r"CDL years must be consecutive: 2016 missing between .*CDL_2015"):
+    with pytest.raises(
+        IngestError, match=r"CDL years must be consecutive: 2016 missing between .*CDL_2015"
+    ):
         ingest_crop([cdl_dir / "CDL_2015_clip_20180101.tif", cdl_dir / "CDL_2017_clip_20180101.tif"],
                     tmp_path / "c.zarr", grid=TARGET)  # fmt: skip
     odd = write_geotiff(tmp_path / "cdl_latest.tif", _cdl(2015), crs="EPSG:5070", transform=CDL_TR)

@@ -98,7 +98,9 @@ def test_target_grid_snaps_outward_to_the_resolution():
 def test_target_grid_from_lonlat_bounds_covers_them():
     from pyproj import Transformer
 
-    g = target_grid(crs="EPSG:5070", bounds=(-96.6, 41.1, -96.4, 41.2), bounds_crs="EPSG:4326", res=250)
+    g = target_grid(
+        crs="EPSG:5070", bounds=(-96.6, 41.1, -96.4, 41.2), bounds_crs="EPSG:4326", res=250
+    )
     tr = Transformer.from_crs("EPSG:4326", "EPSG:5070", always_xy=True)
     for lon, lat in [(-96.6, 41.1), (-96.4, 41.2), (-96.6, 41.2), (-96.4, 41.1)]:
         x, y = tr.transform(lon, lat)
@@ -110,7 +112,10 @@ def test_target_grid_from_lonlat_bounds_covers_them():
     [
         ({"crs": "EPSG:99999999", "bounds": (0, 0, 1, 1), "res": 1}, "target CRS 'EPSG:99999999'"),
         ({"crs": "EPSG:5070", "bounds": (0, 0, 1, 1), "res": 0}, "resolution must be positive"),
-        ({"crs": "EPSG:5070", "bounds": (5, 0, 1, 1), "res": 1}, r"bounds \(5, 0, 1, 1\) are empty"),
+        (
+            {"crs": "EPSG:5070", "bounds": (5, 0, 1, 1), "res": 1},
+            r"bounds \(5, 0, 1, 1\) are empty",
+        ),
     ],
 )
 def test_target_grid_refusals(kwargs, match):
@@ -135,9 +140,17 @@ def test_chunks_are_checked():
         ("SLOPE_GPP_{date:%Y%j}.tif", "SLOPE_GPP_2015032.tif", "2015-02-01"),
         ("SLOPE_GPP_{date:%Y%j}.tif", "/data/x/SLOPE_GPP_2016366.tif", "2016-12-31"),
         ("GLASS01B01.V40.A{date:%Y%j}.*.tif", "GLASS01B01.V40.A2015009.2019353.tif", "2015-01-09"),
-        ("SMAP_L4_SM_gph_{date:%Y%m%d}T*.tif", "SMAP_L4_SM_gph_20150401T013000_Vv7032_001.tif", "2015-04-01"),
+        (
+            "SMAP_L4_SM_gph_{date:%Y%m%d}T*.tif",
+            "SMAP_L4_SM_gph_20150401T013000_Vv7032_001.tif",
+            "2015-04-01",
+        ),
         ("re:_(?P<year>\\d{4})(?P<doy>\\d{3})\\.tif$", "MOD15A2H_2015193.tif", "2015-07-12"),
-        ("re:(?P<year>\\d{4})-(?P<month>\\d\\d)-(?P<day>\\d\\d)", "lai 2015-03-04 v2.tif", "2015-03-04"),
+        (
+            "re:(?P<year>\\d{4})-(?P<month>\\d\\d)-(?P<day>\\d\\d)",
+            "lai 2015-03-04 v2.tif",
+            "2015-03-04",
+        ),
         ("re:D(?P<date>\\d{8})", "x_D20150102.tif", "2015-01-02"),
         (YEAR_PATTERN, "CDL_2015_clip_20160101.tif", "2015-01-01"),
     ],
@@ -149,9 +162,18 @@ def test_dates_from_file_names(pattern, name, date):
 @pytest.mark.parametrize(
     ("name", "match"),
     [
-        ("SLOPE_GPP_2015x32.tif", r"SLOPE_GPP_2015x32.tif: the file name does not match the date pattern"),
-        ("SLOPE_GPP_2015366.tif", r"SLOPE_GPP_2015366.tif: .*'2015366' is not a valid date for '%Y%j'"),
-        ("SLOPE_GPP_2015000.tif", r"SLOPE_GPP_2015000.tif: the date in the file name does not parse"),
+        (
+            "SLOPE_GPP_2015x32.tif",
+            r"SLOPE_GPP_2015x32.tif: the file name does not match the date pattern",
+        ),
+        (
+            "SLOPE_GPP_2015366.tif",
+            r"SLOPE_GPP_2015366.tif: .*'2015366' is not a valid date for '%Y%j'",
+        ),
+        (
+            "SLOPE_GPP_2015000.tif",
+            r"SLOPE_GPP_2015000.tif: the date in the file name does not parse",
+        ),
         ("SLOPE_GPP_2015001.tif.aux.xml", "does not match the date pattern"),
     ],
 )
@@ -243,11 +265,19 @@ def test_weather_conversions_by_hand():
     daymet = convert({"tmax": np.array([10.0]), "tmin": np.array([0.0]), "swrad_daylight": np.array([300.0]),
                       "dayl": np.array([36000.0]), "vp": np.array([8.0]), "precip": np.array([1.0])})  # fmt: skip
     np.testing.assert_allclose(daymet["swrad"], [10.8])
-    np.testing.assert_allclose(daymet["vpd"], [(saturation_vp(np.array(10.0)) + saturation_vp(np.array(0.0))) / 2 - 8])
+    np.testing.assert_allclose(
+        daymet["vpd"], [(saturation_vp(np.array(10.0)) + saturation_vp(np.array(0.0))) / 2 - 8]
+    )
 
 
 def test_needed_quantities_say_what_is_missing():
-    assert needed_quantities(["tmax", "tmin", "swrad", "vpd", "precip"]) == ("tmax", "tmin", "swrad", "vpd", "precip")
+    assert needed_quantities(["tmax", "tmin", "swrad", "vpd", "precip"]) == (
+        "tmax",
+        "tmin",
+        "swrad",
+        "vpd",
+        "precip",
+    )
     assert needed_quantities(["tair", "swrad", "qair", "psurf", "precip"])[2:4] == ("qair", "psurf")
     with pytest.raises(IngestError, match="no air temperature: need tair, or tmax and tmin"):
         needed_quantities(["tmax", "swrad", "vpd", "precip"])

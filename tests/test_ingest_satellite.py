@@ -99,7 +99,9 @@ def test_cube_conforms_and_keeps_every_day(sat):
     _, res, ds = sat
     assert ds.sizes == {"time": 7, "y": 12, "x": 16}
     assert list(pd.DatetimeIndex(ds.time.values).day) == [1, 2, 3, 4, 5, 6, 7]
-    assert cubes.grid_of(ds, layer="satellite") == cubes.grid_of(cubes.annotate(ds, TARGET, title="t"))
+    assert cubes.grid_of(ds, layer="satellite") == cubes.grid_of(
+        cubes.annotate(ds, TARGET, title="t")
+    )
     assert ds.gpp_sat.attrs["units"] == "g m-2 d-1" and ds.gpp_sat.dtype == np.float32
     assert ds.gpp_sat.encoding["chunks"] == (3, 8, 8)
     assert res.missing == {"gpp_sat": 3, "lai": 0, "soil_moisture": 6}
@@ -180,7 +182,9 @@ def test_windowed_reads_equal_warping_the_whole_source_onto_each_tile(sat, tmp_p
     from rasterio.warp import reproject
 
     raw = np.random.default_rng(0).integers(0, 1000, SRC_SHAPE).astype("int16")
-    info = inspect_raster(write_geotiff(tmp_path / "noise.tif", raw, crs=UTM, transform=SRC_TR, scale=0.001))
+    info = inspect_raster(
+        write_geotiff(tmp_path / "noise.tif", raw, crs=UTM, transform=SRC_TR, scale=0.001)
+    )
     src = raw.astype("float32") * np.float32(0.001)
     dst = Affine(250.0, 0, TARGET.x0, 0, -250.0, TARGET.y0)
     for t in plan_tiles(TARGET.shape, (5, 7)):
@@ -188,7 +192,9 @@ def test_windowed_reads_equal_warping_the_whole_source_onto_each_tile(sat, tmp_p
         reproject(src, full, src_transform=SRC_TR, src_crs=UTM, src_nodata=np.nan,
                   dst_transform=dst @ Affine.translation(t.col0, t.row0), dst_crs="EPSG:5070",
                   dst_nodata=np.nan, resampling=Resampling[method])  # fmt: skip
-        np.testing.assert_allclose(read_tile(info, TARGET, t, resampling=method), full, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            read_tile(info, TARGET, t, resampling=method), full, rtol=0, atol=1e-6
+        )
 
 
 # --- appending --------------------------------------------------------------------------------
@@ -205,7 +211,9 @@ def short_cube(sat, tmp_path):
 
 def test_append_extends_the_daily_axis(short_cube):
     dirs, out = short_cube
-    res = ingest_satellite([RasterSource("gpp_sat", (str(dirs["more"]),), pattern=PATTERN)], out, append=True)
+    res = ingest_satellite(
+        [RasterSource("gpp_sat", (str(dirs["more"]),), pattern=PATTERN)], out, append=True
+    )
     assert res.appended and res.sizes["time"] == 7
     ds = cubes.open_cube(out, "satellite").load()
     assert pd.DatetimeIndex(ds.time.values).equals(pd.date_range("2015-01-01", "2015-01-07"))
@@ -221,7 +229,9 @@ def test_append_extends_the_daily_axis(short_cube):
 def test_append_refuses_overlap_and_gaps_unless_filled(short_cube, tmp_path):
     dirs, out = short_cube
     src = RasterSource("gpp_sat", (str(dirs["gpp"] / "SLOPE_GPP_2015004.tif"),), pattern=PATTERN)
-    with pytest.raises(IngestError, match=r"SLOPE_GPP_2015004.tif: date 2015-01-04 overlaps the cube"):
+    with pytest.raises(
+        IngestError, match=r"SLOPE_GPP_2015004.tif: date 2015-01-04 overlaps the cube"
+    ):
         ingest_satellite([src], out, append=True)
     later = RasterSource("gpp_sat", (str(dirs["gpp"] / "SLOPE_GPP_2015007.tif"),), pattern=PATTERN)
     with pytest.raises(IngestError, match=r"SLOPE_GPP_2015007.tif: the new dates start 2015-01-07 .* ends "
@@ -260,7 +270,9 @@ def test_a_failed_append_is_undone(short_cube, monkeypatch):
 
     monkeypatch.setattr(sat_mod, "read_tile", flaky)
     with pytest.raises(IngestError, match="disk on fire"):
-        ingest_satellite([RasterSource("gpp_sat", (str(dirs["more"]),), pattern=PATTERN)], out, append=True)
+        ingest_satellite(
+            [RasterSource("gpp_sat", (str(dirs["more"]),), pattern=PATTERN)], out, append=True
+        )
     after = cubes.open_cube(out, "satellite").load()  # complete again, old length, same values
     xr.testing.assert_identical(after.gpp_sat, before.gpp_sat)
     monkeypatch.undo()
@@ -321,12 +333,16 @@ def test_refuses_a_date_that_does_not_parse(tmp_path):
 def test_refuses_mismatched_shapes(tmp_path):
     _one(tmp_path / "in", "SLOPE_GPP_2015001.tif")
     bad = _one(tmp_path / "in", "SLOPE_GPP_2015002.tif", shape=(20, 21))
-    _refused(tmp_path, rf"{bad}: shape \(20, 21\) differs from \(20, 20\) of the other gpp_sat files")
+    _refused(
+        tmp_path, rf"{bad}: shape \(20, 21\) differs from \(20, 20\) of the other gpp_sat files"
+    )
 
 
 def test_refuses_a_shifted_grid(tmp_path):
     _one(tmp_path / "in", "SLOPE_GPP_2015001.tif")
-    bad = _one(tmp_path / "in", "SLOPE_GPP_2015002.tif", transform=SRC_TR @ Affine.translation(1, 0))
+    bad = _one(
+        tmp_path / "in", "SLOPE_GPP_2015002.tif", transform=SRC_TR @ Affine.translation(1, 0)
+    )
     _refused(tmp_path, rf"{bad}: grid \(origin .*\) differs from the other gpp_sat files")
 
 
@@ -362,7 +378,9 @@ def test_out_of_range_values_are_masked_with_a_warning(sat, tmp_path):
     dirs, _, _ = sat
     src = RasterSource("gpp_sat", (str(dirs["gpp"] / "SLOPE_GPP_2015001.tif"),), pattern=PATTERN, scale=1.0,
                        offset=0.0)  # fmt: skip
-    with pytest.warns(IngestWarning, match=r"gpp_sat \d+ \(valid \(0.0, 60.0\); first file .*SLOPE_GPP_2015001"):
+    with pytest.warns(
+        IngestWarning, match=r"gpp_sat \d+ \(valid \(0.0, 60.0\); first file .*SLOPE_GPP_2015001"
+    ):
         res = ingest_satellite([src], tmp_path / "s.zarr", grid=TARGET, chunks=CHUNKS)
     assert res.masked["gpp_sat"] == 12 * 16
     assert np.isnan(cubes.open_cube(res.path, "satellite").gpp_sat.values).all()
@@ -407,7 +425,9 @@ def _layer_netcdf(path: Path, raw: np.ndarray, *, crs_how: str, south_up: bool =
         v[0] = raw
         if crs_how == "grid_mapping":
             m = g.createVariable("spatial_ref", "i4")
-            m.setncatts({**CRS.from_user_input(UTM).to_cf(), "crs_wkt": CRS.from_user_input(UTM).to_wkt()})
+            m.setncatts(
+                {**CRS.from_user_input(UTM).to_cf(), "crs_wkt": CRS.from_user_input(UTM).to_wkt()}
+            )
             v.grid_mapping = "spatial_ref"
         elif crs_how == "proj_attribute":
             v.crs = "+proj=utm +zone=14 +datum=WGS84 +units=m +no_defs"
@@ -425,24 +445,42 @@ def test_netcdf_and_hdf5_layers_ingest_like_the_geotiff(sat, tmp_path, crs_how, 
         _layer_netcdf(tmp_path / "nc" / f"SLOPE_GPP_2015{day:03d}.{suffix}", _gpp_raw(day), crs_how=crs_how,
                       south_up=south_up, group=group)  # fmt: skip
     layer = f"{group}/GPP" if group else "GPP"
-    src = RasterSource("gpp_sat", (str(tmp_path / "nc"),), pattern=f"SLOPE_GPP_{{date:%Y%j}}.{suffix}", layer=layer)
+    src = RasterSource(
+        "gpp_sat", (str(tmp_path / "nc"),), pattern=f"SLOPE_GPP_{{date:%Y%j}}.{suffix}", layer=layer
+    )
     res = ingest_satellite([src], tmp_path / "s.zarr", grid=TARGET, chunks=CHUNKS)
     got = cubes.open_cube(res.path, "satellite").gpp_sat.values
     np.testing.assert_allclose(got, ds.gpp_sat.values, rtol=0, atol=1e-5, equal_nan=True)
     info = inspect_raster(tmp_path / "nc" / f"SLOPE_GPP_2015001.{suffix}", layer=layer)
-    assert (info.scale, info.offset, info.nodata, info.layer.flip_y) == (0.01, 0.5, -9999.0, south_up)
+    assert (info.scale, info.offset, info.nodata, info.layer.flip_y) == (
+        0.01,
+        0.5,
+        -9999.0,
+        south_up,
+    )
 
 
 def test_netcdf_layer_refusals_name_the_cause(tmp_path):
     f = _layer_netcdf(tmp_path / "a.nc", _gpp_raw(1), crs_how="grid_mapping")
-    with pytest.raises(IngestError, match=r"a.nc: holds 2 gridded variables \(GPP, quality\); choose one with layer="):
+    with pytest.raises(
+        IngestError,
+        match=r"a.nc: holds 2 gridded variables \(GPP, quality\); choose one with layer=",
+    ):
         inspect_raster(f)
-    with pytest.raises(IngestError, match=r"a.nc: has no variable 'gpp'; gridded variables: GPP, quality"):
+    with pytest.raises(
+        IngestError, match=r"a.nc: has no variable 'gpp'; gridded variables: GPP, quality"
+    ):
         inspect_raster(f, layer="gpp")
-    with pytest.raises(IngestError, match=r"a.nc: band=2 applies to multi-band GeoTIFFs; choose a NetCDF/HDF5 layer"):
+    with pytest.raises(
+        IngestError,
+        match=r"a.nc: band=2 applies to multi-band GeoTIFFs; choose a NetCDF/HDF5 layer",
+    ):
         inspect_raster(f, band=2, layer="GPP")
     g = _layer_netcdf(tmp_path / "b.nc", _gpp_raw(1), crs_how="none")
-    with pytest.raises(IngestError, match=r"b.nc: variable 'GPP' has no CRS: no CF grid_mapping, no PROJ/WKT attribute"):
+    with pytest.raises(
+        IngestError,
+        match=r"b.nc: variable 'GPP' has no CRS: no CF grid_mapping, no PROJ/WKT attribute",
+    ):
         inspect_raster(g, layer="GPP")
     tif = write_geotiff(tmp_path / "c.tif", _gpp_raw(1), crs=UTM, transform=SRC_TR)
     with pytest.raises(IngestError, match=r"c.tif: layer='GPP' applies to NetCDF/HDF5 files"):
@@ -458,8 +496,11 @@ def test_a_multi_band_geotiff_needs_a_band(tmp_path):
         for b in (1, 2, 3):
             dst.write(_gpp_raw(b), b)
         dst.set_band_description(2, "nir")
-    with pytest.raises(IngestError, match=r"rgb.tif: has 3 bands \(2: nir\); choose one with band= \(--band VAR=N, "
-                                          r"1..3\): a multi-band file is never read as band 1 silently"):
+    with pytest.raises(
+        IngestError,
+        match=r"rgb.tif: has 3 bands \(2: nir\); choose one with band= \(--band VAR=N, "
+        r"1..3\): a multi-band file is never read as band 1 silently",
+    ):
         inspect_raster(p)
     with pytest.raises(IngestError, match=r"rgb.tif: has 3 band\(s\); band 4 was requested"):
         inspect_raster(p, band=4)

@@ -29,7 +29,10 @@ def _lonlat_grid() -> tuple[Affine, tuple[int, int]]:
     )
     x0 = math.floor(w / STEP) * STEP - 10 * STEP
     y0 = math.ceil(n / STEP) * STEP + 10 * STEP
-    return Affine(STEP, 0, x0, 0, -STEP, y0), (math.ceil((y0 - s) / STEP) + 10, math.ceil((e - x0) / STEP) + 10)
+    return Affine(STEP, 0, x0, 0, -STEP, y0), (
+        math.ceil((y0 - s) / STEP) + 10,
+        math.ceil((e - x0) / STEP) + 10,
+    )
 
 
 TR, SHAPE = _lonlat_grid()
@@ -55,7 +58,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out["sand"] = write_geotiff(root / "sand.tif", _sand(), crs="EPSG:4326", transform=TR)
     out["soc"] = write_geotiff(root / "soc0_30.tif", np.full(SHAPE, SOC_G_M2, "float32"), crs="EPSG:4326",
                                transform=TR, nodata=-1.0)  # fmt: skip
-    out["cec"] = write_geotiff(root / "cec7_r.tif", _cec(), crs="EPSG:4326", transform=TR, nodata=-9999.0)
+    out["cec"] = write_geotiff(
+        root / "cec7_r.tif", _cec(), crs="EPSG:4326", transform=TR, nodata=-9999.0
+    )
     return out
 
 
@@ -108,7 +113,9 @@ def test_soil_refusals(files, tmp_path):
     with pytest.raises(IngestError, match="the soil layer needs ksat"):
         ingest_soil(p, tmp_path / "s.zarr", grid=TARGET)
     with pytest.raises(IngestError, match="'organic_matter' is not a variable of the soil layer"):
-        ingest_soil({**_props(files), "organic_matter": files["ph"]}, tmp_path / "s.zarr", grid=TARGET)
+        ingest_soil(
+            {**_props(files), "organic_matter": files["ph"]}, tmp_path / "s.zarr", grid=TARGET
+        )
     with pytest.raises(IngestError, match=r"soil property 'ph': one raster is expected, got 2"):
         ingest_soil({**_props(files), "ph": str(files["ph"].parent / "[ps][ho]*.tif")}, tmp_path / "s.zarr",
                     grid=TARGET)  # fmt: skip
@@ -116,5 +123,7 @@ def test_soil_refusals(files, tmp_path):
     with pytest.raises(IngestError, match=rf"{bad}: has no CRS"):
         ingest_soil({**_props(files), "ph": bad}, tmp_path / "s.zarr", grid=TARGET)
     with pytest.raises(IngestError, match=rf"{tmp_path / 'nope.tif'}: no such file"):
-        ingest_soil({**_props(files), "ph": tmp_path / "nope.tif"}, tmp_path / "s.zarr", grid=TARGET)
+        ingest_soil(
+            {**_props(files), "ph": tmp_path / "nope.tif"}, tmp_path / "s.zarr", grid=TARGET
+        )
     assert not (tmp_path / "s.zarr").exists()

@@ -26,7 +26,9 @@ def _tmmx(days: pd.DatetimeIndex) -> np.ndarray:
     return np.stack([270.0 + 0.1 * i + 0.01 * j + d.day for d in days])
 
 
-def _gridmet(root: Path, days: pd.DatetimeIndex = DAYS, *, skip_pr: tuple[int, ...] = ()) -> list[Path]:
+def _gridmet(
+    root: Path, days: pd.DatetimeIndex = DAYS, *, skip_pr: tuple[int, ...] = ()
+) -> list[Path]:
     tag = days[0].strftime("%Y%m%d")
     kw = {"lat": G_LAT, "lon": G_LON, "time_name": "day"}
     shape = (len(days), G_LAT.size, G_LON.size)
@@ -35,12 +37,24 @@ def _gridmet(root: Path, days: pd.DatetimeIndex = DAYS, *, skip_pr: tuple[int, .
     pdays = days[[d.day not in skip_pr for d in days]]
     pr = np.stack([np.full(shape[1:], d.day % 3) for d in pdays])
     return [
-        write_netcdf(root / f"tmmx_{tag}.nc", {"air_temperature": (_tmmx(days), "K")}, times=days, **kw),
-        write_netcdf(root / f"tmmn_{tag}.nc", {"air_temperature": (_tmmx(days) - 10, "K")}, times=days, **kw),
-        write_netcdf(root / f"srad_{tag}.nc", {"surface_downwelling_shortwave_flux_in_air": (srad, "W m-2")},
-                     times=days, **kw),
-        write_netcdf(root / f"vpd_{tag}.nc", {"mean_vapor_pressure_deficit": (vpd, "kPa")}, times=days, **kw),
-        write_netcdf(root / f"pr_{tag}.nc", {"precipitation_amount": (pr, "mm")}, times=pdays, **kw),
+        write_netcdf(
+            root / f"tmmx_{tag}.nc", {"air_temperature": (_tmmx(days), "K")}, times=days, **kw
+        ),
+        write_netcdf(
+            root / f"tmmn_{tag}.nc", {"air_temperature": (_tmmx(days) - 10, "K")}, times=days, **kw
+        ),
+        write_netcdf(
+            root / f"srad_{tag}.nc",
+            {"surface_downwelling_shortwave_flux_in_air": (srad, "W m-2")},
+            times=days,
+            **kw,
+        ),
+        write_netcdf(
+            root / f"vpd_{tag}.nc", {"mean_vapor_pressure_deficit": (vpd, "kPa")}, times=days, **kw
+        ),
+        write_netcdf(
+            root / f"pr_{tag}.nc", {"precipitation_amount": (pr, "mm")}, times=pdays, **kw
+        ),
     ]
 
 
@@ -75,7 +89,9 @@ def test_gridmet_units_are_converted_by_hand(gridmet):
     i, j = _ij(ds)
     tmmx = _tmmx(DAYS)[:, i][:, :, j]
     np.testing.assert_allclose(ds.tair.values, (tmmx + tmmx - 10) / 2 - 273.15, atol=1e-4)
-    np.testing.assert_allclose(ds.swrad.values[:, 0, 0], (100 + 10 * DAYS.day.values) * 0.0864, rtol=1e-6)
+    np.testing.assert_allclose(
+        ds.swrad.values[:, 0, 0], (100 + 10 * DAYS.day.values) * 0.0864, rtol=1e-6
+    )
     np.testing.assert_allclose(ds.vpd.values[0], np.broadcast_to(10 * (0.5 + 0.01 * j), ds.vpd.shape[1:]),
                                rtol=1e-6)  # fmt: skip
     assert ds.tair.attrs["units"] == "degC" and ds.swrad.attrs["units"] == "MJ m-2 d-1"
@@ -101,7 +117,9 @@ def test_nldas_daily_with_humidity_and_ascending_latitude(tmp_path):
         "Tair": (tair, "K"), "SWdown": (np.full(shape, 250.0), "W m-2"), "Rainf": (np.full(shape, 4.0), "kg m-2"),
         "Qair": (q, "kg kg-1"), "PSurf": (p, "Pa"), "Wind_E": (np.zeros(shape), "m s-1"),
     }, times=days, lat=lat, lon=lon, hours=12)  # fmt: skip
-    res = ingest_weather([tmp_path / "NLDAS_FORA0125_D.A201507.nc"], tmp_path / "w.zarr", preset="nldas", grid=TARGET)
+    res = ingest_weather(
+        [tmp_path / "NLDAS_FORA0125_D.A201507.nc"], tmp_path / "w.zarr", preset="nldas", grid=TARGET
+    )
     ds = cubes.open_cube(res.path, "weather").load()
     assert (np.diff(ds.y.values) < 0).all()  # north to south in the cube
     rows = np.rint((ds.y.values - 40.5) / 0.125 - 0.5).astype(int)
@@ -135,7 +153,11 @@ def test_daymet_on_its_projected_grid_with_km_coordinates(tmp_path):
           "coord_units": ("km", "km")}  # fmt: skip
     for name, value, units in [("tmax", 4.0, "degrees C"), ("tmin", -6.0, "degrees C"), ("srad", 250.0, "W/m2"),
                                ("dayl", 32400.0, "s"), ("prcp", 1.5, "mm/day"), ("vp", 300.0, "Pa")]:  # fmt: skip
-        write_netcdf(tmp_path / f"daymet_v4_daily_na_{name}_2016.nc", {name: (np.full(sh, value), units)}, **kw)
+        write_netcdf(
+            tmp_path / f"daymet_v4_daily_na_{name}_2016.nc",
+            {name: (np.full(sh, value), units)},
+            **kw,
+        )
     res = ingest_weather([tmp_path], tmp_path / "w.zarr", preset="daymet", grid=TARGET,
                          end="2016-12-31")  # fmt: skip
     ds = cubes.open_cube(res.path, "weather").load()
@@ -174,7 +196,9 @@ def _refused(paths, tmp_path: Path, match: str, **kw) -> None:
     assert not out.exists()
 
 
-def _hourly(path: Path, hours: pd.DatetimeIndex, *, rain_units: str = "kg m-2") -> dict[str, np.ndarray]:
+def _hourly(
+    path: Path, hours: pd.DatetimeIndex, *, rain_units: str = "kg m-2"
+) -> dict[str, np.ndarray]:
     """NLDAS-like sub-daily file: every variable varies by hour and cell (south-to-north lat)."""
     lat = 40.5 + 0.125 * (np.arange(14) + 0.5)
     lon = -97.5 + 0.125 * (np.arange(16) + 0.5)
@@ -197,9 +221,13 @@ def test_hourly_files_are_aggregated_to_days_from_their_hours(tmp_path):
     # two whole days and 5 hours of a third, in 3-hourly and hourly files
     hours = pd.date_range("2015-07-01", periods=53, freq="h")
     raw = _hourly(tmp_path / "NLDAS_FORA0125_H.A201507.nc", hours)
-    res = ingest_weather([tmp_path / "NLDAS_FORA0125_H.A201507.nc"], tmp_path / "w.zarr", preset="nldas")
+    res = ingest_weather(
+        [tmp_path / "NLDAS_FORA0125_H.A201507.nc"], tmp_path / "w.zarr", preset="nldas"
+    )
     ds = cubes.open_cube(res.path, "weather").load()
-    assert ds.sizes["time"] == 3 and list(ds.time.values[:2]) == list(pd.date_range("2015-07-01", periods=2))
+    assert ds.sizes["time"] == 3 and list(ds.time.values[:2]) == list(
+        pd.date_range("2015-07-01", periods=2)
+    )
     day = {k: a[:48].reshape(2, 24, *a.shape[1:]) for k, a in raw.items()}
     t = day["Tair"] - 273.15
     np.testing.assert_allclose(ds.tair.values[:2], t.mean(1), atol=1e-4)
@@ -215,8 +243,11 @@ def test_hourly_files_are_aggregated_to_days_from_their_hours(tmp_path):
     assert res.incomplete == {"tair": 1, "swrad": 1, "qair": 1, "psurf": 1, "precip": 1}
     assert res.aggregated["tair"] == "24 steps of 1 h"
     assert "days without all their steps (NaN): tair 1" in res.summary()
-    with pytest.raises(IngestError, match=r"A201507.nc: tair of 2015-07-03 has 5 of its 24 steps of 1 h "
-                                          r"\(1 incomplete day\(s\) in 2015-07-01..2015-07-03\); give every step"):
+    with pytest.raises(
+        IngestError,
+        match=r"A201507.nc: tair of 2015-07-03 has 5 of its 24 steps of 1 h "
+        r"\(1 incomplete day\(s\) in 2015-07-01..2015-07-03\); give every step",
+    ):
         ingest_weather([tmp_path / "NLDAS_FORA0125_H.A201507.nc"], tmp_path / "r.zarr", preset="nldas",
                        incomplete_days="refuse")  # fmt: skip
     assert not (tmp_path / "r.zarr").exists()
@@ -235,8 +266,13 @@ def test_hourly_files_append_the_next_day(tmp_path):
     ingest_weather([tmp_path / "d1"], tmp_path / "w.zarr", preset="nldas")
     import netCDF4
 
-    with netCDF4.Dataset(tmp_path / "both" / "h.nc") as src:  # the second day's hours, as their own file
-        v = {k: (src[k][24:].filled(np.nan), src[k].units) for k in ("Tair", "SWdown", "Rainf", "Qair", "PSurf")}
+    with netCDF4.Dataset(
+        tmp_path / "both" / "h.nc"
+    ) as src:  # the second day's hours, as their own file
+        v = {
+            k: (src[k][24:].filled(np.nan), src[k].units)
+            for k in ("Tair", "SWdown", "Rainf", "Qair", "PSurf")
+        }
         lat, lon = src["lat"][:], src["lon"][:]
     write_netcdf(tmp_path / "d2" / "h.nc", v, times=hours[24:], lat=lat, lon=lon)
     r = ingest_weather([tmp_path / "d2"], tmp_path / "w.zarr", preset="nldas", append=True)
@@ -281,7 +317,9 @@ def test_singleton_levels_and_a_scalar_day_are_read_wider_levels_refused(tmp_pat
     np.testing.assert_allclose(ds.tair.values, tmmx - 5 - 273.15, atol=1e-4)
     with xr.open_dataset(files[1]) as f1:
         two = f1.load()
-    two["air_temperature"] = xr.concat([two["air_temperature"]] * 2, "height").assign_coords(height=[2.0, 10.0])
+    two["air_temperature"] = xr.concat([two["air_temperature"]] * 2, "height").assign_coords(
+        height=[2.0, 10.0]
+    )
     two.to_netcdf(tmp_path / "tmmn_wide.nc")
     _refused([*files[:1], tmp_path / "tmmn_wide.nc", *files[2:]], tmp_path / "r",
              r"tmmn_wide.nc: variable 'air_temperature' \(tmin\) has dims .* with 'height' of 2 levels; only one "
@@ -292,7 +330,11 @@ def test_monthly_and_8_day_files_are_refused_naming_the_step(tmp_path):
     months = pd.date_range("1980-01-01", periods=12, freq="MS")
     f = write_netcdf(tmp_path / "tmmx_1980.nc", {"air_temperature": (np.full((12, 18, 22), 280.0), "K")},
                      times=months, lat=G_LAT, lon=G_LON)  # fmt: skip
-    _refused([f], tmp_path, rf"{f}: time step is 1 month \(12 steps, 1980-01-01..1980-12-01\): monthly values")
+    _refused(
+        [f],
+        tmp_path,
+        rf"{f}: time step is 1 month \(12 steps, 1980-01-01..1980-12-01\): monthly values",
+    )
     eight = pd.date_range("2015-01-01", periods=5, freq="8D")
     g = write_netcdf(tmp_path / "tmmn_2015.nc", {"air_temperature": (np.full((5, 18, 22), 280.0), "K")},
                      times=eight, lat=G_LAT, lon=G_LON)  # fmt: skip
@@ -303,10 +345,23 @@ def test_refuses_unknown_or_missing_units(tmp_path):
     files = _gridmet(tmp_path / "a")
     bad = write_netcdf(files[0], {"air_temperature": (_tmmx(DAYS), "degF")}, times=DAYS, lat=G_LAT, lon=G_LON,
                        time_name="day")  # fmt: skip
-    _refused(files, tmp_path, rf"{bad}: variable 'air_temperature' \(tmax\) has units 'degF', which are not known")
-    write_netcdf(files[0], {"air_temperature": (_tmmx(DAYS), None)}, times=DAYS, lat=G_LAT, lon=G_LON, time_name="day")
+    _refused(
+        files,
+        tmp_path,
+        rf"{bad}: variable 'air_temperature' \(tmax\) has units 'degF', which are not known",
+    )
+    write_netcdf(
+        files[0],
+        {"air_temperature": (_tmmx(DAYS), None)},
+        times=DAYS,
+        lat=G_LAT,
+        lon=G_LON,
+        time_name="day",
+    )
     _refused(files, tmp_path, rf"{bad}: variable 'air_temperature' has no units attribute")
-    r = ingest_weather(files, tmp_path / "ok.zarr", preset="gridmet", grid=TARGET, mapping={"tmmx": "tmax:K"})
+    r = ingest_weather(
+        files, tmp_path / "ok.zarr", preset="gridmet", grid=TARGET, mapping={"tmmx": "tmax:K"}
+    )
     assert r.sizes["time"] == 10
 
 
@@ -335,5 +390,9 @@ def test_refuses_unreadable_unmapped_duplicated_and_incomplete_inputs(tmp_path):
     _refused([*files, other], tmp_path, rf"{other}: no variable of the mapping table")
     dup = write_netcdf(tmp_path / "c" / "pr_dup.nc", {"precipitation_amount": (np.ones((10, 18, 22)), "mm")},
                        times=DAYS, lat=G_LAT, lon=G_LON, time_name="day")  # fmt: skip
-    _refused([*files, dup], tmp_path, r"pr_dup.nc: precip of 2015-01-01 is also given by .*pr_20150101.nc")
+    _refused(
+        [*files, dup],
+        tmp_path,
+        r"pr_dup.nc: precip of 2015-01-01 is also given by .*pr_20150101.nc",
+    )
     _refused(files[:4], tmp_path, r"weather: no precipitation: need precip")

@@ -36,8 +36,16 @@ def import_graph(*, lazy: bool = True) -> dict[str, set[str]]:
         for node in nodes:
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name.startswith("kgml_grid.")}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("kgml_grid"):
-                subs = {f"{node.module}.{a.name}" for a in node.names if _is_module(f"{node.module}.{a.name}")}
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").startswith("kgml_grid")
+            ):
+                subs = {
+                    f"{node.module}.{a.name}"
+                    for a in node.names
+                    if _is_module(f"{node.module}.{a.name}")
+                }
                 deps |= subs
                 if len(subs) < len(node.names):
                     deps.add(str(node.module))
@@ -47,7 +55,9 @@ def import_graph(*, lazy: bool = True) -> dict[str, set[str]]:
 
 def test_cluster_and_execute_import_one_way():
     g = import_graph()
-    assert "kgml_grid.cluster" in g["kgml_grid.execute"]  # the executor uses the client factory's helpers
+    assert (
+        "kgml_grid.cluster" in g["kgml_grid.execute"]
+    )  # the executor uses the client factory's helpers
     assert "kgml_grid.execute" not in g["kgml_grid.cluster"], "cluster must not import execute"
 
 

@@ -95,7 +95,10 @@ def test_perturbed_inputs_change_outputs_and_bad_names_are_refused(plan):
         d = float(abs(warm - base).max().compute())
     assert d > 0
     bad = lazy.predict(plan, perturb={"tmax": ("add", 1.0)})["rh"].isel(time=slice(0, 5))
-    with pytest.raises(ValueError, match=r"perturb: 'tmax' is not a model input read by a block \(expected one of .*tair"):
+    with pytest.raises(
+        ValueError,
+        match=r"perturb: 'tmax' is not a model input read by a block \(expected one of .*tair",
+    ):
         bad.compute(scheduler="sync")
 
 
@@ -103,7 +106,9 @@ def test_predict_to_zarr_round_trips(tiny_world, ckpt, tmp_path):
     import dask
     import xarray as xr
 
-    ds = lazy.predict(tiny_world.catalog, ckpt, start="2010-01-01", end="2010-12-31", chunks="y=10,x=12")
+    ds = lazy.predict(
+        tiny_world.catalog, ckpt, start="2010-01-01", end="2010-12-31", chunks="y=10,x=12"
+    )
     with dask.config.set(scheduler="threads"):
         ds.to_zarr(tmp_path / "p.zarr", zarr_format=3, consolidated=False)
         want = ds["nee"].values

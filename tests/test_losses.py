@@ -75,7 +75,9 @@ def test_mass_balance_penalty():
     # within tol * |reco| = 0.05 of balance: still free
     _check_scalar(mass_balance_penalty(gpp, reco, nee_balanced + _t(0.04, -0.049, 0.0)), 0.0)
     # ... and penalised in full without the free band (pre-training's default)
-    _check_scalar(mass_balance_penalty(gpp, reco, nee_balanced + _t(0.04, -0.049, 0.0), tol=0.0), 0.089 / 3)
+    _check_scalar(
+        mass_balance_penalty(gpp, reco, nee_balanced + _t(0.04, -0.049, 0.0), tol=0.0), 0.089 / 3
+    )
     # |10 - 5 + (-4)| - 0.01 * 5 = 0.95 on one day of three
     nee = _t(-4.0, -5.0, -5.0, grad=True)
     loss = mass_balance_penalty(gpp, reco, nee)

@@ -19,7 +19,17 @@ REAL_FLUXNET = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" 
 NE1_MM = REAL_FLUXNET / "FLX_US-Ne1_FLUXNET2015_SUBSET_MM_2001-2013_1-4.csv"
 SMALL = dict(epochs=1, batch_size=16, hidden=8, patience=5, threads=1,
              split=SplitSpec(holdout_years=1, max_train_pixels=24, max_test_pixels=12))  # fmt: skip
-TUNE_ARGS = ["--epochs", "1", "--epochs-heads", "1", "--holdout-years", "1", "--val-years", "1", "--quiet"]
+TUNE_ARGS = [
+    "--epochs",
+    "1",
+    "--epochs-heads",
+    "1",
+    "--holdout-years",
+    "1",
+    "--val-years",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +74,14 @@ def test_unusable_towers_are_refused_naming_file_and_cause(variants, us_ne1, tin
     copy = tmp_path / "again"
     copy.mkdir()
     shutil.copy(us_ne1, copy / us_ne1.name.replace("1-4", "1-3"))
-    with pytest.raises(ValueError, match=r"a second file of site US-Ne1 \(the first is .*\); give one per site"):
+    with pytest.raises(
+        ValueError, match=r"a second file of site US-Ne1 \(the first is .*\); give one per site"
+    ):
         load_towers([us_ne1, copy])
-    with pytest.raises(ValueError, match=r"--site-meta .*SY-A01_site\.json: describes no tower given \(towers: US-Ne1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"--site-meta .*SY-A01_site\.json: describes no tower given \(towers: US-Ne1\)",
+    ):
         load_towers([us_ne1], [tiny_world.root / "towers" / "SY-A01_site.json"])
 
 
@@ -76,10 +91,22 @@ def test_refusals_from_the_cli_write_nothing(pretrained, variants, tmp_path, cap
                "--out", str(out), *TUNE_ARGS])  # fmt: skip
     assert rc != 0 and not out.exists()
     assert "quality column NEE_VUT_REF_QC is absent" in capsys.readouterr().err
-    rc = main(["evaluate", "--model", str(pretrained), "--fluxnet", str(NE1_MM), "--out", str(tmp_path / "rep")])
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(pretrained),
+            "--fluxnet",
+            str(NE1_MM),
+            "--out",
+            str(tmp_path / "rep"),
+        ]
+    )
     assert rc != 0 and not (tmp_path / "rep").exists()
-    assert "FLX_US-Ne1_FLUXNET2015_SUBSET_MM_2001-2013_1-4.csv: resolution 'MM' (monthly) is not supported" in (
-        capsys.readouterr().err)
+    assert (
+        "FLX_US-Ne1_FLUXNET2015_SUBSET_MM_2001-2013_1-4.csv: resolution 'MM' (monthly) is not supported"
+        in (capsys.readouterr().err)
+    )
 
 
 # --------------------------------------------------------------------------- per-site years
@@ -88,14 +115,27 @@ def test_each_tower_is_split_by_its_own_years(tiny_world, us_ne1):
     s = tower_series(towers)
     assert s.time[0] == pd.Timestamp("2001-05-30") and s.time[-1] == pd.Timestamp("2012-12-31")
     split = tower_split(s, 2, 1)
-    assert split["US-Ne1"] == {"train_years": list(range(2001, 2009)), "val_years": [2009], "holdout_years": [2010, 2011]}
-    assert split["SY-A01"] == {"train_years": [2009], "val_years": [2010], "holdout_years": [2011, 2012]}
+    assert split["US-Ne1"] == {
+        "train_years": list(range(2001, 2009)),
+        "val_years": [2009],
+        "holdout_years": [2010, 2011],
+    }
+    assert split["SY-A01"] == {
+        "train_years": [2009],
+        "val_years": [2010],
+        "holdout_years": [2011, 2012],
+    }
     # no window of the synthetic tower starts before its own record (2009-01-01)
     sy = s.names.index("SY-A01")
     assert location_windows(s, sy, [2009], 122) == []
     (w,) = location_windows(s, sy, [2010], 122)
-    assert s.time[w[0]] >= pd.Timestamp("2009-01-01") and s.time[w[1] - 1] == pd.Timestamp("2010-12-31")
-    with pytest.raises(ValueError, match=r"tower SY-A01 \(2009-01-01\.\.2012-12-31\): 4 full years .* needs more than 4"):
+    assert s.time[w[0]] >= pd.Timestamp("2009-01-01") and s.time[w[1] - 1] == pd.Timestamp(
+        "2010-12-31"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"tower SY-A01 \(2009-01-01\.\.2012-12-31\): 4 full years .* needs more than 4",
+    ):
         site_years(s, sy, 3, 1)
 
 
@@ -120,8 +160,14 @@ def test_cli_finetune_several_towers_with_leave_one_site_out_and_evaluate(pretra
         assert all(v["holdout_years"] == [] for v in fold["tower_split"]["per_site"].values())
         for score in ("loso", "pretrained", "years"):
             assert np.isfinite(r[score]["holdout_years_metrics"]["nee"]["r2"])
-        assert r["loso"]["all_years"]["nee"]["n"] > r["loso"]["holdout_years_metrics"]["nee"]["n"] > 300
-    assert rep["per_site"]["US-Ne1"]["years"]["holdout_years"] == [2011]  # --holdout-years 1, its own record
+        assert (
+            r["loso"]["all_years"]["nee"]["n"]
+            > r["loso"]["holdout_years_metrics"]["nee"]["n"]
+            > 300
+        )
+    assert rep["per_site"]["US-Ne1"]["years"]["holdout_years"] == [
+        2011
+    ]  # --holdout-years 1, its own record
     assert rep["per_site"]["SY-A01"]["years"]["holdout_years"] == [2012]
     md = (out / "validation.md").read_text()
     assert "| US-Ne1 | 2001-05-30..2012-11-26 | 2011 |" in md and md in text
@@ -135,7 +181,8 @@ def test_cli_finetune_several_towers_with_leave_one_site_out_and_evaluate(pretra
     assert ev["towers_baseline"]["US-Ne1"]["holdout_years"] == [2011]  # each site its own years
     # the same numbers as the validation report's held-out-years column
     assert ev["towers"]["US-Ne1"]["nee"]["r2"] == pytest.approx(
-        rep["per_site"]["US-Ne1"]["years"]["holdout_years_metrics"]["nee"]["r2"], rel=1e-9)
+        rep["per_site"]["US-Ne1"]["years"]["holdout_years_metrics"]["nee"]["r2"], rel=1e-9
+    )
 
 
 # --------------------------------------------------------------------------- monthly files

@@ -81,7 +81,9 @@ def _upscale_cli(world: Path, ckpt: Path, out: Path, *extra: str) -> int:
     ],
     ids=["input-cube", "catalog-folder", "catalog-file"],
 )  # fmt: skip
-def test_upscale_overwrite_never_deletes_the_catalog_or_its_cubes(world, ckpt, target, match, capsys):
+def test_upscale_overwrite_never_deletes_the_catalog_or_its_cubes(
+    world, ckpt, target, match, capsys
+):
     out = (world / target).resolve()
     before = snapshot(out)
     assert _upscale_cli(world, ckpt, out, "--overwrite") == 2
@@ -93,7 +95,9 @@ def test_upscale_overwrite_never_deletes_the_catalog_or_its_cubes(world, ckpt, t
 
 def test_upscale_overwrite_never_deletes_the_checkpoint(world, ckpt):
     before = snapshot(ckpt)
-    with pytest.raises(PlanError, match=r"--out .*m4: is the checkpoint .*m4, an input of this run"):
+    with pytest.raises(
+        PlanError, match=r"--out .*m4: is the checkpoint .*m4, an input of this run"
+    ):
         upscale(world / "catalog.yaml", ckpt, ckpt, start=START, end=END, cluster="serial", overwrite=True,
                 progress=False)  # fmt: skip
     assert snapshot(ckpt) == before
@@ -102,8 +106,11 @@ def test_upscale_overwrite_never_deletes_the_checkpoint(world, ckpt):
 def test_upscale_overwrite_never_deletes_a_folder_of_user_files(world, ckpt, tmp_path):
     mine = user_folder(tmp_path / "mine")
     before = snapshot(mine)
-    with pytest.raises(PlanError, match=r"--out .*mine: exists and holds a folder of 2 entries that kgml_grid "
-                                        r"did not write: notes\.txt, sub/; kgml_grid replaces only what it wrote"):
+    with pytest.raises(
+        PlanError,
+        match=r"--out .*mine: exists and holds a folder of 2 entries that kgml_grid "
+        r"did not write: notes\.txt, sub/; kgml_grid replaces only what it wrote",
+    ):
         upscale(world / "catalog.yaml", ckpt, mine, start=START, end=END, cluster="serial", overwrite=True,
                 progress=False)  # fmt: skip
     assert snapshot(mine) == before
@@ -111,7 +118,20 @@ def test_upscale_overwrite_never_deletes_a_folder_of_user_files(world, ckpt, tmp
 
 def test_synth_does_not_silently_replace_a_world(tmp_path, capsys):
     out = tmp_path / "w"
-    args = ["synth", "--preset", "tiny", "--out", str(out), "--shape", "4", "5", "--years", "2011", "2011", "--quiet"]
+    args = [
+        "synth",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--shape",
+        "4",
+        "5",
+        "--years",
+        "2011",
+        "2011",
+        "--quiet",
+    ]
     assert main(args) == 0
     before = snapshot(out)
     capsys.readouterr()
@@ -127,10 +147,26 @@ def test_synth_overwrite_never_replaces_files_it_did_not_write(tmp_path, capsys)
     (out / "satellite.zarr" / "my_data.bin").write_bytes(b"\x00" * 10)
     (out / "catalog.yaml").write_text("my: catalog\n")
     before = snapshot(out)
-    rc = main(["synth", "--preset", "tiny", "--out", str(out), "--shape", "4", "5", "--quiet", "--overwrite"])
+    rc = main(
+        [
+            "synth",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--shape",
+            "4",
+            "5",
+            "--quiet",
+            "--overwrite",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
-    assert "exists and holds a folder of 2 entries that kgml_grid did not write: catalog.yaml, satellite.zarr/" in err
+    assert (
+        "exists and holds a folder of 2 entries that kgml_grid did not write: catalog.yaml, satellite.zarr/"
+        in err
+    )
     assert snapshot(out) == before
 
 
@@ -144,7 +180,9 @@ def test_a_symlink_does_not_hide_an_input(world, ckpt, tmp_path):
     link.symlink_to(world / "soil.zarr")
     before = snapshot(world / "soil.zarr")
     # (named by its real path: the store path is resolved)
-    with pytest.raises(PlanError, match=r"soil\.zarr: is cube 'soil' of the catalog .*soil\.zarr, an input"):
+    with pytest.raises(
+        PlanError, match=r"soil\.zarr: is cube 'soil' of the catalog .*soil\.zarr, an input"
+    ):
         upscale(world / "catalog.yaml", ckpt, link, start=START, end=END, cluster="serial", overwrite=True,
                 progress=False)  # fmt: skip
     assert snapshot(world / "soil.zarr") == before
@@ -161,7 +199,9 @@ def test_overwrite_refuses_an_output_of_another_kind(world, ckpt, tiny_world, tm
     other = tmp_path / "truth.zarr"  # a cube kgml_grid wrote, but not an upscaling store
     shutil.copytree(tiny_world.root / "truth.zarr", other)
     before = snapshot(other)
-    with pytest.raises(PlanError, match=r"truth\.zarr: is an input cube \(Zarr\), not an upscaling output store"):
+    with pytest.raises(
+        PlanError, match=r"truth\.zarr: is an input cube \(Zarr\), not an upscaling output store"
+    ):
         upscale(world / "catalog.yaml", ckpt, other, start=START, end=END, cluster="serial", overwrite=True,
                 progress=False)  # fmt: skip
     assert snapshot(other) == before
@@ -170,20 +210,29 @@ def test_overwrite_refuses_an_output_of_another_kind(world, ckpt, tiny_world, tm
 def test_overwrite_refuses_an_output_of_ours_that_holds_a_users_file(tmp_path):
     from kgml_grid.synth import generate_world
 
-    w = generate_world(tmp_path / "w", preset="tiny", shape=(4, 5), years=(2011, 2011), progress=False)
+    w = generate_world(
+        tmp_path / "w", preset="tiny", shape=(4, 5), years=(2011, 2011), progress=False
+    )
     (w.root / "my_analysis.ipynb").write_text("{}")
     (w.root / "towers" / "notes.txt").write_text("site visit\n")  # inside a folder the world writes
     before = snapshot(w.root)
-    with pytest.raises(OutputError, match=r"w: a synthetic world that also holds files kgml_grid did not write "
-                                          r"\(my_analysis\.ipynb, towers/notes\.txt\); they would be lost"):
-        generate_world(w.root, preset="tiny", shape=(4, 5), years=(2011, 2011), progress=False, overwrite=True)
+    with pytest.raises(
+        OutputError,
+        match=r"w: a synthetic world that also holds files kgml_grid did not write "
+        r"\(my_analysis\.ipynb, towers/notes\.txt\); they would be lost",
+    ):
+        generate_world(
+            w.root, preset="tiny", shape=(4, 5), years=(2011, 2011), progress=False, overwrite=True
+        )
     assert snapshot(w.root) == before
 
 
 def test_synth_refuses_an_out_holding_its_world_params_file(tmp_path, capsys):
     p = tmp_path / "b.json"
     p.write_text('{"name": "B"}')
-    rc = main(["synth", "--preset", "tiny", "--out", str(tmp_path), "--world-params", str(p), "--quiet"])
+    rc = main(
+        ["synth", "--preset", "tiny", "--out", str(tmp_path), "--world-params", str(p), "--quiet"]
+    )
     assert rc == 2
     assert f"contains the --world-params file {p}, an input of this run" in capsys.readouterr().err
     assert sorted(q.name for q in tmp_path.iterdir()) == ["b.json"]
@@ -197,8 +246,11 @@ def test_check_target_decisions(tmp_path):
     assert check_target(tmp_path / "empty", kind="report") == "new"
     f = tmp_path / "file.txt"
     f.write_text("x")
-    with pytest.raises(OutputError, match=r"file\.txt: exists and holds a file; kgml_grid replaces only what it "
-                                          r"wrote \(a model checkpoint\), even with --overwrite"):
+    with pytest.raises(
+        OutputError,
+        match=r"file\.txt: exists and holds a file; kgml_grid replaces only what it "
+        r"wrote \(a model checkpoint\), even with --overwrite",
+    ):
         check_target(f, kind="model", overwrite=True)
     with pytest.raises(ValueError, match="unknown output kind 'nope'"):
         check_target(f, kind="nope")
@@ -212,7 +264,9 @@ def test_stores_and_checkpoints_from_before_the_marker_are_recognised(tmp_path, 
         (tmp_path / name / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
                                                                "attributes": attrs}))  # fmt: skip
         assert kind_of(tmp_path / name) == kind
-    assert not (ckpt / outputs.MARKER_FILE).exists() and kind_of(ckpt) == "model"  # save_checkpoint alone
+    assert (
+        not (ckpt / outputs.MARKER_FILE).exists() and kind_of(ckpt) == "model"
+    )  # save_checkpoint alone
 
 
 # --------------------------------------------------------------------------------------
@@ -232,17 +286,24 @@ def test_ingest_refuses_an_out_inside_its_source_folder_and_a_users_folder(tmp_p
     grid = GridSpec("EPSG:5070", 0.0, 100.0, 10.0, 10, 10)
     sources = [RasterSource("gpp_sat", (str(src),), pattern="SLOPE_GPP_{date:%Y%j}.tif")]
     before = snapshot(src)
-    with pytest.raises(IngestError, match=r"--out .*slope: contains the source .*SLOPE_GPP_2015001\.tif, an input"):
+    with pytest.raises(
+        IngestError, match=r"--out .*slope: contains the source .*SLOPE_GPP_2015001\.tif, an input"
+    ):
         ingest_satellite(sources, src, grid=grid, overwrite=True)
     assert snapshot(src) == before
     mine = user_folder(tmp_path / "mine.zarr")
     before = snapshot(mine)
-    with pytest.raises(IngestError, match=r"mine\.zarr: exists and holds a folder of 2 entries that kgml_grid "
-                                          r"did not write"):
+    with pytest.raises(
+        IngestError,
+        match=r"mine\.zarr: exists and holds a folder of 2 entries that kgml_grid "
+        r"did not write",
+    ):
         ingest_satellite(sources, mine, grid=grid, overwrite=True)
     assert snapshot(mine) == before
     glob_src = [RasterSource("gpp_sat", (str(src / "*.tif"),), pattern="SLOPE_GPP_{date:%Y%j}.tif")]
-    with pytest.raises(IngestError, match=r"SLOPE_GPP_2015001\.tif: is the source"):  # a glob is expanded
+    with pytest.raises(
+        IngestError, match=r"SLOPE_GPP_2015001\.tif: is the source"
+    ):  # a glob is expanded
         ingest_satellite(glob_src, src / "SLOPE_GPP_2015001.tif", grid=grid, overwrite=True)
     assert (src / "SLOPE_GPP_2015001.tif").read_bytes() == b"not read"
 
@@ -253,7 +314,9 @@ def test_ingest_refuses_to_replace_its_like_cube(world, capsys):
     rc = main(["ingest", "soil", "--out", str(cube), "--property", "sand=sand.tif", "--like", str(cube),
                "--overwrite"])  # fmt: skip
     assert rc == 2
-    assert re.search(r"--out .*soil\.zarr: is the --like file .*soil\.zarr, an input", capsys.readouterr().err)
+    assert re.search(
+        r"--out .*soil\.zarr: is the --like file .*soil\.zarr, an input", capsys.readouterr().err
+    )
     assert snapshot(cube) == before
 
 
@@ -298,7 +361,10 @@ def test_an_existing_model_needs_overwrite_and_is_replaced_only_after_training(w
     assert kind_of(first.model_dir) == "model"
     names = {p.name for p in first.model_dir.iterdir()}
     assert names == {"model.safetensors", "model.json", "learning_curve.png", outputs.MARKER_FILE}
-    with pytest.raises(OutputError, match=r"m: exists; pass --overwrite to replace it \(it holds a model checkpoint\)"):
+    with pytest.raises(
+        OutputError,
+        match=r"m: exists; pass --overwrite to replace it \(it holds a model checkpoint\)",
+    ):
         pretrain(world / "catalog.yaml", tmp_path / "m", cfg, progress=False)
     before = snapshot(first.model_dir)
     again = pretrain(world / "catalog.yaml", tmp_path / "m", cfg, progress=False, overwrite=True)
@@ -324,15 +390,26 @@ def test_bench_refuses_results_and_work_folders_it_did_not_write(world, tmp_path
     (res / "bench_tiny.md").write_text("my notes on the last run\n")
     (res / "other.json").write_text("{}")
     before = snapshot(res)
-    with pytest.raises(OutputError, match=r"results: bench_tiny\.md exist and were not written by kgml_grid as "
-                                          r"a benchmark's results"):
-        run_benchmark(BenchConfig(out=res, preset="tiny", world=world, overwrite=True, progress=False))
+    with pytest.raises(
+        OutputError,
+        match=r"results: bench_tiny\.md exist and were not written by kgml_grid as "
+        r"a benchmark's results",
+    ):
+        run_benchmark(
+            BenchConfig(out=res, preset="tiny", world=world, overwrite=True, progress=False)
+        )
     assert snapshot(res) == before
     (res / "bench_tiny.md").unlink()
     work = user_folder(tmp_path / "scratch")
     before = snapshot(work)
-    with pytest.raises(OutputError, match=r"--work .*scratch: exists and holds a folder of 2 entries"):
-        run_benchmark(BenchConfig(out=res, preset="tiny", world=world, work=work, overwrite=True, progress=False))
+    with pytest.raises(
+        OutputError, match=r"--work .*scratch: exists and holds a folder of 2 entries"
+    ):
+        run_benchmark(
+            BenchConfig(
+                out=res, preset="tiny", world=world, work=work, overwrite=True, progress=False
+            )
+        )
     assert snapshot(work) == before
     with pytest.raises(OutputError, match=r"--work .*world: contains the catalog"):
         run_benchmark(BenchConfig(out=res, preset="tiny", world=world, work=world, progress=False))
@@ -344,12 +421,19 @@ def test_bench_results_of_ours_need_overwrite(tmp_path):
 
     res = tmp_path / "r"
     res.mkdir()
-    (res / "bench_tiny.json").write_text(json.dumps({"command": "kgml-grid bench", "machine": {}, "acceptance": {}}))
+    (res / "bench_tiny.json").write_text(
+        json.dumps({"command": "kgml-grid bench", "machine": {}, "acceptance": {}})
+    )
     assert is_bench_result(res / "bench_tiny.json")
     files = [res / f"bench_tiny.{e}" for e in ("json", "png", "md")]
-    with pytest.raises(OutputError, match=r"bench_tiny\.json exist \(a benchmark's results\); pass --overwrite"):
+    with pytest.raises(
+        OutputError, match=r"bench_tiny\.json exist \(a benchmark's results\); pass --overwrite"
+    ):
         outputs.check_files(files, ours=True, what="a benchmark's results")
-    assert outputs.check_files(files, ours=True, what="a benchmark's results", overwrite=True) == "replace"
+    assert (
+        outputs.check_files(files, ours=True, what="a benchmark's results", overwrite=True)
+        == "replace"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -359,10 +443,22 @@ def test_bench_results_of_ours_need_overwrite(tmp_path):
 
 def test_upscale_store_of_ours_is_replaced_with_overwrite_and_resumed(world, ckpt, tmp_path):
     out = tmp_path / "o.zarr"
-    first = upscale(world / "catalog.yaml", ckpt, out, start=START, end=END, cluster="serial", progress=False)
+    first = upscale(
+        world / "catalog.yaml", ckpt, out, start=START, end=END, cluster="serial", progress=False
+    )
     assert kind_of(out) == "upscale" and kind_of(records_dir(out)) == "records"
-    with pytest.raises(PlanError, match=r"o\.zarr: exists; pass --resume to finish it or --overwrite to replace it"):
-        upscale(world / "catalog.yaml", ckpt, out, start=START, end=END, cluster="serial", progress=False)
+    with pytest.raises(
+        PlanError, match=r"o\.zarr: exists; pass --resume to finish it or --overwrite to replace it"
+    ):
+        upscale(
+            world / "catalog.yaml",
+            ckpt,
+            out,
+            start=START,
+            end=END,
+            cluster="serial",
+            progress=False,
+        )
     ref = xr.open_zarr(out, consolidated=False).load()
     # a block lost: --resume recomputes exactly that one
     lost = sorted((records_dir(out) / "done").glob("*.json"))[-1]
@@ -382,7 +478,9 @@ def test_records_folder_that_is_not_ours_is_refused(world, ckpt, tmp_path):
     out = tmp_path / "o.zarr"
     rec = user_folder(records_dir(out))
     before = snapshot(rec)
-    with pytest.raises(PlanError, match=r"the records folder .*o\.zarr\.kgml_blocks: exists and holds a folder"):
+    with pytest.raises(
+        PlanError, match=r"the records folder .*o\.zarr\.kgml_blocks: exists and holds a folder"
+    ):
         upscale(world / "catalog.yaml", ckpt, out, start=START, end=END, cluster="serial", overwrite=True,
                 progress=False)  # fmt: skip
     assert snapshot(rec) == before and not out.exists()
@@ -390,7 +488,20 @@ def test_records_folder_that_is_not_ours_is_refused(world, ckpt, tmp_path):
 
 def test_synth_overwrite_replaces_a_world_of_ours(tmp_path, capsys):
     out = tmp_path / "w"
-    args = ["synth", "--preset", "tiny", "--out", str(out), "--shape", "4", "5", "--years", "2011", "2011", "--quiet"]
+    args = [
+        "synth",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--shape",
+        "4",
+        "5",
+        "--years",
+        "2011",
+        "2011",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert kind_of(out) == "world"
     assert main([*args, "--seed", "7", "--overwrite"]) == 0

@@ -63,13 +63,18 @@ def ckpt(tiny_world, tmp_path_factory):
 def holed(tiny_world, tmp_path_factory):
     """The tiny world with no crop in its top-left 10 x 12 pixels (one whole tile)."""
     d = tmp_path_factory.mktemp("holed")
-    crop = xr.open_zarr(tiny_world.root / "crop.zarr", consolidated=False, decode_coords="all").load()
+    crop = xr.open_zarr(
+        tiny_world.root / "crop.zarr", consolidated=False, decode_coords="all"
+    ).load()
     for v in crop.variables.values():
         v.encoding = {}
     crop["crop_type"][:, :10, :12] = 0
     cubes.write_cube(crop, d / "crop.zarr", {"year": 1, "y": 20, "x": 24})
     root = tiny_world.root
-    entries = {n: {"layer": n, "path": str(root / f"{n}.zarr")} for n in ("weather", "satellite", "soil", "truth")}
+    entries = {
+        n: {"layer": n, "path": str(root / f"{n}.zarr")}
+        for n in ("weather", "satellite", "soil", "truth")
+    }
     entries["crop"] = {"layer": "crop", "path": str(d / "crop.zarr")}
     text = catalog_yaml(entries, crs=open_catalog(tiny_world.catalog).crs, description="holed")
     return write_catalog(d / "catalog.yaml", text)
@@ -133,7 +138,11 @@ def test_plan_grid_not_multiple_of_tile_and_uneven_time(tiny_world, ckpt):
                      chunks={"y": 7, "x": 9, "time": (100, 37, 228)})  # fmt: skip
     assert plan.y_chunks == (7, 7, 6) and plan.x_chunks == (9, 9, 6)
     assert plan.time_bounds == [(0, 100), (100, 137), (137, 365)]
-    assert plan.region(BlockKey(1, 2, 2)) == {"time": slice(100, 137), "y": slice(14, 20), "x": slice(18, 24)}
+    assert plan.region(BlockKey(1, 2, 2)) == {
+        "time": slice(100, 137),
+        "y": slice(14, 20),
+        "x": slice(18, 24),
+    }
     spec = plan.tile_spec(2, 2)
     assert spec.shape == (6, 6) and spec.wrow.shape == (6, 6)
     assert spec.wrow.min() == 0 and spec.wcol.min() == 0  # relative to the tile's weather window
@@ -178,7 +187,9 @@ def test_bbox_selects_pixel_centres(tiny_world, ckpt):
     tr = Transformer.from_crs(g.crs, "EPSG:4326", always_xy=True)
     lon0, lat0 = tr.transform(g.x[3] + 10, g.y[9] + 10)
     lon1, lat1 = tr.transform(g.x[10] - 10, g.y[2] - 10)
-    p2 = make_plan(tiny_world.catalog, ckpt, bbox=f"{lon0},{lat0},{lon1},{lat1}", bbox_crs="EPSG:4326")
+    p2 = make_plan(
+        tiny_world.catalog, ckpt, bbox=f"{lon0},{lat0},{lon1},{lat1}", bbox_crs="EPSG:4326"
+    )
     assert p2.grid.ny >= 6 and p2.grid.nx >= 6
 
 
@@ -215,7 +226,9 @@ def bad_ckpts(tiny_world, tmp_path_factory):
          r"need about .* per task, more than 50% of memory_limit .*; try --chunks time=\d+"),
     ],
 )  # fmt: skip
-def test_bad_input_is_refused_and_nothing_is_written(tiny_world, ckpt, bad_ckpts, tmp_path, kwargs, match):
+def test_bad_input_is_refused_and_nothing_is_written(
+    tiny_world, ckpt, bad_ckpts, tmp_path, kwargs, match
+):
     kwargs = dict(kwargs)
     model = bad_ckpts[kwargs.pop("model")] if "model" in kwargs else ckpt
     memory_limit = kwargs.pop("memory_limit", None)
@@ -323,10 +336,15 @@ def _weather_catalog(world, d: Path, weather: xr.Dataset, wgrid, name: str) -> P
     cubes.write_cube(ds, d / f"weather_{name}.zarr", {"time": 365, "y": 64, "x": 64})
     root = world.root
     crs = open_catalog(world.catalog).crs
-    entries = {n: {"layer": n, "path": str(root / f"{n}.zarr")} for n in ("satellite", "soil", "crop", "truth")}
+    entries = {
+        n: {"layer": n, "path": str(root / f"{n}.zarr")}
+        for n in ("satellite", "soil", "crop", "truth")
+    }
     entries["weather"] = {"layer": "weather", "path": str(d / f"weather_{name}.zarr"),
                           "crs": "EPSG:4326" if wgrid.crs == "EPSG:4326" else crs}  # fmt: skip
-    return write_catalog(d / f"catalog_{name}.yaml", catalog_yaml(entries, crs=crs, description=name))
+    return write_catalog(
+        d / f"catalog_{name}.yaml", catalog_yaml(entries, crs=crs, description=name)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -361,11 +379,15 @@ def latlon_worlds(tiny_world, tmp_path_factory):
     r, c = coarse_index(g, ll)
     on_fine = {v: (("time", "y", "x"), on_ll[v][1][:, r, c]) for v in names}
     cat_ll = _weather_catalog(tiny_world, d, xr.Dataset(on_ll, coords={"time": time}), ll, "latlon")
-    cat_fine = _weather_catalog(tiny_world, d, xr.Dataset(on_fine, coords={"time": time}), g, "projected")
+    cat_fine = _weather_catalog(
+        tiny_world, d, xr.Dataset(on_fine, coords={"time": time}), g, "projected"
+    )
     return cat_ll, cat_fine, ll
 
 
-def test_latlon_weather_plans_with_sane_memory_and_upscales_like_projected(latlon_worlds, ckpt, tmp_path):
+def test_latlon_weather_plans_with_sane_memory_and_upscales_like_projected(
+    latlon_worlds, ckpt, tmp_path
+):
     from kgml_grid.execute import SerialExecutor, upscale
 
     cat_ll, cat_fine, _ = latlon_worlds
@@ -375,7 +397,9 @@ def test_latlon_weather_plans_with_sane_memory_and_upscales_like_projected(latlo
     assert p_ll.weather_grid.res == 0.125 and _same_crs(p_ll.weather_grid.crs, "EPSG:4326")
     # a 10 x 12 tile of 500 m pixels lies in 1 or 2 cells of 0.125 deg per side; the
     # estimate bounds that with its 2-cell margin for straddling
-    spans = [(s.wy[1] - s.wy[0], s.wx[1] - s.wx[0]) for s in (p_ll.tile_spec(*t) for t in p_ll.tiles)]
+    spans = [
+        (s.wy[1] - s.wy[0], s.wx[1] - s.wx[0]) for s in (p_ll.tile_spec(*t) for t in p_ll.tiles)
+    ]
     rows, cols = cells_spanned(p_ll.grid, p_ll.weather_grid, (10, 12))
     assert all(1 <= a <= 2 and 1 <= b <= 2 for a, b in spans), spans
     assert (rows, cols) == (3, 3)
@@ -410,14 +434,27 @@ def test_weather_cells_per_tile_in_the_weather_grids_units(target, weather):
     # the tiles' real weather windows (from the pixel -> cell mapping) at corners and centre
     for r0, c0 in [(0, 0), (0, target.nx - 256), (target.ny - 256, 0), (target.ny - 256, target.nx - 256),
                    (target.ny // 2, target.nx // 2)]:  # fmt: skip
-        sub = GridSpec(target.crs, target.x0 + c0 * target.res, target.y0 - r0 * target.res, target.res, 256, 256)
+        sub = GridSpec(
+            target.crs,
+            target.x0 + c0 * target.res,
+            target.y0 - r0 * target.res,
+            target.res,
+            256,
+            256,
+        )
         try:
             r, c = coarse_index(sub, weather)
         except ValueError:
             continue  # this corner lies outside the weather grid
         assert int(np.ptp(r)) + 1 <= rows and int(np.ptp(c)) + 1 <= cols
         assert rows <= int(np.ptp(r)) + 1 + 4 and cols <= int(np.ptp(c)) + 1 + 4
-    kw = {"days": 365, "tile": (256, 256), "crop_pixels": 256 * 256, "model": {"hidden": 64}, "batch_pixels": 4096}
+    kw = {
+        "days": 365,
+        "tile": (256, 256),
+        "crop_pixels": 256 * 256,
+        "model": {"hidden": 64},
+        "batch_pixels": 4096,
+    }
     total = memory_estimate(weather_cells=rows * cols, **kw)["total"]
     weather = total - memory_estimate(weather_cells=0, **kw)["total"]
     # a year of 4 variables over the tile's cells: a small part of the task, not the

@@ -25,7 +25,11 @@ from kgml_grid.ingest import IngestWarning
 from kgml_grid.ingest.examples import write_netcdf
 from kgml_grid.ingest.weather import saturation_vp
 
-REAL = Path(os.environ.get("KGML_REAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
+REAL = Path(
+    os.environ.get(
+        "KGML_REAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+    )
+)
 RASTERS = REAL / "rasters"
 NLDAS = RASTERS / "nldas_clip-raster"
 NLDAS_00 = NLDAS / "NLDAS_FORA0125_H.A20000101.0000.002.grb.SUB.nc4"
@@ -43,7 +47,9 @@ def _real_files():
         pytest.fail(f"the real data files are missing: {RASTERS} (set KGML_REAL_DIR)")
 
 
-def _grid_args(lon: float, lat: float, half: float, res: float, crs: str = "EPSG:5070") -> list[str]:
+def _grid_args(
+    lon: float, lat: float, half: float, res: float, crs: str = "EPSG:5070"
+) -> list[str]:
     return ["--crs", crs, "--bounds-crs", "EPSG:4326", "--res", str(res),
             "--bounds", str(lon - half), str(lat - half), str(lon + half), str(lat + half)]  # fmt: skip
 
@@ -76,7 +82,10 @@ def test_nldas_two_real_hours_make_one_incomplete_day(tmp_path, capsys):
     text = _ok(["ingest", "weather", str(NLDAS_00), str(NLDAS_01), "--preset", "nldas", "--out", str(out),
                 *NEBRASKA], capsys)  # fmt: skip
     # TMP and SPFH carry a singleton `height`: read, never "no air temperature"
-    assert "aggregated to days: tair from 24 steps of 1 h" in text and "qair from 24 steps of 1 h" in text
+    assert (
+        "aggregated to days: tair from 24 steps of 1 h" in text
+        and "qair from 24 steps of 1 h" in text
+    )
     assert "days without all their steps (NaN): tair 1, swrad 1, qair 1, psurf 1, precip 1" in text
     ds = cubes.open_cube(out, "weather", crs="EPSG:4326").load()
     assert list(ds.time.values) == [np.datetime64("2000-01-01")] and np.isnan(ds.tair.values).all()
@@ -106,7 +115,10 @@ def nldas_day(tmp_path_factory):
         for v in ds.variables.values():
             for k in ("chunksizes", "original_shape", "source"):
                 v.encoding.pop(k, None)
-        ds["time"].encoding = {"units": "hours since 2000-1-1 00:00:00", "calendar": "proleptic_gregorian"}
+        ds["time"].encoding = {
+            "units": "hours since 2000-1-1 00:00:00",
+            "calendar": "proleptic_gregorian",
+        }
         p = d / f"NLDAS_FORA0125_H.A20000101.{h:02d}00.002.grb.SUB.nc4"
         ds.to_netcdf(p)
         hours.append(ds)
@@ -138,7 +150,9 @@ def test_nldas_hours_ingest_to_daily_values_that_follow_from_the_hours(nldas_day
     np.testing.assert_allclose(ds.precip.values[0], stack("APCP").sum(0), rtol=1e-5, atol=1e-5)
     q, p = stack("SPFH").mean(0), stack("PRES").mean(0) / 100
     es = (saturation_vp(t.max(0)) + saturation_vp(t.min(0))) / 2
-    np.testing.assert_allclose(ds.vpd.values[0], np.maximum(es - q * p / (0.622 + 0.378 * q), 0), rtol=1e-4)
+    np.testing.assert_allclose(
+        ds.vpd.values[0], np.maximum(es - q * p / (0.622 + 0.378 * q), 0), rtol=1e-4
+    )
     assert np.ptp(t.mean(0)) > 0 and (t.max(0) - t.min(0)).min() > 5  # the hours differ
 
 
@@ -169,9 +183,13 @@ def _companions(root: Path, var: str, days: pd.DatetimeIndex, *, tmin_from: np.n
         write_netcdf(root / f"tmmn_{tag}.nc", {"air_temperature": (tmin_from - 8.0, "K")}, **kw)
     write_netcdf(root / f"srad_{tag}.nc", {"surface_downwelling_shortwave_flux_in_air": (np.full(shape, 150.0),
                                                                                         "W m-2")}, **kw)  # fmt: skip
-    write_netcdf(root / f"vpd_{tag}.nc", {"mean_vapor_pressure_deficit": (np.full(shape, 0.4), "kPa")}, **kw)
+    write_netcdf(
+        root / f"vpd_{tag}.nc", {"mean_vapor_pressure_deficit": (np.full(shape, 0.4), "kPa")}, **kw
+    )
     if var != "pr":
-        write_netcdf(root / f"pr_{tag}.nc", {"precipitation_amount": (np.full(shape, 2.0), "mm")}, **kw)
+        write_netcdf(
+            root / f"pr_{tag}.nc", {"precipitation_amount": (np.full(shape, 2.0), "mm")}, **kw
+        )
 
 
 def _decoded(path: Path) -> xr.Dataset:
@@ -203,15 +221,38 @@ def test_gridmet_single_day_file_with_a_scalar_day_is_one_day(tmp_path, capsys):
 
 
 def test_gridmet_cape_cod_long_variable_name_int16_with_fill(tmp_path, capsys):
-    _refused(["ingest", "weather", str(CAPE_COD), "--preset", "gridmet", "--out", str(tmp_path / "w.zarr")], capsys,
-             r"no air temperature: need tair, or tmax and tmin \(found \['tmax'\]\) in 1 file\(s\): cape_cod_tmax.nc")
+    _refused(
+        [
+            "ingest",
+            "weather",
+            str(CAPE_COD),
+            "--preset",
+            "gridmet",
+            "--out",
+            str(tmp_path / "w.zarr"),
+        ],
+        capsys,
+        r"no air temperature: need tair, or tmax and tmin \(found \['tmax'\]\) in 1 file\(s\): cape_cod_tmax.nc",
+    )
     real = _decoded(CAPE_COD)
     tmax = real["daily_maximum_temperature"].values.astype("float64")
     days = pd.DatetimeIndex(real["day"].values)
     _companions(tmp_path / "more", "tmmx", days, tmin_from=tmax, lat=real["lat"].values,
                 lon=real["lon"].values, tag="1979")  # fmt: skip
     out = tmp_path / "w.zarr"
-    _ok(["ingest", "weather", str(CAPE_COD), str(tmp_path / "more"), "--preset", "gridmet", "--out", str(out)], capsys)
+    _ok(
+        [
+            "ingest",
+            "weather",
+            str(CAPE_COD),
+            str(tmp_path / "more"),
+            "--preset",
+            "gridmet",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     ds = cubes.open_cube(out, "weather", crs="EPSG:4326").load()
     assert ds.sizes == {"time": 7, "y": 11, "x": 20}
     # int16 raw * 0.1 + 220 K, fill (the sea) NaN: 343 of the 1540 values
@@ -222,9 +263,21 @@ def test_gridmet_cape_cod_long_variable_name_int16_with_fill(tmp_path, capsys):
 def test_gridmet_oregon_year_lacks_srad_and_vpd_then_ingests_with_them(tmp_path, capsys):
     files = sorted(str(p) for p in OREGON.glob("*.nc"))
     oregon = _grid_args(-119.5, 43.5, 0.15, 1000)
-    _refused(["ingest", "weather", *files, "--preset", "gridmet", "--out", str(tmp_path / "w.zarr"), *oregon], capsys,
-             r"weather: no shortwave radiation: need swrad, or swrad_daylight and dayl \(found \['precip', 'tmax', "
-             r"'tmin'\]\) in 3 file\(s\): pr_2000__subset.nc, tmmn_2000__subset.nc, tmmx_2000__subset.nc")
+    _refused(
+        [
+            "ingest",
+            "weather",
+            *files,
+            "--preset",
+            "gridmet",
+            "--out",
+            str(tmp_path / "w.zarr"),
+            *oregon,
+        ],
+        capsys,
+        r"weather: no shortwave radiation: need swrad, or swrad_daylight and dayl \(found \['precip', 'tmax', "
+        r"'tmin'\]\) in 3 file\(s\): pr_2000__subset.nc, tmmn_2000__subset.nc, tmmx_2000__subset.nc",
+    )
     pr = _decoded(OREGON / "pr_2000__subset.nc")
     days = pd.DatetimeIndex(pr["day"].values)
     assert len(days) == 366
@@ -241,7 +294,9 @@ def test_gridmet_oregon_year_lacks_srad_and_vpd_then_ingests_with_them(tmp_path,
     tmx = _decoded(OREGON / "tmmx_2000__subset.nc")["air_temperature"].values[:, i][:, :, j]
     tmn = _decoded(OREGON / "tmmn_2000__subset.nc")["air_temperature"].values[:, i][:, :, j]
     np.testing.assert_allclose(ds.tair.values, (tmx + tmn) / 2 - 273.15, atol=1e-3)
-    np.testing.assert_allclose(ds.precip.values, pr["precipitation_amount"].values[:, i][:, :, j], atol=1e-4)
+    np.testing.assert_allclose(
+        ds.precip.values, pr["precipitation_amount"].values[:, i][:, :, j], atol=1e-4
+    )
     assert float(ds.precip.values.max()) > 5  # real storms, not a constant
 
 
@@ -268,7 +323,9 @@ def _expected(path: Path, grid, *, band: int = 1, scale: float = 1.0, resampling
         da = da.sel(band=band)
     if crs is not None:
         da = da.rio.write_crs(crs)
-    tmpl = xr.DataArray(np.zeros(grid.shape, "float32"), dims=("y", "x"), coords={"y": grid.y, "x": grid.x})
+    tmpl = xr.DataArray(
+        np.zeros(grid.shape, "float32"), dims=("y", "x"), coords={"y": grid.y, "x": grid.x}
+    )
     return (da.astype("float32") * scale).rio.reproject_match(tmpl.rio.write_crs(grid.crs),
                                                               resampling=Resampling[resampling]).values  # fmt: skip
 
@@ -282,7 +339,10 @@ def _agrees(out: Path, expected: np.ndarray, *, min_valid: int) -> None:
     rel = np.abs(got[both] - expected[both]) / np.maximum(np.abs(expected[both]), 1e-3)
     # GDAL sizes its kernel from each chunk's source/target extents, and a tile's padded
     # window is not the whole raster: a median of up to ~1 % apart, as the issue measured
-    assert np.median(rel) < 0.02 and np.percentile(rel, 95) < 0.1, (np.median(rel), np.percentile(rel, 95))
+    assert np.median(rel) < 0.02 and np.percentile(rel, 95) < 0.1, (
+        np.median(rel),
+        np.percentile(rel, 95),
+    )
     if np.ptp(expected[both]) > 0:
         assert np.corrcoef(got[both], expected[both])[0, 1] > 0.99
 
@@ -296,7 +356,7 @@ def _target(grid_args: list[str]):
     from kgml_grid.ingest.target import target_grid
 
     a = dict(zip(grid_args[::2], grid_args[1::2], strict=False))
-    b = grid_args[grid_args.index("--bounds") + 1:][:4]
+    b = grid_args[grid_args.index("--bounds") + 1 :][:4]
     return target_grid(crs=a["--crs"], bounds=tuple(map(float, b)), res=float(a["--res"]),
                        bounds_crs=a["--bounds-crs"])  # fmt: skip
 
@@ -307,12 +367,21 @@ def _target(grid_args: list[str]):
     ("rasterio/shade.tif", (-106.464, 39.618, 0.01, 100), 0.1, "nearest"),
     ("rioxarray/small_dem_3m_merged.tif", (-93.892, 41.687, 0.003, 30), 0.001, "average"),  # 3 m UTM 15N
 ])  # fmt: skip
-def test_single_band_geotiffs_ingest_as_rioxarray_reprojects_them(tmp_path, capsys, name, where, scale, resampling):
+def test_single_band_geotiffs_ingest_as_rioxarray_reprojects_them(
+    tmp_path, capsys, name, where, scale, resampling
+):
     f = _link(tmp_path, RASTERS / name, "X_2015001.tif")
     grid_args = _grid_args(*where)
     out = tmp_path / "s.zarr"
-    _ok(_sat([f], out, grid_args, f"--scale=gpp_sat={scale}", f"--resampling=gpp_sat={resampling}"), capsys)
-    _agrees(out, _expected(RASTERS / name, _target(grid_args), scale=scale, resampling=resampling), min_valid=20)
+    _ok(
+        _sat([f], out, grid_args, f"--scale=gpp_sat={scale}", f"--resampling=gpp_sat={resampling}"),
+        capsys,
+    )
+    _agrees(
+        out,
+        _expected(RASTERS / name, _target(grid_args), scale=scale, resampling=resampling),
+        min_valid=20,
+    )
 
 
 @pytest.mark.parametrize(("name", "where", "band"), [
@@ -344,11 +413,16 @@ def test_gpm_imerg_scale_only_in_the_tiff_description_is_warned_about(tmp_path, 
     # raw tenths of mm: some cells exceed any daily range and are masked, with the hint to check the scale
     assert re.search(r"raw.zarr: values outside the schema's valid range were set to NaN: gpp_sat \d+ .* check "
                      r"the scale factor", msgs[1])  # fmt: skip
-    assert "2024-06-17..2024-06-17 (1 days)" in text and "outside the valid range (NaN): gpp_sat" in text
+    assert (
+        "2024-06-17..2024-06-17 (1 days)" in text
+        and "outside the valid range (NaN): gpp_sat" in text
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # with the scale given: no warning at all
         _ok([*argv, "--scale=gpp_sat=0.1", "--out", str(tmp_path / "mm.zarr")], capsys)
-    _agrees(tmp_path / "mm.zarr", _expected(gpm, _target(grid_args), scale=0.1), min_valid=1000)  # 4326 -> 5070
+    _agrees(
+        tmp_path / "mm.zarr", _expected(gpm, _target(grid_args), scale=0.1), min_valid=1000
+    )  # 4326 -> 5070
 
 
 def test_modis_sinusoidal_netcdf_with_a_proj_attribute(tmp_path, capsys):
@@ -365,10 +439,15 @@ def test_modis_sinusoidal_netcdf_with_a_proj_attribute(tmp_path, capsys):
 
 def test_planetscope_netcdf_needs_a_layer_and_one_date_per_file(tmp_path, capsys):
     f = _link(tmp_path, RASTERS / "rioxarray" / "PLANET_SCOPE_3D.nc", "X_2016354.nc")
-    grid_args = _grid_args(-96.5, 41.2, 0.1, 500)  # refused on reading the file, before any overlap check
+    grid_args = _grid_args(
+        -96.5, 41.2, 0.1, 500
+    )  # refused on reading the file, before any overlap check
     out = tmp_path / "s.zarr"
-    _refused(_sat([f], out, grid_args), capsys,
-             r"X_2016354.nc: holds 2 gridded variables \(blue, green\); choose one with layer= \(--layer VAR=NAME")
+    _refused(
+        _sat([f], out, grid_args),
+        capsys,
+        r"X_2016354.nc: holds 2 gridded variables \(blue, green\); choose one with layer= \(--layer VAR=NAME",
+    )
     _refused(_sat([f], out, grid_args, "--layer=gpp_sat=blue"), capsys,
              r"X_2016354.nc: variable 'blue' has dims \('time', 'y', 'x'\) with 'time' of 2: a satellite file holds "
              r"one date's layer")  # fmt: skip

@@ -17,7 +17,9 @@ def test_scale_out_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("KGML_NB_WORK", str(tmp_path))
     monkeypatch.delenv("KGML_NB_MODELS", raising=False)
     nb = nbformat.read(NB, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outs if o.get("output_type") == "stream")

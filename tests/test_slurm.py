@@ -42,7 +42,11 @@ def _why_not() -> str | None:
     if not shutil.which("unshare") or not shutil.which("ip"):
         missing.append("unshare and ip (util-linux, iproute2) for a private network namespace")
     if missing:
-        return "local SLURM cannot start here: needs " + "; ".join(missing) + " (.ci/run installs them as root)"
+        return (
+            "local SLURM cannot start here: needs "
+            + "; ".join(missing)
+            + " (.ci/run installs them as root)"
+        )
     r = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True, check=False)
     if r.returncode:
         return f"local SLURM cannot start here: unshare --net failed: {r.stderr.strip()}"
@@ -61,7 +65,13 @@ def slurm_result(tiny_world, tmp_path_factory):
     (work / "args.json").write_text(json.dumps(args))
     repo = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    cmd = ["unshare", "--net", "sh", "-c", f"{NETNS_SETUP} && exec {sys.executable} {DRIVER} {work / 'args.json'}"]
+    cmd = [
+        "unshare",
+        "--net",
+        "sh",
+        "-c",
+        f"{NETNS_SETUP} && exec {sys.executable} {DRIVER} {work / 'args.json'}",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=False)
     if r.returncode:
         logs = sorted((work / "slurm" / "log").glob("*.log")) if (work / "slurm").exists() else []

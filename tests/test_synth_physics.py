@@ -53,17 +53,27 @@ def test_ra_nonnegative_and_biomass_stays_nonnegative(g, b, t, m, growth):
     assert b + g - ra[0] >= -1e-9
 
 
-@given(
-    sw=st.floats(0, 40), lai=st.floats(0, 8), t=temps, vpd=st.floats(0, 80), fw=st.floats(0, 1)
-)
+@given(sw=st.floats(0, 40), lai=st.floats(0, 8), t=temps, vpd=st.floats(0, 80), fw=st.floats(0, 1))
 def test_gpp_nonnegative_and_bounded_by_light(sw, lai, t, vpd, fw):
-    g = ph.gpp(np.array(sw), np.array(lai), np.array(t), np.array(vpd), np.array(fw), 2.2, 26.0, 11.0)
+    g = ph.gpp(
+        np.array(sw), np.array(lai), np.array(t), np.array(vpd), np.array(fw), 2.2, 26.0, 11.0
+    )
     assert 0 <= g <= 2.2 * ph.PAR_FRACTION * sw + 1e-12
 
 
 def test_gpp_zero_without_leaves_or_light():
-    assert ph.gpp(np.array(20.0), np.array(0.0), np.array(25.0), np.array(10.0), np.array(1.0), 2, 25, 10) == 0
-    assert ph.gpp(np.array(0.0), np.array(4.0), np.array(25.0), np.array(10.0), np.array(1.0), 2, 25, 10) == 0
+    assert (
+        ph.gpp(
+            np.array(20.0), np.array(0.0), np.array(25.0), np.array(10.0), np.array(1.0), 2, 25, 10
+        )
+        == 0
+    )
+    assert (
+        ph.gpp(
+            np.array(0.0), np.array(4.0), np.array(25.0), np.array(10.0), np.array(1.0), 2, 25, 10
+        )
+        == 0
+    )
 
 
 def test_extraterrestrial_radiation_matches_fao56_example():
@@ -103,8 +113,14 @@ def test_smooth_field_is_standardised_and_correlated():
 
 def test_crop_rotation_alternates_and_keeps_other_fixed():
     rng = np.random.default_rng(3)
-    c = ph.crop_rotation(rng, (30, 30), [2010, 2011, 2012], other_fraction=0.3,
-                         continuous_corn_fraction=0.0, smooth_cells=4)
+    c = ph.crop_rotation(
+        rng,
+        (30, 30),
+        [2010, 2011, 2012],
+        other_fraction=0.3,
+        continuous_corn_fraction=0.0,
+        smooth_cells=4,
+    )
     other = c[0] == 0
     assert 0.2 < other.mean() < 0.4
     assert ((c == 0) == other).all()

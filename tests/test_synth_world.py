@@ -40,7 +40,9 @@ def test_every_entry_is_dask_backed_with_cf_units_and_crs(tiny_world):
 
 
 def test_truth_mass_balance_and_signs(truth):
-    ra, rh, gpp, nee, reco = (truth[v].values.astype("float64") for v in ("ra", "rh", "gpp", "nee", "reco"))
+    ra, rh, gpp, nee, reco = (
+        truth[v].values.astype("float64") for v in ("ra", "rh", "gpp", "nee", "reco")
+    )
     assert np.isfinite(ra).all() and np.isfinite(nee).all()
     assert np.abs(ra + rh - gpp - nee).max() < 1e-6
     assert np.abs(ra + rh - reco).max() < 1e-6
@@ -157,8 +159,18 @@ def test_towers_are_fluxnet_dd_files_with_sidecars(tiny_world):
         assert re.fullmatch(r"FLX_SY-A0\d_FLUXNET2015_SUBSET_DD_2009-2012_1-4\.csv", path.name)
         assert meta.name == path.name.split("_")[1] + "_site.json"
         header = path.read_text().splitlines()[0].split(",")
-        for col in ("TIMESTAMP", "TA_F", "TA_F_QC", "SW_IN_F", "VPD_F", "P_F", "NEE_VUT_REF",
-                    "NEE_VUT_REF_QC", "RECO_NT_VUT_REF", "GPP_NT_VUT_REF"):
+        for col in (
+            "TIMESTAMP",
+            "TA_F",
+            "TA_F_QC",
+            "SW_IN_F",
+            "VPD_F",
+            "P_F",
+            "NEE_VUT_REF",
+            "NEE_VUT_REF_QC",
+            "RECO_NT_VUT_REF",
+            "GPP_NT_VUT_REF",
+        ):
             assert col in header, col
         assert "-9999" in path.read_text()  # missing days use the FLUXNET code
 

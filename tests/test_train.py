@@ -62,12 +62,16 @@ def test_pixel_features_map_weather_soil_crop_and_calendar(layers, tiny_world):
     w = layers["weather"]["tair"].values
     for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
         np.testing.assert_allclose(x[k, :, F.FEATURE_INDEX["tair"]], w[:, int(r * f), int(c * f)])
-        assert x[k, 5, F.FEATURE_INDEX["soc"]] == pytest.approx(float(layers["soil"]["soc"].values[r, c]))
+        assert x[k, 5, F.FEATURE_INDEX["soc"]] == pytest.approx(
+            float(layers["soil"]["soc"].values[r, c])
+        )
         code = layers["crop"]["crop_type"].values[1, r, c]
         day = np.flatnonzero(t.year == 2010)[100]
         assert x[k, day, F.FEATURE_INDEX["is_corn"]] == (code == 1)
     doy = np.asarray(t.day_of_year)
-    np.testing.assert_allclose(x[0, :, F.FEATURE_INDEX["doy_sin"]], np.sin(2 * np.pi * doy / 365.25), atol=1e-6)
+    np.testing.assert_allclose(
+        x[0, :, F.FEATURE_INDEX["doy_sin"]], np.sin(2 * np.pi * doy / 365.25), atol=1e-6
+    )
     assert not np.isnan(x).any()  # satellite gaps are filled causally
 
 
@@ -113,7 +117,11 @@ def test_windows_have_fixed_length_and_end_on_december_31():
     w = windows(t, [2009, 2010, 2012], 30)
     assert len(w) == 2  # 2009 has no spin-up before it
     for a, b, lf in w:
-        assert b - a == 396 and t[b - 1].strftime("%m-%d") == "12-31" and t[a + lf].strftime("%m-%d") == "01-01"
+        assert (
+            b - a == 396
+            and t[b - 1].strftime("%m-%d") == "12-31"
+            and t[a + lf].strftime("%m-%d") == "01-01"
+        )
 
 
 def test_pretrain_writes_checkpoint_curve_and_split(pretrained, layers):
@@ -124,13 +132,20 @@ def test_pretrain_writes_checkpoint_curve_and_split(pretrained, layers):
     assert prov["stage"] == "pretrain" and prov["split"]["holdout_years"] == [2012]
     assert len(prov["history"]) == 2 and np.isfinite(prov["history"][-1]["val"])
     files = {p.name for p in pretrained.model_dir.iterdir()}
-    assert files == {"model.safetensors", "model.json", "learning_curve.png", ".kgml_grid.json"}  # + the output marker
+    assert files == {
+        "model.safetensors",
+        "model.json",
+        "learning_curve.png",
+        ".kgml_grid.json",
+    }  # + the output marker
 
 
 def test_pretrain_is_reproducible_with_a_seed(tiny_world, tmp_path, pretrained):
     with torch_threads(2):
         again = pretrain(tiny_world.catalog, tmp_path / "m", TrainConfig(**SMALL), progress=False)
-        assert torch.get_num_threads() == 2, "training (threads=1) must restore the caller's thread count"
+        assert torch.get_num_threads() == 2, (
+            "training (threads=1) must restore the caller's thread count"
+        )
     assert [h["train"] for h in again.history] == [h["train"] for h in pretrained.history]
 
 
@@ -199,7 +214,10 @@ def test_metrics_hand_computed():
 
 def test_warm_start_refuses_other_architecture(pretrained, tiny_world, tmp_path):
     cfg = TrainConfig(**{**SMALL, "hidden": 12, "init": str(pretrained.model_dir)})
-    with pytest.raises(ValueError, match=r"--init .*: architecture .*'hidden': 8.* differs from this run's .*'hidden': 12"):
+    with pytest.raises(
+        ValueError,
+        match=r"--init .*: architecture .*'hidden': 8.* differs from this run's .*'hidden': 12",
+    ):
         pretrain(tiny_world.catalog, tmp_path / "m", cfg, progress=False)
 
 

@@ -46,19 +46,26 @@ def originals(tiny_world):
     """Every layer of the tiny world, in memory, with encodings dropped (to rewrite)."""
     out = {}
     for n in LAYERS:
-        ds = xr.open_zarr(tiny_world.root / f"{n}.zarr", consolidated=False, decode_coords="all").load()
+        ds = xr.open_zarr(
+            tiny_world.root / f"{n}.zarr", consolidated=False, decode_coords="all"
+        ).load()
         for v in ds.variables.values():
             v.encoding = {}
         out[n] = ds
     return out
 
 
-def variant(world, originals, where: Path, layer: str, change: Callable[[xr.Dataset], xr.Dataset]) -> Path:
+def variant(
+    world, originals, where: Path, layer: str, change: Callable[[xr.Dataset], xr.Dataset]
+) -> Path:
     """A catalog of the tiny world whose ``layer`` is rewritten by ``change`` into ``where``."""
     where.mkdir(parents=True, exist_ok=True)
     ds = change(originals[layer].copy(deep=True))
     cubes.write_cube(ds, where / f"{layer}.zarr", CHUNKS)
-    entries = {n: {"layer": n, "path": str((where if n == layer else world.root) / f"{n}.zarr")} for n in LAYERS}
+    entries = {
+        n: {"layer": n, "path": str((where if n == layer else world.root) / f"{n}.zarr")}
+        for n in LAYERS
+    }
     text = catalog_yaml(entries, crs=open_catalog(world.catalog).crs, description=f"bad {layer}")
     return write_catalog(where / "catalog.yaml", text)
 
@@ -97,8 +104,13 @@ def test_tiny_world_passes_both_modes(tiny_world):
     for key, s in sampled.stats.items():
         assert s.chunks_checked == min(values.SAMPLE_CHUNKS, s.chunks_total), key
         assert full.stats[key].chunks_checked == s.chunks_total
-    assert sampled.stats[("satellite", "gpp_sat")].chunks_checked < full.stats[("satellite", "gpp_sat")].chunks_checked
-    assert full.stats[("satellite", "gpp_sat")].n == int(np.prod(layers["satellite"]["gpp_sat"].shape))
+    assert (
+        sampled.stats[("satellite", "gpp_sat")].chunks_checked
+        < full.stats[("satellite", "gpp_sat")].chunks_checked
+    )
+    assert full.stats[("satellite", "gpp_sat")].n == int(
+        np.prod(layers["satellite"]["gpp_sat"].shape)
+    )
 
 
 def test_sample_indices_spread_over_the_chunk_grid():
@@ -114,22 +126,34 @@ def test_sample_indices_spread_over_the_chunk_grid():
 
 
 def test_kelvin_labelled_degc_is_refused(tiny_world, originals, ckpt, tmp_path):
-    cat = variant(tiny_world, originals, tmp_path / "w", "weather", _set("tair", lambda v: v + 273.15))
+    cat = variant(
+        tiny_world, originals, tmp_path / "w", "weather", _set("tair", lambda v: v + 273.15)
+    )
     _refused_before_writing(cat, ckpt, tmp_path / "out.zarr",
                             r"weather.zarr\) \(layer 'weather'\): variable 'tair' has values 2\d\d\.\d+\.\.3\d\d\.\d+, "
                             r"labelled 'degC': these are kelvin, not degC .*convert \(value - 273.15\)")  # fmt: skip
 
 
 def test_kelvin_refused_by_training_before_any_output(tiny_world, originals, tmp_path):
-    cat = variant(tiny_world, originals, tmp_path / "w", "weather", _set("tair", lambda v: v + 273.15))
+    cat = variant(
+        tiny_world, originals, tmp_path / "w", "weather", _set("tair", lambda v: v + 273.15)
+    )
     out = tmp_path / "model"
-    with pytest.raises(values.CubeValueError, match=r"variable 'tair' has values .* these are kelvin"):
+    with pytest.raises(
+        values.CubeValueError, match=r"variable 'tair' has values .* these are kelvin"
+    ):
         pretrain(cat, out, TrainConfig(epochs=1, hidden=8), progress=False)
     assert not out.exists()
 
 
 def test_satellite_gpp_all_nan_is_refused(tiny_world, originals, ckpt, tmp_path):
-    cat = variant(tiny_world, originals, tmp_path / "w", "satellite", _set("gpp_sat", lambda v: np.full_like(v, np.nan)))
+    cat = variant(
+        tiny_world,
+        originals,
+        tmp_path / "w",
+        "satellite",
+        _set("gpp_sat", lambda v: np.full_like(v, np.nan)),
+    )
     _refused_before_writing(cat, ckpt, tmp_path / "out.zarr",
                             r"\(layer 'satellite'\): variable 'gpp_sat' has no finite value: all 701,280 "
                             r"values are missing \(NaN\); the layer holds no data")  # fmt: skip
@@ -137,6 +161,7 @@ def test_satellite_gpp_all_nan_is_refused(tiny_world, originals, ckpt, tmp_path)
 
 def test_all_nan_is_not_a_sampling_accident(tiny_world, originals, tmp_path):
     """Sampled chunks all NaN, data in an unsampled one: read on, accept."""
+
     def only_chunk_2(v):
         out = np.full_like(v, np.nan)
         out[730:1095] = v[730:1095]  # time chunk 2 of 5: not among the sampled (0, 1, 3, 4)
@@ -150,7 +175,9 @@ def test_all_nan_is_not_a_sampling_accident(tiny_world, originals, tmp_path):
 
 
 def test_negative_precipitation_is_refused(tiny_world, originals, ckpt, tmp_path):
-    cat = variant(tiny_world, originals, tmp_path / "w", "weather", _set("precip", lambda v: -v - 1.0))
+    cat = variant(
+        tiny_world, originals, tmp_path / "w", "weather", _set("precip", lambda v: -v - 1.0)
+    )
     _refused_before_writing(cat, ckpt, tmp_path / "out.zarr",
                             r"variable 'precip': [\d,]+ of [\d,]+ finite values \(100 %\) lie outside the valid "
                             r"range 0\.\.600 mm d-1 \([\d,]+ below, 0 above; .*the farthest is -\d+\.?\d* at "
@@ -176,15 +203,27 @@ def test_crop_code_outside_the_legend_is_refused(tiny_world, originals, ckpt, tm
 
 
 def test_soil_all_nan_is_refused(tiny_world, originals, ckpt, tmp_path):
-    cat = variant(tiny_world, originals, tmp_path / "w", "soil", _set("soc", lambda v: np.full_like(v, np.nan)))
-    _refused_before_writing(cat, ckpt, tmp_path / "out.zarr", r"\(layer 'soil'\): variable 'soc' has no finite value")
+    cat = variant(
+        tiny_world,
+        originals,
+        tmp_path / "w",
+        "soil",
+        _set("soc", lambda v: np.full_like(v, np.nan)),
+    )
+    _refused_before_writing(
+        cat, ckpt, tmp_path / "out.zarr", r"\(layer 'soil'\): variable 'soc' has no finite value"
+    )
 
 
 def test_tair_stored_as_uint8_is_refused(tiny_world, originals, ckpt, tmp_path):
     cat = variant(tiny_world, originals, tmp_path / "w", "weather",
                   _set("tair", lambda v: np.clip(v, 0, 60), dtype="uint8"))  # fmt: skip
-    _refused_before_writing(cat, ckpt, tmp_path / "out.zarr",
-                            r"variable 'tair' is stored as uint8; a continuous variable must be floating point")
+    _refused_before_writing(
+        cat,
+        ckpt,
+        tmp_path / "out.zarr",
+        r"variable 'tair' is stored as uint8; a continuous variable must be floating point",
+    )
 
 
 def test_float_crop_codes_are_refused(tiny_world, originals):
@@ -233,8 +272,13 @@ def test_a_few_slightly_negative_values_warn_and_run(tiny_world, originals, ckpt
 
 def test_full_check_reads_every_chunk(tiny_world, originals, tmp_path, capsys):
     """A bad value in an unsampled chunk: the sample misses it, --check-values refuses it."""
-    cat = variant(tiny_world, originals, tmp_path / "w", "satellite",
-                  _set("gpp_sat", lambda v: _one(v, (800, 2, 3), -500.0)))  # time chunk 2: never sampled
+    cat = variant(
+        tiny_world,
+        originals,
+        tmp_path / "w",
+        "satellite",
+        _set("gpp_sat", lambda v: _one(v, (800, 2, 3), -500.0)),
+    )  # time chunk 2: never sampled
     assert main(["catalog", str(cat)]) == 0
     out = capsys.readouterr()
     assert "all values valid" in out.out and "sampled chunks" in out.out
@@ -260,12 +304,28 @@ def test_check_outputs_unit():
     key = BlockKey(1, 0, 2)
     good = {"ra": np.ones((3, 5)), "nee": np.zeros((3, 5))}
     assert check_outputs(key, good, 3) == 0
-    some = {"ra": np.ones((3, 5)), "nee": np.where(np.arange(3)[:, None] == 1, np.nan, 0.0) * np.ones((3, 5))}
+    some = {
+        "ra": np.ones((3, 5)),
+        "nee": np.where(np.arange(3)[:, None] == 1, np.nan, 0.0) * np.ones((3, 5)),
+    }
     assert check_outputs(key, some, 3) == 1
-    with pytest.raises(BlockError, match=r"block\(time chunk 1, tile y0 x2\): the outputs \(ra, nee\) are NaN at all 3 crop pixels"):
+    with pytest.raises(
+        BlockError,
+        match=r"block\(time chunk 1, tile y0 x2\): the outputs \(ra, nee\) are NaN at all 3 crop pixels",
+    ):
         check_outputs(key, {"ra": np.full((3, 5), np.nan), "nee": np.zeros((3, 5))}, 3)
-    with pytest.raises(BlockError, match=r"block\(time chunk 1, tile y0 x2\): output 'nee' is infinite at crop pixel 2 of 3"):
-        check_outputs(key, {"ra": np.ones((3, 5)), "nee": np.where(np.arange(3)[:, None] == 2, np.inf, 0.0) * np.ones((3, 5))}, 3)
+    with pytest.raises(
+        BlockError,
+        match=r"block\(time chunk 1, tile y0 x2\): output 'nee' is infinite at crop pixel 2 of 3",
+    ):
+        check_outputs(
+            key,
+            {
+                "ra": np.ones((3, 5)),
+                "nee": np.where(np.arange(3)[:, None] == 2, np.inf, 0.0) * np.ones((3, 5)),
+            },
+            3,
+        )
     assert check_outputs(key, {"ra": np.empty((0, 5))}, 0) == 0
 
 
@@ -277,7 +337,9 @@ def _soil_nan_at(mask: np.ndarray):
     return change
 
 
-def test_a_block_with_all_nan_outputs_fails_and_the_store_is_never_complete(tiny_world, originals, ckpt, tmp_path):
+def test_a_block_with_all_nan_outputs_fails_and_the_store_is_never_complete(
+    tiny_world, originals, ckpt, tmp_path
+):
     """Soil NaN over one whole tile: not all NaN (the input check passes), but that
     tile's blocks compute nothing: the run fails naming the block, the store stays
     incomplete, the tile's blocks are not recorded."""
@@ -313,7 +375,9 @@ def test_a_few_nan_pixels_are_counted_and_warned(tiny_world, originals, ckpt, tm
     assert ds.attrs[cubes.COMPLETE_ATTR] == 1 and ds.attrs["kgml_nan_crop_pixels"] == 3
     ra = ds["ra"].values
     assert np.isnan(ra[:, crop_px[:, 0], crop_px[:, 1]]).all()
-    assert np.isfinite(ra).sum() == ra.shape[0] * (plan.n_crop_pixels - 3)  # every other crop pixel computed
+    assert np.isfinite(ra).sum() == ra.shape[0] * (
+        plan.n_crop_pixels - 3
+    )  # every other crop pixel computed
 
 
 @pytest.mark.slow

@@ -152,7 +152,9 @@ def interannual_attribution(response: xr.DataArray, drivers: xr.Dataset) -> xr.D
     names = list(drivers.data_vars)
     years = response["year"].values
     y = np.asarray(response.values, dtype="float64")  # [n, ny, nx]
-    x = np.stack([np.asarray(drivers[d].sel(year=years).values, dtype="float64") for d in names], axis=-1)
+    x = np.stack(
+        [np.asarray(drivers[d].sel(year=years).values, dtype="float64") for d in names], axis=-1
+    )
     n, ny, nx = y.shape
     if n < len(names) + 2:
         raise ValueError(f"interannual attribution: {n} years for {len(names)} drivers; need at least "
@@ -213,10 +215,14 @@ def attribute(
     from kgml_grid.plan import PlanError, make_plan
 
     _check_drivers(drivers, tuple(DRIVERS), "--drivers")
-    plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs, chunks=chunks)
+    plan = make_plan(
+        catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs, chunks=chunks
+    )
     out = Path(out).resolve()
     inputs = run_inputs(plan)
-    decision = outputs.check_target(out, kind="attribution", inputs=inputs, overwrite=overwrite, error=PlanError)
+    decision = outputs.check_target(
+        out, kind="attribution", inputs=inputs, overwrite=overwrite, error=PlanError
+    )
     if maps:
         outputs.check_target(maps, kind="maps", inputs=[*inputs, ("the output store", out)], overwrite=overwrite,
                              option="--maps", error=PlanError)  # fmt: skip
@@ -253,7 +259,9 @@ def attribute(
                      "kgml_checkpoint_hash": plan.checkpoint_hash, "comment": "; ".join(notes)})  # fmt: skip
     if decision == "replace":
         outputs.remove_output(out, "attribution", error=PlanError)
-    for c in [c for c in ds.coords if ds[c].dtype.kind == "U"]:  # variable-length strings: specified in Zarr v3
+    for c in [
+        c for c in ds.coords if ds[c].dtype.kind == "U"
+    ]:  # variable-length strings: specified in Zarr v3
         ds[c] = ds[c].astype(object)
     ds.to_zarr(str(out), mode="w", consolidated=False, zarr_format=3)
     paths = attribution_maps(ds, maps, overwrite=overwrite) if maps else []
@@ -267,7 +275,9 @@ def _threads(ds: xr.Dataset) -> xr.Dataset:
         return ds.compute()
 
 
-def attribution_maps(ds: xr.Dataset, folder: Any, *, overwrite: bool = False, year: int | None = None) -> list[Any]:
+def attribution_maps(
+    ds: xr.Dataset, folder: Any, *, overwrite: bool = False, year: int | None = None
+) -> list[Any]:
     """Sensitivity maps (mean over the years) and dominant-factor maps as PNG."""
     from kgml_grid.analysis.figures import categorical_map, field_maps
     from kgml_grid.outputs import prepare_target

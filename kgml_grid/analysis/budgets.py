@@ -59,9 +59,13 @@ def period_totals(ds: xr.Dataset, variables: Sequence[str], by: str = "year") ->
     _check_by(by)
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
-        raise ValueError(f"no variable {missing} in the dataset; it has {sorted(map(str, ds.data_vars))}")
+        raise ValueError(
+            f"no variable {missing} in the dataset; it has {sorted(map(str, ds.data_vars))}"
+        )
     sub = ds[list(variables)].drop_vars("year", errors="ignore")
-    sub = sub.drop_vars([c for c in sub.coords if c not in sub.dims])  # spatial_ref etc.: not in tables
+    sub = sub.drop_vars(
+        [c for c in sub.coords if c not in sub.dims]
+    )  # spatial_ref etc.: not in tables
     time = sub["time"]
     keys = [time.dt.year.rename("year")]
     groups: list[Any] = [np.unique(time.dt.year.values)]
@@ -125,15 +129,23 @@ def zone_budgets(
     tot = period_totals(ds, variables, by)
     ids = zones.ids
     if ids.shape != (ds.sizes["y"], ds.sizes["x"]):
-        raise ValueError(f"zones {zones.source}: shape {ids.shape} is not the grid's {(ds.sizes['y'], ds.sizes['x'])}")
+        raise ValueError(
+            f"zones {zones.source}: shape {ids.shape} is not the grid's {(ds.sizes['y'], ds.sizes['x'])}"
+        )
     ids = ids.assign_coords(y=ds["y"].values, x=ds["x"].values).rename("zone")
-    w = xr.ones_like(ids, dtype="float64") if area is None else area.assign_coords(y=ds["y"].values, x=ds["x"].values)
+    w = (
+        xr.ones_like(ids, dtype="float64")
+        if area is None
+        else area.assign_coords(y=ds["y"].values, x=ds["x"].values)
+    )
     if share is not None:
         w = w * share.assign_coords(y=ds["y"].values, x=ds["x"].values)
     valid = tot[variables[0]].notnull()
     crops: dict[str, xr.DataArray | None] = {"all": None}
     if crop_type is not None:
-        ct = crop_type.assign_coords(y=ds["y"].values, x=ds["x"].values).sel(year=tot["year"].values)
+        ct = crop_type.assign_coords(y=ds["y"].values, x=ds["x"].values).sel(
+            year=tot["year"].values
+        )
         for code, name in CROP_CODES.items():
             crops[name] = ct == code
     codes = zones.codes
@@ -185,7 +197,9 @@ def budget_table(budgets: xr.Dataset) -> pd.DataFrame:
     front = ["zone", "zone_name", "crop", *dims[2:], "days", "area_km2"]
     cols = front + [c for c in df.columns if c not in front]
     crop_order = {c: i for i, c in enumerate(["all", *CROP_CODES.values()])}
-    df = df[cols].sort_values(["zone", "crop", *dims[2:]], key=lambda s: s.map(crop_order) if s.name == "crop" else s)
+    df = df[cols].sort_values(
+        ["zone", "crop", *dims[2:]], key=lambda s: s.map(crop_order) if s.name == "crop" else s
+    )
     return df.reset_index(drop=True)
 
 
@@ -198,7 +212,9 @@ def budget_chart(table: pd.DataFrame, path: Any, *, by: str = "year", variables:
     t = table[table["crop"] == "all"]
     zones = t.groupby("zone")["area_km2"].mean().sort_values(ascending=False).index[:max_zones]
     vars_ = [v for v in variables if f"{v}_gCm2" in t.columns]
-    fig, axes = plt.subplots(1, len(vars_), figsize=(4.6 * len(vars_), 3.8), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(vars_), figsize=(4.6 * len(vars_), 3.8), squeeze=False, constrained_layout=True
+    )
     cmap = plt.get_cmap("viridis")
     period = ["year"] + ([by] if by != "year" else [])
     for ax, v in zip(axes[0], vars_, strict=True):
@@ -208,7 +224,9 @@ def budget_chart(table: pd.DataFrame, path: Any, *, by: str = "year", variables:
                      (tz[period[0]] if len(period) == 1 else zip(tz["year"], tz[by], strict=True))]  # fmt: skip
             ax.plot(range(len(label)), tz[f"{v}_gCm2"].values, marker="o", ms=3,
                     color=cmap(k / max(len(zones) - 1, 1)), label=str(tz["zone_name"].iloc[0]))  # fmt: skip
-            ax.set_xticks(range(len(label)), label, rotation=90 if len(label) > 8 else 0, fontsize=7)
+            ax.set_xticks(
+                range(len(label)), label, rotation=90 if len(label) > 8 else 0, fontsize=7
+            )
         if v == "nee":
             ax.axhline(0, color="0.5", lw=0.8)
         ax.set_title(f"{_LABELS.get(v, v)}\ng C m-2 per {by}", fontsize=9)
@@ -221,7 +239,9 @@ def budget_chart(table: pd.DataFrame, path: Any, *, by: str = "year", variables:
     return path
 
 
-def crop_layers(crop: xr.Dataset, window: Mapping[str, slice] | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
+def crop_layers(
+    crop: xr.Dataset, window: Mapping[str, slice] | None = None
+) -> tuple[xr.DataArray, xr.DataArray | None]:
     """Crop type ``(year, y, x)`` and, where the cube has ``*_fraction`` layers, the crop
     share (corn + soybean fraction) of each cell."""
     c = crop if window is None else crop.isel(window)

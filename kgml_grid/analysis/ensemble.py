@@ -20,7 +20,13 @@ import xarray as xr
 
 from kgml_grid.plan import Plan, PlanError, format_bytes, make_plan
 
-__all__ = ["EnsemblePlan", "ensemble_budgets", "ensemble_predict", "ensemble_stats", "plan_ensemble"]
+__all__ = [
+    "EnsemblePlan",
+    "ensemble_budgets",
+    "ensemble_predict",
+    "ensemble_stats",
+    "plan_ensemble",
+]
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,9 @@ def plan_ensemble(catalog: Any, models: Sequence[str | Path], **kw: Any) -> Ense
     hashes = [p.checkpoint_hash for p in plans]
     dup = [str(m) for m, h in zip(models, hashes, strict=True) if hashes.count(h) > 1]
     if dup:
-        raise PlanError(f"ensemble members {dup} are the same checkpoint (hash {hashes[0][:12]}); give distinct ones")
+        raise PlanError(
+            f"ensemble members {dup} are the same checkpoint (hash {hashes[0][:12]}); give distinct ones"
+        )
     names = tuple(Path(m).name for m in models)
     if len(set(names)) < len(names):
         names = tuple(f"m{i}_{n}" for i, n in enumerate(names))
@@ -89,7 +97,9 @@ def ensemble_predict(eplan: EnsemblePlan, *, client: Any = None) -> xr.Dataset:
     from kgml_grid.lazy import predict_plan
 
     dss = [predict_plan(p, client=client) for p in eplan.plans]
-    ds = xr.concat(dss, dim=pd.Index(list(eplan.members), name="member"), combine_attrs="drop_conflicts")
+    ds = xr.concat(
+        dss, dim=pd.Index(list(eplan.members), name="member"), combine_attrs="drop_conflicts"
+    )
     ds.attrs["kgml_ensemble"] = ",".join(p.checkpoint_hash[:12] for p in eplan.plans)
     return ds
 
@@ -119,7 +129,9 @@ def ensemble_budgets(ds: xr.Dataset, zones: Any, **kw: Any) -> pd.DataFrame:
         t = budget_table(zone_budgets(ds.sel(member=m), zones, **kw))
         tables.append(t.assign(member=str(m)))
     allt = pd.concat(tables, ignore_index=True)
-    keys = [c for c in ("zone", "zone_name", "crop", "year", "season", "month") if c in allt.columns]
+    keys = [
+        c for c in ("zone", "zone_name", "crop", "year", "season", "month") if c in allt.columns
+    ]
     num = [c for c in allt.columns if c not in (*keys, "member", "days", "area_km2")
            and pd.api.types.is_numeric_dtype(allt[c])]  # fmt: skip
     g = allt.groupby(keys, sort=False)

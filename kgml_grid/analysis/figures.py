@@ -22,8 +22,14 @@ def _extent(da: xr.DataArray) -> tuple[float, float, float, float]:
 
 
 def field_maps(
-    panels: Sequence[tuple[str, xr.DataArray]], path: str | Path, *, units: str, title: str,
-    diverging: bool = False, ncol: int = 3, dpi: int = 110,
+    panels: Sequence[tuple[str, xr.DataArray]],
+    path: str | Path,
+    *,
+    units: str,
+    title: str,
+    diverging: bool = False,
+    ncol: int = 3,
+    dpi: int = 110,
 ) -> Path:
     """One panel per ``(label, DataArray (y, x))``, a shared colour scale (viridis, or
     RdBu_r centred on 0 when ``diverging``), NaN grey."""
@@ -63,7 +69,11 @@ def field_maps(
 
 
 def categorical_map(
-    panels: Sequence[tuple[str, xr.DataArray]], names: Sequence[str], path: str | Path, *, title: str,
+    panels: Sequence[tuple[str, xr.DataArray]],
+    names: Sequence[str],
+    path: str | Path,
+    *,
+    title: str,
     dpi: int = 110,
 ) -> Path:
     """Maps of category indices (``-1``: none, grey), one colour per name (tab10)."""
@@ -79,7 +89,9 @@ def categorical_map(
                              constrained_layout=True)  # fmt: skip
     im = None
     for ax, (label, a) in zip(axes[0], panels, strict=True):
-        im = ax.imshow(np.asarray(a.values), extent=_extent(a), cmap=cm, norm=norm, interpolation="nearest")
+        im = ax.imshow(
+            np.asarray(a.values), extent=_extent(a), cmap=cm, norm=norm, interpolation="nearest"
+        )
         ax.set_title(f"{label} [category]", fontsize=8)
         ax.set_xlabel("x (km)", fontsize=7)
         ax.set_ylabel("y (km)", fontsize=7)

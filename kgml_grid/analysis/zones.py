@@ -72,7 +72,10 @@ def _reproject_coords(coords: Any, tr: Any) -> Any:
 
 def _reproject_geometry(geom: Mapping[str, Any], tr: Any) -> dict[str, Any]:
     if geom.get("type") == "GeometryCollection":
-        return {"type": "GeometryCollection", "geometries": [_reproject_geometry(g, tr) for g in geom["geometries"]]}
+        return {
+            "type": "GeometryCollection",
+            "geometries": [_reproject_geometry(g, tr) for g in geom["geometries"]],
+        }
     return {"type": geom["type"], "coordinates": _reproject_coords(geom["coordinates"], tr)}
 
 
@@ -88,8 +91,12 @@ def _name_field(props: Iterable[Mapping[str, Any]], field: str | None, source: s
 
 
 def zones_from_features(
-    features: list[Mapping[str, Any]], grid: GridSpec, *, crs: str = "EPSG:4326",
-    field: str | None = None, source: str = "<features>",
+    features: list[Mapping[str, Any]],
+    grid: GridSpec,
+    *,
+    crs: str = "EPSG:4326",
+    field: str | None = None,
+    source: str = "<features>",
 ) -> Zones:
     """Rasterise GeoJSON-like features (``geometry``, ``properties``) in ``crs`` onto ``grid``."""
     from pyproj import CRS, Transformer
@@ -106,15 +113,21 @@ def zones_from_features(
         geom = feat.get("geometry")
         if not geom or geom.get("type") not in ("Polygon", "MultiPolygon", "GeometryCollection"):
             kind = geom.get("type") if geom else None
-            raise ZoneError(f"zones {source}: feature {i} has geometry {kind!r}; expected Polygon or MultiPolygon")
+            raise ZoneError(
+                f"zones {source}: feature {i} has geometry {kind!r}; expected Polygon or MultiPolygon"
+            )
         shapes.append((geom if tr is None else _reproject_geometry(geom, tr), i))
-        names[i] = str(p[name_field]) if name_field and p.get(name_field) is not None else f"zone {i}"
+        names[i] = (
+            str(p[name_field]) if name_field and p.get(name_field) is not None else f"zone {i}"
+        )
     ids = rasterize(shapes, out_shape=grid.shape, transform=_transform(grid), fill=0, dtype="int32")
     return Zones(_as_array(ids, grid), names, source)
 
 
 def _as_array(ids: np.ndarray, grid: GridSpec) -> xr.DataArray:
-    return xr.DataArray(ids.astype("int32"), dims=("y", "x"), coords={"y": grid.y, "x": grid.x}, name="zone")
+    return xr.DataArray(
+        ids.astype("int32"), dims=("y", "x"), coords={"y": grid.y, "x": grid.x}, name="zone"
+    )
 
 
 def _read_geojson(path: Path) -> tuple[list[Mapping[str, Any]], str]:
@@ -123,10 +136,16 @@ def _read_geojson(path: Path) -> tuple[list[Mapping[str, Any]], str]:
     except (OSError, ValueError) as e:
         raise ZoneError(f"zones {path}: cannot read it as GeoJSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("type") not in ("FeatureCollection", "Feature"):
-        raise ZoneError(f"zones {path}: not a GeoJSON FeatureCollection (type {doc.get('type') if isinstance(doc, dict) else None!r})")
+        raise ZoneError(
+            f"zones {path}: not a GeoJSON FeatureCollection (type {doc.get('type') if isinstance(doc, dict) else None!r})"
+        )
     feats = doc["features"] if doc["type"] == "FeatureCollection" else [doc]
     crs = "EPSG:4326"
-    legacy = (doc.get("crs") or {}).get("properties", {}).get("name") if isinstance(doc.get("crs"), dict) else None
+    legacy = (
+        (doc.get("crs") or {}).get("properties", {}).get("name")
+        if isinstance(doc.get("crs"), dict)
+        else None
+    )
     if legacy:
         crs = str(legacy)
     return feats, crs
@@ -157,16 +176,22 @@ def _read_raster(path: Path, grid: GridSpec) -> Zones:
         raise ZoneError(f"zones {path}: cannot open it as a raster: {e}") from None
     with src:
         if src.crs is None:
-            raise ZoneError(f"zones {path}: the raster has no CRS; expected a georeferenced zone raster")
+            raise ZoneError(
+                f"zones {path}: the raster has no CRS; expected a georeferenced zone raster"
+            )
         if not np.issubdtype(np.dtype(src.dtypes[0]), np.integer):
-            raise ZoneError(f"zones {path}: band 1 is {src.dtypes[0]}; expected integer zone ids (0 = no zone)")
+            raise ZoneError(
+                f"zones {path}: band 1 is {src.dtypes[0]}; expected integer zone ids (0 = no zone)"
+            )
         out = np.zeros(grid.shape, dtype="int32")
         reproject(rasterio.band(src, 1), out, dst_transform=_transform(grid), dst_crs=grid.crs,
                   dst_nodata=0, resampling=Resampling.nearest)  # fmt: skip
     out[out < 0] = 0
     names = {int(i): f"zone {int(i)}" for i in np.unique(out) if i > 0}
     if not names:
-        raise ZoneError(f"zones {path}: no zone id > 0 falls on the grid {grid.bounds} ({grid.crs})")
+        raise ZoneError(
+            f"zones {path}: no zone id > 0 falls on the grid {grid.bounds} ({grid.crs})"
+        )
     return Zones(_as_array(out, grid), names, str(path))
 
 

@@ -131,7 +131,9 @@ def class_map(
     corn, soy = tuple(int(c) for c in corn_codes), tuple(int(c) for c in soybean_codes)
     for c in (*corn, *soy):
         if c not in allowed:
-            raise IngestError(f"CDL code {c} is not in the CDL legend; add it to extra_codes if your product uses it")
+            raise IngestError(
+                f"CDL code {c} is not in the CDL legend; add it to extra_codes if your product uses it"
+            )
     both = set(corn) & set(soy)
     if both:
         raise IngestError(f"CDL codes {sorted(both)} are given as both corn and soybean")
@@ -305,7 +307,9 @@ def write_crop(plan: CropPlan, path: Path) -> None:
         info = plan.files[year]
         i = slice(plan.start_index + k, plan.start_index + k + 1)
         for tile in plan.tiles:
-            codes, present = read_codes(info, plan.grid, tile, factor=plan.factor, nodata=info.nodata)
+            codes, present = read_codes(
+                info, plan.grid, tile, factor=plan.factor, nodata=info.nodata
+            )
             check_codes(present, plan.cmap, path=info.path, year=year, nodata=info.nodata)
             crop_type, fr = aggregate(codes, plan.factor, plan.cmap)
             block = {"crop_type": (("year", "y", "x"), crop_type[None])}
@@ -369,20 +373,36 @@ def ingest_crop(
         if append:
             existing = _store.existing_cube(out, LAYER, dim="year")
             if grid is not None and not _store.same_grid(grid, existing.grid):
-                raise IngestError(f"{out}: the target grid differs from the cube's grid; leave it out when appending")
+                raise IngestError(
+                    f"{out}: the target grid differs from the cube's grid; leave it out when appending"
+                )
             plan = plan_crop(by_year, grid=existing.grid, chunks=resolve_chunks(existing.chunks), cmap=cmap,
                              factor=factor, band=band, existing=existing)  # fmt: skip
             with _store.append_store(out, _template(plan, {}), dim="year"):
                 write_crop(plan, Path(out))
         else:
-            _store.check_new(out, overwrite=overwrite,
-                             inputs=files.values() if isinstance(files, Mapping) else files)
+            _store.check_new(
+                out,
+                overwrite=overwrite,
+                inputs=files.values() if isinstance(files, Mapping) else files,
+            )
             if grid is None:
-                raise IngestError("crop: a target grid is needed (grid=..., or --crs/--bounds/--res or --like)")
-            plan = plan_crop(by_year, grid=grid, chunks=resolve_chunks(chunks), cmap=cmap, factor=factor, band=band)
+                raise IngestError(
+                    "crop: a target grid is needed (grid=..., or --crs/--bounds/--res or --like)"
+                )
+            plan = plan_crop(
+                by_year,
+                grid=grid,
+                chunks=resolve_chunks(chunks),
+                cmap=cmap,
+                factor=factor,
+                band=band,
+            )
             prov = {"kgml_ingest": json.dumps({str(y): i.path for y, i in plan.files.items()}),
                     "kgml_cdl_factor": plan.factor}  # fmt: skip
-            with _store.new_store(out, _template(plan, prov), plan.chunks, overwrite=overwrite) as work:
+            with _store.new_store(
+                out, _template(plan, prov), plan.chunks, overwrite=overwrite
+            ) as work:
                 write_crop(plan, work)
     outp = Path(out)
     ds = _store.validate_output(outp, LAYER, crs=plan.grid.crs)

@@ -105,7 +105,9 @@ def _cmd_satellite(a: argparse.Namespace) -> int:
     for text in a.source:
         var, sep, path = text.partition("=")
         if not sep or var not in _SAT_VARS:
-            raise ValueError(f"--source {text!r}: write VAR=PATH with VAR one of {', '.join(_SAT_VARS)}")
+            raise ValueError(
+                f"--source {text!r}: write VAR=PATH with VAR one of {', '.join(_SAT_VARS)}"
+            )
         paths.setdefault(var, []).append(path)
     pattern = _per_var(a.pattern, _SAT_VARS, str, "--pattern")
     scale = _per_var(a.scale, _SAT_VARS, float, "--scale")
@@ -116,10 +118,19 @@ def _cmd_satellite(a: argparse.Namespace) -> int:
     band = _per_var(a.band, _SAT_VARS, int, "--band")
     layer = _per_var(a.layer, _SAT_VARS, str, "--layer")
     sources = [
-        RasterSource(v, tuple(p), pattern=_pick(pattern, v), scale=_pick(scale, v),
-                     offset=_pick(offset, v), nodata=_pick(nodata, v), valid_range=_pick(vrange, v),
-                     resampling=_pick(resampling, v) or "bilinear", crs=a.source_crs, band=_pick(band, v),
-                     layer=_pick(layer, v))
+        RasterSource(
+            v,
+            tuple(p),
+            pattern=_pick(pattern, v),
+            scale=_pick(scale, v),
+            offset=_pick(offset, v),
+            nodata=_pick(nodata, v),
+            valid_range=_pick(vrange, v),
+            resampling=_pick(resampling, v) or "bilinear",
+            crs=a.source_crs,
+            band=_pick(band, v),
+            layer=_pick(layer, v),
+        )
         for v, p in paths.items()
     ]
     return _done(ingest_satellite(
@@ -137,7 +148,9 @@ def _cmd_soil(a: argparse.Namespace) -> int:
     for text in a.property:
         var, sep, path = text.partition("=")
         if not sep or var not in _SOIL_VARS:
-            raise ValueError(f"--property {text!r}: write NAME=PATH with NAME one of {', '.join(_SOIL_VARS)}")
+            raise ValueError(
+                f"--property {text!r}: write NAME=PATH with NAME one of {', '.join(_SOIL_VARS)}"
+            )
         props[var] = path
     scale = _per_var(a.scale, _SOIL_VARS, float, "--scale")
     offset = _per_var(a.offset, _SOIL_VARS, float, "--offset")
@@ -146,9 +159,17 @@ def _cmd_soil(a: argparse.Namespace) -> int:
     band = _per_var(a.band, _SOIL_VARS, int, "--band")
     layer = _per_var(a.layer, _SOIL_VARS, str, "--layer")
     sources = {
-        v: RasterSource(v, (p,), scale=_pick(scale, v), offset=_pick(offset, v), nodata=_pick(nodata, v),
-                        resampling=_pick(resampling, v) or "average", crs=a.source_crs, band=_pick(band, v),
-                        layer=_pick(layer, v))
+        v: RasterSource(
+            v,
+            (p,),
+            scale=_pick(scale, v),
+            offset=_pick(offset, v),
+            nodata=_pick(nodata, v),
+            resampling=_pick(resampling, v) or "average",
+            crs=a.source_crs,
+            band=_pick(band, v),
+            layer=_pick(layer, v),
+        )
         for v, p in props.items()
     }
     return _done(ingest_soil(sources, a.out, grid=_grid(a), chunks=_chunks(a.chunks), overwrite=a.overwrite,
@@ -189,7 +210,9 @@ def _common(p: argparse.ArgumentParser, *, timed: bool = False, appendable: bool
     p.add_argument("--out", required=True, help="output cube (a local .zarr folder)")
     g = p.add_argument_group("target grid")
     g.add_argument("--crs", help="target CRS, e.g. EPSG:5070")
-    g.add_argument("--bounds", nargs=4, type=float, metavar=("W", "S", "E", "N"), help="target bounds")
+    g.add_argument(
+        "--bounds", nargs=4, type=float, metavar=("W", "S", "E", "N"), help="target bounds"
+    )
     g.add_argument("--bounds-crs", help="CRS of --bounds when not --crs (e.g. EPSG:4326)")
     g.add_argument("--res", type=float, help="target cell size in CRS units (e.g. 250)")
     g.add_argument("--like", help="take the target grid from this cube (.zarr) or catalog (.yaml)")
@@ -197,36 +220,71 @@ def _common(p: argparse.ArgumentParser, *, timed: bool = False, appendable: bool
     if timed:
         p.add_argument("--start", help="first day (YYYY-MM-DD)")
         p.add_argument("--end", help="last day (YYYY-MM-DD)")
-        p.add_argument("--fill-gap", action="store_true", help="when appending, fill a gap with NaN days")
+        p.add_argument(
+            "--fill-gap", action="store_true", help="when appending, fill a gap with NaN days"
+        )
     if appendable:
-        p.add_argument("--append", action="store_true", help="extend the existing cube with later dates/years")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing cube (only a cube kgml_grid wrote, never a source file)")
+        p.add_argument(
+            "--append", action="store_true", help="extend the existing cube with later dates/years"
+        )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing cube (only a cube kgml_grid wrote, never a source file)",
+    )
     p.add_argument("--catalog", help="catalog YAML to register the cube in (created if missing)")
     p.add_argument("--entry", help="catalog entry name (default: the layer)")
     p.add_argument("--source-crs", help="CRS the input files must have (refuse others)")
 
 
 def _layer_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--band", action="append", metavar="[VAR=]N",
-                   help="band of a multi-band GeoTIFF (required there: never band 1 silently)")
-    p.add_argument("--layer", action="append", metavar="[VAR=]NAME",
-                   help="variable of a NetCDF/HDF5 file (GROUP/NAME in an HDF5 group); needed when it has several")
+    p.add_argument(
+        "--band",
+        action="append",
+        metavar="[VAR=]N",
+        help="band of a multi-band GeoTIFF (required there: never band 1 silently)",
+    )
+    p.add_argument(
+        "--layer",
+        action="append",
+        metavar="[VAR=]NAME",
+        help="variable of a NetCDF/HDF5 file (GROUP/NAME in an HDF5 group); needed when it has several",
+    )
 
 
 def add_parser(subparsers: Any) -> None:
     """Register ``ingest`` and its ``satellite|soil|crop|weather`` subcommands."""
-    ing = subparsers.add_parser("ingest", help="real products (GeoTIFF, NetCDF) to aligned Zarr cubes")
+    ing = subparsers.add_parser(
+        "ingest", help="real products (GeoTIFF, NetCDF) to aligned Zarr cubes"
+    )
     sub = ing.add_subparsers(dest="ingest_command", required=True)
 
-    s = sub.add_parser("satellite", help="one GeoTIFF or NetCDF/HDF5 layer per date (SLOPE GPP, GLASS/MODIS LAI, SMAP)")
-    s.add_argument("--source", action="append", required=True, metavar="VAR=PATH",
-                   help=f"files of one variable ({', '.join(_SAT_VARS)}): file, folder or quoted glob; repeatable")
-    s.add_argument("--pattern", action="append", metavar="[VAR=]PATTERN",
-                   help="file-name date pattern, e.g. 'SLOPE_GPP_{date:%%Y%%j}.tif' or 're:(?P<year>...)'")
-    s.add_argument("--scale", action="append", metavar="[VAR=]F", help="scale factor (default: the file's)")
-    s.add_argument("--offset", action="append", metavar="[VAR=]F", help="offset (default: the file's)")
-    s.add_argument("--nodata", action="append", metavar="[VAR=]F", help="nodata value (default: the file's)")
+    s = sub.add_parser(
+        "satellite",
+        help="one GeoTIFF or NetCDF/HDF5 layer per date (SLOPE GPP, GLASS/MODIS LAI, SMAP)",
+    )
+    s.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="VAR=PATH",
+        help=f"files of one variable ({', '.join(_SAT_VARS)}): file, folder or quoted glob; repeatable",
+    )
+    s.add_argument(
+        "--pattern",
+        action="append",
+        metavar="[VAR=]PATTERN",
+        help="file-name date pattern, e.g. 'SLOPE_GPP_{date:%%Y%%j}.tif' or 're:(?P<year>...)'",
+    )
+    s.add_argument(
+        "--scale", action="append", metavar="[VAR=]F", help="scale factor (default: the file's)"
+    )
+    s.add_argument(
+        "--offset", action="append", metavar="[VAR=]F", help="offset (default: the file's)"
+    )
+    s.add_argument(
+        "--nodata", action="append", metavar="[VAR=]F", help="nodata value (default: the file's)"
+    )
     s.add_argument("--valid-range", action="append", metavar="[VAR=]LO,HI", help="valid raw values")
     s.add_argument("--resampling", action="append", metavar="[VAR=]METHOD", help="default bilinear")
     _layer_options(s)
@@ -234,13 +292,20 @@ def add_parser(subparsers: Any) -> None:
     s.set_defaults(func=_cmd_satellite)
 
     o = sub.add_parser("soil", help="one GeoTIFF per soil property (gSSURGO)")
-    o.add_argument("--property", action="append", required=True, metavar="NAME=PATH",
-                   help=f"one of {', '.join(_SOIL_VARS)}; repeatable")
+    o.add_argument(
+        "--property",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help=f"one of {', '.join(_SOIL_VARS)}; repeatable",
+    )
     o.add_argument("--scale", action="append", metavar="[NAME=]F",
                    help="scale factor of a property's raw values (default: the file's)")  # fmt: skip
     o.add_argument("--offset", action="append", metavar="[NAME=]F",
                    help="offset of a property's raw values (default: the file's)")  # fmt: skip
-    o.add_argument("--nodata", action="append", metavar="[NAME=]F", help="nodata value (default: the file's)")
+    o.add_argument(
+        "--nodata", action="append", metavar="[NAME=]F", help="nodata value (default: the file's)"
+    )
     o.add_argument("--resampling", action="append", metavar="[NAME=]METHOD", help="default average")
     _layer_options(o)
     _common(o, appendable=False)
@@ -250,19 +315,38 @@ def add_parser(subparsers: Any) -> None:
     c.add_argument("files", nargs="+", help="CDL GeoTIFFs (files, folders, quoted globs)")
     c.add_argument("--pattern", help="file-name pattern giving the year (default: first 19xx/20xx)")
     c.add_argument("--corn-codes", help="CDL codes counted as corn, e.g. 1,225,226,237 (default 1)")
-    c.add_argument("--soybean-codes", help="CDL codes counted as soybean, e.g. 5,26,254 (default 5)")
+    c.add_argument(
+        "--soybean-codes", help="CDL codes counted as soybean, e.g. 5,26,254 (default 5)"
+    )
     c.add_argument("--extra-codes", help="codes accepted beyond the published legend (as other)")
-    c.add_argument("--factor", type=int, help="fine cells per target cell side (default: res / CDL pixel)")
+    c.add_argument(
+        "--factor", type=int, help="fine cells per target cell side (default: res / CDL pixel)"
+    )
     _common(c)
     c.set_defaults(func=_cmd_crop)
 
-    w = sub.add_parser("weather", help="daily or sub-daily NetCDF (gridMET, NLDAS-2, Daymet), native grid")
-    w.add_argument("files", nargs="+", help="NetCDF files (files, folders, quoted globs); hourly files are "
-                                            "aggregated to days")
-    w.add_argument("--preset", choices=["gridmet", "nldas", "daymet"], help="variable mapping table")
-    w.add_argument("--map", action="append", metavar="NAME=QUANTITY[:UNITS]",
-                   help="mapping entry, e.g. Rainf=precip:'kg m-2'; repeatable")
-    w.add_argument("--incomplete-days", choices=["nan", "refuse"], default="nan",
-                   help="a day of sub-daily files without all its steps: NaN (default, counted) or refuse")
+    w = sub.add_parser(
+        "weather", help="daily or sub-daily NetCDF (gridMET, NLDAS-2, Daymet), native grid"
+    )
+    w.add_argument(
+        "files",
+        nargs="+",
+        help="NetCDF files (files, folders, quoted globs); hourly files are aggregated to days",
+    )
+    w.add_argument(
+        "--preset", choices=["gridmet", "nldas", "daymet"], help="variable mapping table"
+    )
+    w.add_argument(
+        "--map",
+        action="append",
+        metavar="NAME=QUANTITY[:UNITS]",
+        help="mapping entry, e.g. Rainf=precip:'kg m-2'; repeatable",
+    )
+    w.add_argument(
+        "--incomplete-days",
+        choices=["nan", "refuse"],
+        default="nan",
+        help="a day of sub-daily files without all its steps: NaN (default, counted) or refuse",
+    )
     _common(w, timed=True)
     w.set_defaults(func=_cmd_weather)

@@ -57,7 +57,9 @@ class DatePattern:
         name = PurePath(os.fspath(path)).name
         m = self.regex.fullmatch(name) if self.is_template else self.regex.search(name)
         if m is None:
-            raise file_error(path, f"the file name does not match the date pattern {self.pattern!r}")
+            raise file_error(
+                path, f"the file name does not match the date pattern {self.pattern!r}"
+            )
         groups = {k: v for k, v in m.groupdict().items() if v is not None}
         try:
             if "date" in groups:
@@ -138,7 +140,9 @@ def compile_pattern(pattern: str, *, date_format: str | None = None) -> DatePatt
         try:
             rx = re.compile(pattern[3:])
         except re.error as e:
-            raise IngestError(f"date pattern {pattern!r} is not a valid regular expression: {e}") from None
+            raise IngestError(
+                f"date pattern {pattern!r} is not a valid regular expression: {e}"
+            ) from None
         names = set(rx.groupindex)
         if not ("date" in names or "year" in names):
             raise IngestError(

@@ -153,7 +153,9 @@ def write_netcdf(
             }  # fmt: skip
             c.setncatts(attrs)
         for name, (arr, units) in variables.items():
-            v = nc.createVariable(name, "f4", (time_name, lat_name, lon_name), fill_value=np.float32(-9999.0))
+            v = nc.createVariable(
+                name, "f4", (time_name, lat_name, lon_name), fill_value=np.float32(-9999.0)
+            )
             if units is not None:
                 v.units = units
             if crs_variable:

@@ -65,7 +65,9 @@ def _magic(path: str) -> bytes:
 
 def is_netcdf(path: str) -> bool:
     """NetCDF 3/4 or HDF5, by suffix or signature (a local file)."""
-    return path.lower().endswith(NETCDF_SUFFIXES) or ("://" not in path and _magic(path) in _MAGIC_NETCDF)
+    return path.lower().endswith(NETCDF_SUFFIXES) or (
+        "://" not in path and _magic(path) in _MAGIC_NETCDF
+    )
 
 
 def is_hdf4(path: str) -> bool:
@@ -114,7 +116,9 @@ def _crs(ds, name: str, path: str, ydim: str) -> str:  # type: ignore[no-untyped
     gm = da.attrs.get("grid_mapping") or da.encoding.get("grid_mapping")
     if gm:
         if gm not in ds.variables:
-            raise file_error(path, f"variable {name!r} names grid_mapping {gm!r}, which the file does not hold")
+            raise file_error(
+                path, f"variable {name!r} names grid_mapping {gm!r}, which the file does not hold"
+            )
         a = dict(ds[gm].attrs)
         text = a.get("crs_wkt") or a.get("spatial_ref")
         try:
@@ -128,7 +132,9 @@ def _crs(ds, name: str, path: str, ydim: str) -> str:  # type: ignore[no-untyped
                 try:
                     return CRS.from_user_input(text).to_wkt()
                 except CRSError as e:
-                    raise file_error(path, f"attribute {key!r} of {where} is not a CRS ({text[:60]!r}): {e}") from None
+                    raise file_error(
+                        path, f"attribute {key!r} of {where} is not a CRS ({text[:60]!r}): {e}"
+                    ) from None
     if ydim in ("lat", "latitude"):
         return CRS.from_epsg(4326).to_wkt()
     raise file_error(
@@ -141,7 +147,9 @@ def _crs(ds, name: str, path: str, ydim: str) -> str:  # type: ignore[no-untyped
 def _step(values: np.ndarray, path: str, what: str) -> tuple[float, float]:
     v = np.asarray(values, dtype="float64")
     if v.size < 2:
-        raise file_error(path, f"{what} has {v.size} value(s); a raster needs at least 2 cells per axis")
+        raise file_error(
+            path, f"{what} has {v.size} value(s); a raster needs at least 2 cells per axis"
+        )
     step = (v[-1] - v[0]) / (v.size - 1)
     if step == 0 or np.abs(v - (v[0] + step * np.arange(v.size))).max() > 0.01 * abs(step):
         raise file_error(path, f"{what} coordinate is not regularly spaced")
@@ -191,7 +199,9 @@ def inspect_layer(path: str, *, layer: str | None = None):  # type: ignore[no-un
                 )  # fmt: skip
             name = grids[0]
         elif name not in ds.data_vars:
-            raise file_error(path, f"has no variable {name!r}; gridded variables: {', '.join(grids) or 'none'}")
+            raise file_error(
+                path, f"has no variable {name!r}; gridded variables: {', '.join(grids) or 'none'}"
+            )
         da = ds[name]
         ydim, xdim, extra = _dims(da)
         if ydim is None or xdim is None:
@@ -213,12 +223,16 @@ def inspect_layer(path: str, *, layer: str | None = None):  # type: ignore[no-un
         x0, dx = _step(xs, path, xdim)
         y0, dy = _step(ys, path, ydim)
         if dx < 0:
-            raise file_error(path, f"{xdim} runs east to west; only west-to-east grids are supported")
+            raise file_error(
+                path, f"{xdim} runs east to west; only west-to-east grids are supported"
+            )
         flip = dy > 0
         if flip:
             y0, dy = y0 + dy * (ys.size - 1), -dy
         if not math.isclose(dx, -dy, rel_tol=1e-4):
-            raise file_error(path, f"cells are not square ({xdim} step {dx:g}, {ydim} step {-dy:g})")
+            raise file_error(
+                path, f"cells are not square ({xdim} step {dx:g}, {ydim} step {-dy:g})"
+            )
         wkt = _crs(ds, name, path, ydim)
         a = da.attrs
         nodata = _first_number(a, ("nodata", "_FillValue", "missing_value"))
@@ -232,14 +246,19 @@ def inspect_layer(path: str, *, layer: str | None = None):  # type: ignore[no-un
         )  # fmt: skip
 
 
-def read_window(path: str, ref: LayerRef, height: int, row0: int, row1: int, col0: int, col1: int) -> np.ndarray:
+def read_window(
+    path: str, ref: LayerRef, height: int, row0: int, row1: int, col0: int, col1: int
+) -> np.ndarray:
     """Raw values of rows ``row0:row1`` (north-up) and columns ``col0:col1`` of one layer."""
     rows = slice(height - row1, height - row0) if ref.flip_y else slice(row0, row1)
     try:
         with _open(path, ref.group) as ds:
-            da = ds[ref.variable].isel({ref.ydim: rows, ref.xdim: slice(col0, col1), **dict.fromkeys(ref.squeeze, 0)})
+            da = ds[ref.variable].isel(
+                {ref.ydim: rows, ref.xdim: slice(col0, col1), **dict.fromkeys(ref.squeeze, 0)}
+            )
             a = np.asarray(da.transpose(ref.ydim, ref.xdim).values)
     except Exception as e:  # HDF5/netCDF errors on a damaged file
-        raise file_error(path, f"cannot read {ref.variable!r} (rows {row0}:{row1}, cols {col0}:{col1}): {e}") from None
+        raise file_error(
+            path, f"cannot read {ref.variable!r} (rows {row0}:{row1}, cols {col0}:{col1}): {e}"
+        ) from None
     return a[::-1] if ref.flip_y else a
-

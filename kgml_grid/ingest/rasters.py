@@ -230,7 +230,9 @@ def _check_geo(wkt: str | None, transform: Affine, p: str, expect_crs: str | Non
             "'gdal_edit.py -a_srs EPSG:nnnn', before ingesting"
         )  # fmt: skip
     if transform.is_identity:
-        raise file_error(p, "has no geotransform (pixel coordinates only); it cannot be placed on a map")
+        raise file_error(
+            p, "has no geotransform (pixel coordinates only); it cannot be placed on a map"
+        )
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         raise file_error(
             p, f"has a rotated or south-up geotransform {tuple(transform)[:6]}; warp it north-up first "
@@ -330,14 +332,19 @@ def to_physical(
 
 def _read_window(info: RasterInfo, win: PixelWindow) -> np.ndarray:
     if info.layer is not None:
-        return ncraster.read_window(info.path, info.layer, info.height, win.row0, win.row1, win.col0, win.col1)
+        return ncraster.read_window(
+            info.path, info.layer, info.height, win.row0, win.row1, win.col0, win.col1
+        )
     import rasterio
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     try:
         with rasterio.open(info.path) as src:
-            return src.read(info.band, window=Window(win.col0, win.row0, win.col1 - win.col0, win.row1 - win.row0))
+            return src.read(
+                info.band,
+                window=Window(win.col0, win.row0, win.col1 - win.col0, win.row1 - win.row0),
+            )
     except RasterioError as e:
         raise file_error(info.path, f"cannot be read (window rows {win.row0}:{win.row1}, cols "
                                     f"{win.col0}:{win.col1}): {e}") from None  # fmt: skip

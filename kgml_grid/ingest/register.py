@@ -65,7 +65,12 @@ def register_entry(
         If ``catalog`` exists but is not a valid kgml_grid catalog.
     """
     path = Path(catalog)
-    spec = {"layer": layer, "path": entry_urlpath(cube, path), "description": description, "crs": crs}
+    spec = {
+        "layer": layer,
+        "path": entry_urlpath(cube, path),
+        "description": description,
+        "crs": crs,
+    }
     text = catalog_yaml({entry: spec}, crs=catalog_crs or crs, description=DESCRIPTION)
     if path.exists():
         try:

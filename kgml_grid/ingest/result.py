@@ -75,13 +75,21 @@ class IngestResult:
         if gaps:
             lines.append("  no file (NaN): " + ", ".join(f"{k} {v}" for k, v in gaps.items()))
         if self.aggregated:
-            lines.append("  aggregated to days: " + ", ".join(f"{k} from {v}" for k, v in self.aggregated.items()))
+            lines.append(
+                "  aggregated to days: "
+                + ", ".join(f"{k} from {v}" for k, v in self.aggregated.items())
+            )
         part = {k: v for k, v in self.incomplete.items() if v}
         if part:
-            lines.append("  days without all their steps (NaN): " + ", ".join(f"{k} {v}" for k, v in part.items()))
+            lines.append(
+                "  days without all their steps (NaN): "
+                + ", ".join(f"{k} {v}" for k, v in part.items())
+            )
         bad = {k: v for k, v in self.masked.items() if v}
         if bad:
-            lines.append("  outside the valid range (NaN): " + ", ".join(f"{k} {v}" for k, v in bad.items()))
+            lines.append(
+                "  outside the valid range (NaN): " + ", ".join(f"{k} {v}" for k, v in bad.items())
+            )
         if self.catalog is not None:
             lines.append(f"  registered as {self.entry!r} in {self.catalog}")
         return "\n".join(lines)

@@ -213,7 +213,7 @@ def write_satellite(plan: SatellitePlan, path: Path) -> dict[str, int]:
     """
     masked = dict.fromkeys(plan.variables, 0)
     for block in plan.blocks:
-        days = plan.axis[block.start - plan.start_index: block.stop - plan.start_index]
+        days = plan.axis[block.start - plan.start_index : block.stop - plan.start_index]
         for tile in plan.tiles:
             for var in plan.variables:
                 buf = np.full((len(days), *tile.shape), np.nan, dtype=np.float32)
@@ -308,7 +308,9 @@ def ingest_satellite(
         if append:
             existing = _store.existing_cube(out, LAYER, dim="time")
             if grid is not None and not _store.same_grid(grid, existing.grid):
-                raise IngestError(f"{out}: the target grid differs from the cube's grid; leave it out when appending")
+                raise IngestError(
+                    f"{out}: the target grid differs from the cube's grid; leave it out when appending"
+                )
             grid = existing.grid
             plan = plan_satellite(sources, grid=grid, chunks=resolve_chunks(existing.chunks),
                                   end=end_ts, start=start_ts, existing=existing, fill_gap=fill_gap)  # fmt: skip
@@ -318,9 +320,17 @@ def ingest_satellite(
         else:
             _store.check_new(out, overwrite=overwrite, inputs=sources)
             if grid is None:
-                raise IngestError("satellite: a target grid is needed (grid=..., or --crs/--bounds/--res or --like)")
-            plan = plan_satellite(sources, grid=grid, chunks=resolve_chunks(chunks), start=start_ts, end=end_ts)
-            tmpl = _template(plan, "kgml_grid satellite cube (SLOPE GPP, GLASS/MODIS LAI, SMAP)", _provenance(plan))
+                raise IngestError(
+                    "satellite: a target grid is needed (grid=..., or --crs/--bounds/--res or --like)"
+                )
+            plan = plan_satellite(
+                sources, grid=grid, chunks=resolve_chunks(chunks), start=start_ts, end=end_ts
+            )
+            tmpl = _template(
+                plan,
+                "kgml_grid satellite cube (SLOPE GPP, GLASS/MODIS LAI, SMAP)",
+                _provenance(plan),
+            )
             with _store.new_store(out, tmpl, plan.chunks, overwrite=overwrite) as work:
                 masked = write_satellite(plan, work)
     return _finish(plan, Path(out), masked, append=append, catalog=catalog, entry=entry)

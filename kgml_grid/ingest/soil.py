@@ -39,7 +39,9 @@ from kgml_grid.ingest.tiles import plan_tiles
 LAYER = "soil"
 
 
-def _as_source(name: str, src: RasterSource | str | os.PathLike[str], resampling: str) -> RasterSource:
+def _as_source(
+    name: str, src: RasterSource | str | os.PathLike[str], resampling: str
+) -> RasterSource:
     if isinstance(src, RasterSource):
         if src.variable != name:
             raise IngestError(f"soil property {name!r} is given a source for {src.variable!r}")
@@ -66,7 +68,9 @@ def plan_soil(
         s = _as_source(name, src, resampling)
         files = expand_paths(s.paths, what=f"soil property {name}")
         if len(files) != 1:
-            raise IngestError(f"soil property {name!r}: one raster is expected, got {len(files)}: {files[:3]}")
+            raise IngestError(
+                f"soil property {name!r}: one raster is expected, got {len(files)}: {files[:3]}"
+            )
         s = replace(s, paths=(files[0],))
         info = inspect_raster(files[0], band=s.band, expect_crs=s.crs, layer=s.layer)
         check_overlap(info, grid)
@@ -112,7 +116,9 @@ def ingest_soil(
     with gdal_env(gdal_cache_mb):
         _store.check_new(out, overwrite=overwrite, inputs=properties.values())
         plan = plan_soil(properties, grid=grid, resampling=resampling)
-        order = [v for v in (*schema.LAYERS[LAYER].required, *schema.LAYERS[LAYER].optional) if v in plan]
+        order = [
+            v for v in (*schema.LAYERS[LAYER].required, *schema.LAYERS[LAYER].optional) if v in plan
+        ]
         tiles = plan_tiles(grid.shape, (ch["y"], ch["x"]))
         import dask.array as da
 

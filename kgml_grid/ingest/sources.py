@@ -103,7 +103,9 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], *, what: str) -> list[
         elif Path(s).is_dir():
             hits = sorted(str(q) for q in Path(s).iterdir() if q.suffix in RASTER_SUFFIXES)
             if not hits:
-                raise IngestError(f"{s}: the folder holds no raster file (.tif, .nc, .h5, .hdf) ({what})")
+                raise IngestError(
+                    f"{s}: the folder holds no raster file (.tif, .nc, .h5, .hdf) ({what})"
+                )
             out.extend(hits)
         else:
             out.append(s)
@@ -123,9 +125,7 @@ def mask_valid_range(values: np.ndarray, variable: str) -> int:
     return n
 
 
-def check_variables(
-    names: Sequence[str], layer: str, *, required: bool = True
-) -> None:
+def check_variables(names: Sequence[str], layer: str, *, required: bool = True) -> None:
     """Refuse names that are not variables of ``layer``, duplicates, or missing required ones."""
     spec = schema.LAYERS[layer]
     known = (*spec.required, *spec.optional)

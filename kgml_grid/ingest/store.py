@@ -38,7 +38,9 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def check_new(path: str | os.PathLike[str], *, overwrite: bool, inputs: Iterable[object] = ()) -> Path:
+def check_new(
+    path: str | os.PathLike[str], *, overwrite: bool, inputs: Iterable[object] = ()
+) -> Path:
     """Refuse an existing output unless ``overwrite``, and then only a cube kgml_grid
     wrote; refuse an output that is, contains or lies inside one of ``inputs`` (source
     files, folders or globs). Called before any file is read; writes nothing."""
@@ -58,7 +60,11 @@ def check_new(path: str | os.PathLike[str], *, overwrite: bool, inputs: Iterable
 
 @contextmanager
 def new_store(
-    path: str | os.PathLike[str], template: xr.Dataset, chunks: Mapping[str, int], *, overwrite: bool
+    path: str | os.PathLike[str],
+    template: xr.Dataset,
+    chunks: Mapping[str, int],
+    *,
+    overwrite: bool,
 ) -> Iterator[Path]:
     """Create a cube from ``template``; yield the folder to write regions into.
 
@@ -67,7 +73,9 @@ def new_store(
     """
     final = check_new(path, overwrite=overwrite)
     work = partial_path(final)
-    outputs.remove_output(work, "cube", option="the partial cube", error=IngestError)  # a crashed run's
+    outputs.remove_output(
+        work, "cube", option="the partial cube", error=IngestError
+    )  # a crashed run's
     final.parent.mkdir(parents=True, exist_ok=True)
     cubes.init_store(template, work, chunks)
     try:
@@ -127,7 +135,9 @@ def append_store(path: str | os.PathLike[str], template: xr.Dataset, *, dim: str
         "history": f"{old_attrs.get('history', '')}\n{now} appended {dim} "
         f"{np.asarray(template[dim].values)[0]}..{np.asarray(template[dim].values)[-1]} by kgml_grid.ingest".strip(),
     }
-    t.to_zarr(p, append_dim=dim, compute=False, safe_chunks=False, zarr_format=3, consolidated=False)
+    t.to_zarr(
+        p, append_dim=dim, compute=False, safe_chunks=False, zarr_format=3, consolidated=False
+    )
     try:
         yield old_n
     except BaseException:

@@ -79,7 +79,14 @@ def plan_tiles(shape: tuple[int, int], tile_shape: tuple[int, int]) -> tuple[Til
 
 def tile_transform(grid: GridSpec, tile: Tile) -> Affine:
     """Affine transform (upper-left corner, north-up) of ``tile`` of ``grid``."""
-    return Affine(grid.res, 0.0, grid.x0 + tile.col0 * grid.res, 0.0, -grid.res, grid.y0 - tile.row0 * grid.res)
+    return Affine(
+        grid.res,
+        0.0,
+        grid.x0 + tile.col0 * grid.res,
+        0.0,
+        -grid.res,
+        grid.y0 - tile.row0 * grid.res,
+    )
 
 
 def tile_bounds(grid: GridSpec, tile: Tile) -> tuple[float, float, float, float]:
@@ -169,9 +176,7 @@ def daily_axis(first: pd.Timestamp, last: pd.Timestamp) -> pd.DatetimeIndex:
     return pd.date_range(pd.Timestamp(first).normalize(), pd.Timestamp(last).normalize(), freq="D")
 
 
-def pixel_size_in(
-    transform: Affine, size: tuple[int, int], src_crs: str, dst_crs: str
-) -> float:
+def pixel_size_in(transform: Affine, size: tuple[int, int], src_crs: str, dst_crs: str) -> float:
     """Approximate side of a source pixel (at the raster's centre) in ``dst_crs`` units."""
     from kgml_grid.grid import _same_crs
 

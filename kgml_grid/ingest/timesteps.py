@@ -58,7 +58,9 @@ def check_file_step(times: pd.DatetimeIndex, path: str) -> None:
             "weather; give daily or sub-daily files"
         )  # fmt: skip
     if d.min() > 1 and np.allclose(d, d[0]):
-        raise file_error(path, f"time step is {d[0]:g} days ({span}); weather files must be daily or sub-daily")
+        raise file_error(
+            path, f"time step is {d[0]:g} days ({span}); weather files must be daily or sub-daily"
+        )
 
 
 def how_to_aggregate(quantity: str, units: str) -> str:
@@ -146,12 +148,16 @@ def classify(quantity: str, stamps: Sequence[pd.DatetimeIndex], paths: Sequence[
     for i, ts in enumerate(stamps):
         for t in ts:
             if t in owner:
-                raise file_error(paths[i], f"{quantity} of {_stamp(t)} is also given by {paths[owner[t]]}")
+                raise file_error(
+                    paths[i], f"{quantity} of {_stamp(t)} is also given by {paths[owner[t]]}"
+                )
             owner[t] = i
     allts = pd.DatetimeIndex(sorted(owner))
     dates = allts.normalize()
     if not dates.has_duplicates:
-        days = {d: ((owner[t], _pos(stamps[owner[t]], t)),) for t, d in zip(allts, dates, strict=True)}
+        days = {
+            d: ((owner[t], _pos(stamps[owner[t]], t)),) for t, d in zip(allts, dates, strict=True)
+        }
         return Steps(quantity, 1, DAY, days)
     step = pd.Timedelta(np.diff(allts.values).min())
     if step.total_seconds() < 60 or 86400 % int(step.total_seconds()) != 0:
@@ -163,7 +169,12 @@ def classify(quantity: str, stamps: Sequence[pd.DatetimeIndex], paths: Sequence[
     grouped: dict[pd.Timestamp, list[tuple[int, int]]] = {}
     for t, d in zip(allts, dates, strict=True):
         grouped.setdefault(d, []).append((owner[t], _pos(stamps[owner[t]], t)))
-    return Steps(quantity, int(86400 // step.total_seconds()), step, {d: tuple(v) for d, v in grouped.items()})
+    return Steps(
+        quantity,
+        int(86400 // step.total_seconds()),
+        step,
+        {d: tuple(v) for d, v in grouped.items()},
+    )
 
 
 def _stamp(t: pd.Timestamp) -> str:

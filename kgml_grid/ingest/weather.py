@@ -205,7 +205,9 @@ def needed_quantities(available: Iterable[str]) -> tuple[str, ...]:
     elif {"tmax", "tmin"} <= a:
         use += ["tmax", "tmin"]
     else:
-        raise IngestError(f"weather: no air temperature: need tair, or tmax and tmin (found {sorted(a)})")
+        raise IngestError(
+            f"weather: no air temperature: need tair, or tmax and tmin (found {sorted(a)})"
+        )
     if "swrad" in a:
         use.append("swrad")
     elif {"swrad_daylight", "dayl"} <= a:
@@ -260,7 +262,9 @@ def parse_mapping(
                               f"known: {sorted(UNITS[QUANTITIES[quantity]])}")  # fmt: skip
         table[name] = (quantity, u)
     if not table:
-        raise IngestError("weather: no mapping table; give preset= (gridmet, nldas, daymet) or mapping=")
+        raise IngestError(
+            "weather: no mapping table; give preset= (gridmet, nldas, daymet) or mapping="
+        )
     return table
 
 
@@ -301,10 +305,13 @@ class WeatherFile:
 #: File suffixes of GRIB, refused with the conversion to run (:func:`_refuse_grib`).
 GRIB_SUFFIXES = (".grb", ".grb2", ".grib", ".grib2", ".grb1")
 
+
 def _regular(values: np.ndarray, path: str, what: str) -> tuple[float, float]:
     v = np.asarray(values, dtype="float64")
     if v.size < 2:
-        raise file_error(path, f"{what} has {v.size} value(s); a grid needs at least 2 cells per axis")
+        raise file_error(
+            path, f"{what} has {v.size} value(s); a grid needs at least 2 cells per axis"
+        )
     step = (v[-1] - v[0]) / (v.size - 1)
     if step == 0 or np.abs(v - (v[0] + step * np.arange(v.size))).max() > 0.01 * abs(step):
         raise file_error(path, f"{what} coordinate is not regularly spaced")
@@ -312,7 +319,11 @@ def _regular(values: np.ndarray, path: str, what: str) -> tuple[float, float]:
 
 
 def _hashable(v: object) -> object:
-    return tuple(np.asarray(v).ravel().tolist()) if np.ndim(v) else (v.item() if hasattr(v, "item") else v)
+    return (
+        tuple(np.asarray(v).ravel().tolist())
+        if np.ndim(v)
+        else (v.item() if hasattr(v, "item") else v)
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -323,9 +334,11 @@ def _cf_crs(attrs: tuple[tuple[str, object], ...]) -> str:
     from pyproj.exceptions import CRSError
 
     a = dict(attrs)
-    if a.get("grid_mapping_name") == "latitude_longitude" and math.isclose(
-        float(a.get("semi_major_axis", 6378137.0)), 6378137.0
-    ) and math.isclose(float(a.get("inverse_flattening", 298.257223563)), 298.257, rel_tol=1e-5):
+    if (
+        a.get("grid_mapping_name") == "latitude_longitude"
+        and math.isclose(float(a.get("semi_major_axis", 6378137.0)), 6378137.0)
+        and math.isclose(float(a.get("inverse_flattening", 298.257223563)), 298.257, rel_tol=1e-5)
+    ):
         return "EPSG:4326"
     try:
         return CRS.from_cf(a).to_wkt()
@@ -383,9 +396,13 @@ def _time_coord(ds: xr.Dataset, path: str) -> tuple[str | None, pd.DatetimeIndex
             try:  # cftime calendars (Daymet's 365-day years)
                 idx = xr.CFTimeIndex(vals).to_datetimeindex(unsafe=True)
             except (TypeError, ValueError) as e:
-                raise file_error(path, f"time coordinate {name!r} cannot be read as dates: {e}") from None
+                raise file_error(
+                    path, f"time coordinate {name!r} cannot be read as dates: {e}"
+                ) from None
         if not isinstance(idx, pd.DatetimeIndex):
-            raise file_error(path, f"time coordinate {name!r} is not made of dates (units attribute?)")
+            raise file_error(
+                path, f"time coordinate {name!r} is not made of dates (units attribute?)"
+            )
         if idx.hasnans:
             raise file_error(path, f"time coordinate {name!r} has missing values")
         return (str(name) if c.ndim else None), idx
@@ -445,7 +462,10 @@ def inspect_weather(
                 mapped.append((str(n), *table[key]))
         for n, v in ds.data_vars.items():  # a mapped name without lat/lon is a real cause to name
             if n in table and n not in gridded:
-                raise file_error(p, f"variable {n!r} ({table[n][0]}) has dims {v.dims}; expected time, lat/y, lon/x")
+                raise file_error(
+                    p,
+                    f"variable {n!r} ({table[n][0]}) has dims {v.dims}; expected time, lat/y, lon/x",
+                )
         if not mapped:
             found = [f"{n} {tuple(map(str, ds[n].dims))}" for n in gridded]
             raise file_error(
@@ -489,7 +509,12 @@ def inspect_weather(
             raise file_error(p, f"dimensions {ydim!r}/{xdim!r} have no coordinate values")
         wkt = _crs_of(ds, [m[0] for m in mapped], ydim, p, crs)
         for name, v in ((xdim, "x"), (ydim, "y")):  # Daymet v3 wrote its LCC x/y in km
-            if str(ds[name].attrs.get("units", "")).strip().lower() in ("km", "kilometer", "kilometre", "kilometers"):
+            if str(ds[name].attrs.get("units", "")).strip().lower() in (
+                "km",
+                "kilometer",
+                "kilometre",
+                "kilometers",
+            ):
                 if v == "x":
                     xs = xs * 1000.0
                 else:
@@ -518,7 +543,9 @@ def inspect_weather(
                     p, f"variable {n!r} ({quantity}) has units {units!r}, which are not known; accepted: "
                     f"{sorted(UNITS[QUANTITIES[quantity]])}"
                 )  # fmt: skip
-            wvars.append(WeatherVar(p, n, quantity, f[0], f[1], stamps, normalize_units(units), squeezes[n]))
+            wvars.append(
+                WeatherVar(p, n, quantity, f[0], f[1], stamps, normalize_units(units), squeezes[n])
+            )
     return WeatherFile(p, grid, (tdim, ydim, xdim), flip, tuple(wvars))
 
 
@@ -575,7 +602,9 @@ def _sub(native: GridSpec, rows: slice, cols: slice) -> GridSpec:
 INCOMPLETE_DAYS = ("nan", "refuse")
 
 
-def _derive(sources: Mapping[str, Sequence[WeatherVar]], steps: Mapping[str, Steps]) -> dict[str, str]:
+def _derive(
+    sources: Mapping[str, Sequence[WeatherVar]], steps: Mapping[str, Steps]
+) -> dict[str, str]:
     """Quantities made from another's sub-daily steps: tmax/tmin from hourly tair."""
     if "tair" in steps and steps["tair"].subdaily and not ({"tmax", "tmin"} & set(sources)):
         return {"tmax": "tair", "tmin": "tair"}
@@ -612,7 +641,9 @@ def plan_weather(
     if not paths:
         raise IngestError("weather: no input files")
     if incomplete_days not in INCOMPLETE_DAYS:
-        raise IngestError(f"weather: incomplete_days={incomplete_days!r}; expected one of {', '.join(INCOMPLETE_DAYS)}")
+        raise IngestError(
+            f"weather: incomplete_days={incomplete_days!r}; expected one of {', '.join(INCOMPLETE_DAYS)}"
+        )
     files = tuple(inspect_weather(p, table, crs=crs) for p in sorted(paths))
     ref = files[0]
     for f in files[1:]:
@@ -626,7 +657,9 @@ def plan_weather(
     for f in files:
         for v in f.variables:
             by_q.setdefault(v.quantity, []).append(v)
-    all_steps = {q: classify(q, [v.times for v in vs], [v.path for v in vs]) for q, vs in by_q.items()}
+    all_steps = {
+        q: classify(q, [v.times for v in vs], [v.path for v in vs]) for q, vs in by_q.items()
+    }
     derived = _derive(by_q, all_steps)
     names = ", ".join(PurePath(f.path).name for f in files[:3]) + (" ..." if len(files) > 3 else "")
     try:
@@ -639,12 +672,18 @@ def plan_weather(
     derived = {q: s for q, s in derived.items() if q in use}
     if existing is not None:
         g = existing.grid
-        if not _same_crs(g.crs, ref.grid.crs) or not math.isclose(g.res, ref.grid.res, rel_tol=1e-6):
-            raise IngestError(f"{existing.path}: cannot append: the files' grid differs from the cube's")
+        if not _same_crs(g.crs, ref.grid.crs) or not math.isclose(
+            g.res, ref.grid.res, rel_tol=1e-6
+        ):
+            raise IngestError(
+                f"{existing.path}: cannot append: the files' grid differs from the cube's"
+            )
         c0 = round((g.x0 - ref.grid.x0) / g.res)
         r0 = round((ref.grid.y0 - g.y0) / g.res)
         if c0 < 0 or r0 < 0 or c0 + g.nx > ref.grid.nx or r0 + g.ny > ref.grid.ny:
-            raise IngestError(f"{existing.path}: cannot append: the files ({names}) do not cover the cube's grid")
+            raise IngestError(
+                f"{existing.path}: cannot append: the files ({names}) do not cover the cube's grid"
+            )
         rows, cols = slice(r0, r0 + g.ny), slice(c0, c0 + g.nx)
     else:
         rows, cols = _window(ref.grid, target, names)
@@ -731,7 +770,11 @@ def _slab(plan: WeatherPlan, v: WeatherVar, f: WeatherFile, ds: xr.Dataset, step
         sel[tdim] = steps
     try:
         da = ds[v.name].isel(sel)
-        da = da.transpose(tdim, ydim, xdim) if tdim is not None else da.transpose(ydim, xdim).expand_dims("t")
+        da = (
+            da.transpose(tdim, ydim, xdim)
+            if tdim is not None
+            else da.transpose(ydim, xdim).expand_dims("t")
+        )
         a = np.asarray(da.values, dtype=np.float64)
     except Exception as e:  # HDF5/netCDF errors on a damaged file
         raise file_error(v.path, f"cannot read {v.name!r}: {e}") from None
@@ -752,8 +795,14 @@ def _fill(plan: WeatherPlan, days: pd.DatetimeIndex, tile: Tile, by_path: Mappin
         if s.subdaily:
             sub.append((q, made))
             continue
-        for vi, v in enumerate(plan.sources[q]):  # one stamp per day: each file's days of this block at once
-            want = [(i, s.days[d][0][1]) for i, d in enumerate(days) if d in s.days and s.days[d][0][0] == vi]
+        for vi, v in enumerate(
+            plan.sources[q]
+        ):  # one stamp per day: each file's days of this block at once
+            want = [
+                (i, s.days[d][0][1])
+                for i, d in enumerate(days)
+                if d in s.days and s.days[d][0][0] == vi
+            ]
             if want:
                 pos, steps = (np.array(x) for x in zip(*want, strict=True))
                 f = by_path[v.path]
@@ -788,7 +837,7 @@ def write_weather(plan: WeatherPlan, path: Path) -> None:
     opened = _OpenFiles()
     try:
         for block in plan.blocks:
-            days = plan.axis[block.start - plan.start_index: block.stop - plan.start_index]
+            days = plan.axis[block.start - plan.start_index : block.stop - plan.start_index]
             for tile in plan.tiles:
                 q = _fill(plan, days, tile, by_path, opened)
                 with np.errstate(invalid="ignore"):
@@ -810,9 +859,9 @@ def _template(plan: WeatherPlan, title: str, prov: Mapping[str, object]) -> xr.D
     ch = (plan.chunks["time"], plan.chunks["y"], plan.chunks["x"])
     shape = (len(plan.axis), *plan.grid.shape)
     data = {n: (("time", "y", "x"), da.zeros(shape, chunks=ch, dtype="float32")) for n in OUTPUTS}
-    return cubes.annotate(xr.Dataset(data, coords={"time": plan.axis}), plan.grid, title=title, **prov)
-
-
+    return cubes.annotate(
+        xr.Dataset(data, coords={"time": plan.axis}), plan.grid, title=title, **prov
+    )
 
 
 def expand_netcdf(paths: Iterable[str | os.PathLike[str]]) -> list[str]:

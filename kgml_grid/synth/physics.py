@@ -53,8 +53,11 @@ def extraterrestrial_radiation(lat_deg: np.ndarray, doy: int | np.ndarray) -> np
     delta = 0.409 * np.sin(2 * np.pi * doy / 365.0 - 1.39)
     ws = np.arccos(np.clip(-np.tan(phi) * np.tan(delta), -1.0, 1.0))
     gsc = 0.0820  # MJ m-2 min-1
-    return (24 * 60 / np.pi) * gsc * dr * (
-        ws * np.sin(phi) * np.sin(delta) + np.cos(phi) * np.cos(delta) * np.sin(ws)
+    return (
+        (24 * 60 / np.pi)
+        * gsc
+        * dr
+        * (ws * np.sin(phi) * np.sin(delta) + np.cos(phi) * np.cos(delta) * np.sin(ws))
     )
 
 
@@ -98,7 +101,12 @@ def potential_et(sw: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def autotrophic_respiration(
-    gpp_: np.ndarray, biomass: np.ndarray, t: np.ndarray, maint: np.ndarray, growth: float, q10: float
+    gpp_: np.ndarray,
+    biomass: np.ndarray,
+    t: np.ndarray,
+    maint: np.ndarray,
+    growth: float,
+    q10: float,
 ) -> np.ndarray:
     """Ra (g C m-2 d-1) = maintenance (Q10 on live biomass) + growth share of GPP. Always >= 0."""
     rm = np.minimum(maint * biomass * q10 ** ((t - T_REF) / 10.0), 0.5 * biomass)
@@ -112,7 +120,9 @@ def decomposition_temperature(tsoil: np.ndarray, q10: float, frozen_factor: floa
     return np.where(tsoil < 0.0, f * frozen_factor, f)
 
 
-def decomposition_moisture(theta: np.ndarray, fc: np.ndarray, wp: np.ndarray, m0: float) -> np.ndarray:
+def decomposition_moisture(
+    theta: np.ndarray, fc: np.ndarray, wp: np.ndarray, m0: float
+) -> np.ndarray:
     """Moisture response of decomposition: m0 at wilting point, 1 at field capacity."""
     rel = np.clip((theta - wp) / (fc - wp), 0.0, 1.0)
     return m0 + (1.0 - m0) * rel**0.7
@@ -209,7 +219,9 @@ def crop_rotation(
     """Crop type per year (0 other, 1 corn, 2 soybean): clustered non-crop land,
     corn-soybean rotation with a per-field phase, some continuous corn."""
     field = smooth_field(rng, shape, smooth_cells)
-    other = field > np.quantile(field, 1.0 - other_fraction) if other_fraction > 0 else field > np.inf
+    other = (
+        field > np.quantile(field, 1.0 - other_fraction) if other_fraction > 0 else field > np.inf
+    )
     phase = rng.integers(0, 2, size=shape)
     continuous = rng.random(shape) < continuous_corn_fraction
     out = np.empty((len(years), *shape), dtype="int8")

@@ -28,7 +28,11 @@ __all__ = ["annual_truth"]
 
 
 def annual_truth(
-    world: str | Path, *, tair_offset: float = 0.0, soc_factor: float = 1.0, years: tuple[int, int] | None = None,
+    world: str | Path,
+    *,
+    tair_offset: float = 0.0,
+    soc_factor: float = 1.0,
+    years: tuple[int, int] | None = None,
 ) -> xr.Dataset:
     """Annual Ra and Rh (g C m-2 yr-1, ``(year, y, x)``) of a world's simulator, rerun.
 
@@ -52,7 +56,9 @@ def annual_truth(
     try:
         meta = json.loads((root / "world.json").read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"world {root}: no readable world.json ({e}); expected a folder from kgml-grid synth") from None
+        raise ValueError(
+            f"world {root}: no readable world.json ({e}); expected a folder from kgml-grid synth"
+        ) from None
     p: WorldParams = _apply(WorldParams(), meta["params"], "", str(root / "world.json"))
     pr = replace(PRESETS[meta["preset"]], ny=int(meta["shape"][0]), nx=int(meta["shape"][1]),
                  years=(int(meta["years"][0]), int(meta["years"][1])))  # fmt: skip

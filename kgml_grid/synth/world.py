@@ -108,30 +108,54 @@ class _Weather:
 
     def _coherent(self) -> np.ndarray:
         c = self.p.spatial_coherence
-        return np.sqrt(c) * self.rng.standard_normal() + np.sqrt(1 - c) * self.rng.standard_normal(self.lat.size)
+        return np.sqrt(c) * self.rng.standard_normal() + np.sqrt(1 - c) * self.rng.standard_normal(
+            self.lat.size
+        )
 
     def day(self, doy: int) -> dict[str, np.ndarray]:
         w = self.p
         rho = w.t_anomaly_rho
         self.anom = rho * self.anom + np.sqrt(1 - rho**2) * w.t_anomaly_sd * self._coherent()
         season = np.sin(2 * np.pi * (doy - w.t_peak_doy + 91.31) / 365.25)
-        t = w.t_mean + w.t_lat_gradient * (self.lat - self.lat0) + w.t_amplitude * season + self.anom
-        p_wet = np.clip(w.p_wet_mean + w.p_wet_amplitude * np.sin(2 * np.pi * (doy - 70) / 365.25), 0.02, 0.95)
+        t = (
+            w.t_mean
+            + w.t_lat_gradient * (self.lat - self.lat0)
+            + w.t_amplitude * season
+            + self.anom
+        )
+        p_wet = np.clip(
+            w.p_wet_mean + w.p_wet_amplitude * np.sin(2 * np.pi * (doy - 70) / 365.25), 0.02, 0.95
+        )
         wet = self._coherent() < statistics.NormalDist().inv_cdf(float(p_wet))
         amount = self.rng.gamma(w.p_gamma_shape, w.p_gamma_scale, self.lat.size)
         precip = np.where(wet, amount + 0.2, 0.0)
-        tau = np.where(wet, w.transmissivity_wet, w.transmissivity_dry) * (1 + 0.05 * self.rng.standard_normal(self.lat.size))
+        tau = np.where(wet, w.transmissivity_wet, w.transmissivity_dry) * (
+            1 + 0.05 * self.rng.standard_normal(self.lat.size)
+        )
         sw_pot = ph.extraterrestrial_radiation(self.lat, doy)
         sw = np.clip(tau, 0.1, 0.8) * sw_pot
-        rh = np.clip(np.where(wet, w.rh_wet, w.rh_dry) + 0.06 * self.rng.standard_normal(self.lat.size), 0.15, 0.98)
+        rh = np.clip(
+            np.where(wet, w.rh_wet, w.rh_dry) + 0.06 * self.rng.standard_normal(self.lat.size),
+            0.15,
+            0.98,
+        )
         vpd = ph.saturation_vapour_pressure(t) * (1 - rh)
-        return {"tair": t, "swrad": sw, "vpd": vpd, "precip": precip, "wet": wet, "swrad_pot": sw_pot}
+        return {
+            "tair": t,
+            "swrad": sw,
+            "vpd": vpd,
+            "precip": precip,
+            "wet": wet,
+            "swrad_pot": sw_pot,
+        }
 
 
 class _Simulator:
     """Advances the pixel state one day at a time."""
 
-    def __init__(self, p: WorldParams, soil: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    def __init__(
+        self, p: WorldParams, soil: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> None:
         self.p = p
         self.soil = soil
         self.rng = rng
@@ -153,7 +177,9 @@ class _Simulator:
         s.planted[:] = False
         s.harvested[:] = False
         s.yield_ = np.where(crop > 0, 0.0, np.nan)
-        s.plant_doy = t["plant_doy"][crop] + t["plant_jitter_days"][crop] * self.rng.standard_normal(self.n)
+        s.plant_doy = t["plant_doy"][crop] + t["plant_jitter_days"][
+            crop
+        ] * self.rng.standard_normal(self.n)
 
     def step(self, doy: int, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         p, s, t, c, soil = self.p, self.s, self.tab, self.crop, self.soil
@@ -170,12 +196,18 @@ class _Simulator:
         g = ph.gpp(SW, lai, T, VPD, f_w, t["lue"][c], t["t_opt"][c], t["t_width"][c])
         fapar = 1.0 - np.exp(-ph.K_EXT * lai)
         depth = p.soil.root_zone_mm
-        et = ph.potential_et(SW, T) * (0.15 + 0.85 * fapar) * np.clip((s.theta - wp) / (fc - wp), 0, 1)
+        et = (
+            ph.potential_et(SW, T)
+            * (0.15 + 0.85 * fapar)
+            * np.clip((s.theta - wp) / (fc - wp), 0, 1)
+        )
         theta = s.theta + (P - et) / depth
         drain = np.where(theta > fc, self.kdrain * (theta - fc), 0.0)
         s.theta = np.clip(theta - drain, 0.5 * wp, 0.5)
         # autotrophic respiration and growth
-        ra = ph.autotrophic_respiration(g, s.biomass, T, t["maint_resp"][c], p.carbon.growth_resp, p.carbon.q10_ra)
+        ra = ph.autotrophic_respiration(
+            g, s.biomass, T, t["maint_resp"][c], p.carbon.growth_resp, p.carbon.q10_ra
+        )
         s.biomass = np.maximum(s.biomass + g - ra, 0.0)
         # heterotrophic respiration
         cp = p.carbon
@@ -307,12 +339,17 @@ def generate_world(
         import dask.array as da
 
         shp = (len(days), g.ny, g.nx)
-        data = {n: (("time", "y", "x"), da.zeros(shp, chunks=(ct, cy, cx), dtype="float32")) for n in names}
+        data = {
+            n: (("time", "y", "x"), da.zeros(shp, chunks=(ct, cy, cx), dtype="float32"))
+            for n in names
+        }
         for n, (dims, arr) in (extra or {}).items():
             data[n] = (dims, arr)
         return cubes.annotate(xr.Dataset(data, coords={"time": days}), g, title=title, **prov)
 
-    yearly = {"yield": (("year", "y", "x"), np.full((len(year_list), *grid.shape), np.nan, "float32"))}
+    yearly = {
+        "yield": (("year", "y", "x"), np.full((len(year_list), *grid.shape), np.nan, "float32"))
+    }
     tmpl = {
         "weather": template(["tair", "swrad", "vpd", "precip"], wgrid),
         "satellite": template(["gpp_sat", "lai", "soil_moisture"], grid),
@@ -327,7 +364,11 @@ def generate_world(
     crop_flat = crop3d.reshape(len(year_list), -1)
     candidates = np.flatnonzero((crop_flat > 0).all(axis=0))
     n_t = min(pr.n_towers, candidates.size)
-    tower_px = np.sort(rng["towers"].choice(candidates, size=n_t, replace=False)) if n_t else np.array([], int)
+    tower_px = (
+        np.sort(rng["towers"].choice(candidates, size=n_t, replace=False))
+        if n_t
+        else np.array([], int)
+    )
     tower_rec: dict[str, list[np.ndarray]] = {k: [] for k in (
         "tair", "swrad", "vpd", "precip", "swrad_pot", "gpp", "ra", "rh", "theta", "tsoil")}  # fmt: skip
 
@@ -337,7 +378,9 @@ def generate_world(
     wx = _Weather(rng["weather"], wlat.ravel(), p)
     obs = p.obs
     n = grid.ny * grid.nx
-    sm_offset = (np.arange(grid.ny)[:, None] + np.zeros(grid.nx, int)[None, :]).ravel() % max(obs.sm_revisit_days, 1)
+    sm_offset = (np.arange(grid.ny)[:, None] + np.zeros(grid.nx, int)[None, :]).ravel() % max(
+        obs.sm_revisit_days, 1
+    )
 
     # spin-up: settle soil water and pools on the first year's crops and fresh weather
     for _ in range(SPINUP_YEARS):
@@ -356,7 +399,10 @@ def generate_world(
     rs = rng["satellite"]
     for b0, b1 in blocks:
         nb = b1 - b0
-        wbuf = {k: np.empty((nb, wgrid.ny * wgrid.nx), "float32") for k in ("tair", "swrad", "vpd", "precip")}
+        wbuf = {
+            k: np.empty((nb, wgrid.ny * wgrid.nx), "float32")
+            for k in ("tair", "swrad", "vpd", "precip")
+        }
         sbuf = {k: np.empty((nb, n), "float32") for k in ("gpp_sat", "lai", "soil_moisture")}
         tbuf = {k: np.empty((nb, n), "float32") for k in ("gpp", "ra", "rh", "reco", "nee")}
         for j, day in enumerate(days[b0:b1]):
@@ -372,11 +418,19 @@ def generate_world(
             for k in wbuf:
                 wbuf[k][j] = w[k]
             ra32, rh32, g32, reco, nee = _float32_nee(out["ra"], out["rh"], out["gpp"])
-            tbuf["ra"][j], tbuf["rh"][j], tbuf["gpp"][j], tbuf["reco"][j], tbuf["nee"][j] = ra32, rh32, g32, reco, nee
+            tbuf["ra"][j], tbuf["rh"][j], tbuf["gpp"][j], tbuf["reco"][j], tbuf["nee"][j] = (
+                ra32,
+                rh32,
+                g32,
+                reco,
+                nee,
+            )
             # satellite observations: noisy, gappy (more gaps under clouds on wet days)
             wet = w["wet"][widx]
             miss = rs.random(n) < np.where(wet, obs.gpp_missing_wet, obs.gpp_missing)
-            gs = out["gpp"] * (1 + obs.gpp_rel_noise * rs.standard_normal(n)) + obs.gpp_abs_noise * rs.standard_normal(n)
+            gs = out["gpp"] * (
+                1 + obs.gpp_rel_noise * rs.standard_normal(n)
+            ) + obs.gpp_abs_noise * rs.standard_normal(n)
             sbuf["gpp_sat"][j] = np.where(miss, np.nan, np.maximum(gs, 0.0))
             ls = out["lai"] * (1 + obs.lai_rel_noise * rs.standard_normal(n))
             sbuf["lai"][j] = np.where(miss, np.nan, np.maximum(ls, 0.0))
@@ -391,9 +445,21 @@ def generate_world(
         sl = {"time": slice(b0, b1)}
         shp_w = (nb, wgrid.ny, wgrid.nx)
         shp_f = (nb, grid.ny, grid.nx)
-        cubes.write_region(xr.Dataset({k: (("time", "y", "x"), v.reshape(shp_w)) for k, v in wbuf.items()}), root / "weather.zarr", sl)
-        cubes.write_region(xr.Dataset({k: (("time", "y", "x"), v.reshape(shp_f)) for k, v in sbuf.items()}), root / "satellite.zarr", sl)
-        cubes.write_region(xr.Dataset({k: (("time", "y", "x"), v.reshape(shp_f)) for k, v in tbuf.items()}), root / "truth.zarr", sl)
+        cubes.write_region(
+            xr.Dataset({k: (("time", "y", "x"), v.reshape(shp_w)) for k, v in wbuf.items()}),
+            root / "weather.zarr",
+            sl,
+        )
+        cubes.write_region(
+            xr.Dataset({k: (("time", "y", "x"), v.reshape(shp_f)) for k, v in sbuf.items()}),
+            root / "satellite.zarr",
+            sl,
+        )
+        cubes.write_region(
+            xr.Dataset({k: (("time", "y", "x"), v.reshape(shp_f)) for k, v in tbuf.items()}),
+            root / "truth.zarr",
+            sl,
+        )
         bar.update(nb)
     bar.close()
     yields[year_of[cur_year]] = sim.s.yield_
@@ -406,7 +472,9 @@ def generate_world(
 
     info = WorldInfo(root, root / "catalog.yaml", grid, wgrid, pr.years, params=p)
     if n_t:
-        _write_towers(info, p, seed, tower_px, tower_rec, days, soil2d, crop3d, year_list, rng["towers"])
+        _write_towers(
+            info, p, seed, tower_px, tower_rec, days, soil2d, crop3d, year_list, rng["towers"]
+        )
     from kgml_grid.catalog import write_world_catalog
 
     write_world_catalog(info, p, seed, pr)
@@ -451,7 +519,9 @@ def _write_towers(
         ra, rh, g = series["ra"][:, i], series["rh"][:, i], series["gpp"][:, i]
         reco = ra + rh
         nee = reco - g
-        nee_obs = nee + (obs.tower_nee_noise + obs.tower_nee_rel_noise * np.abs(nee)) * rng.standard_normal(nd)
+        nee_obs = nee + (
+            obs.tower_nee_noise + obs.tower_nee_rel_noise * np.abs(nee)
+        ) * rng.standard_normal(nd)
         reco_obs = np.maximum(reco * (1 + obs.tower_reco_rel_noise * rng.standard_normal(nd)), 0.0)
         qc = np.clip(rng.beta(8, 1.5, nd), 0, 1)
         missing = rng.random(nd) < obs.tower_missing
@@ -461,7 +531,10 @@ def _write_towers(
         gpp_obs = reco_obs - nee_obs  # night-time partitioning: GPP = Reco - NEE
         ds = xr.Dataset(
             {
-                "tair": ("time", series["tair"][:, i] + obs.tower_weather_noise * rng.standard_normal(nd)),
+                "tair": (
+                    "time",
+                    series["tair"][:, i] + obs.tower_weather_noise * rng.standard_normal(nd),
+                ),
                 "swrad": ("time", series["swrad"][:, i]),
                 "swrad_pot": ("time", series["swrad_pot"][:, i]),
                 "vpd": ("time", np.maximum(series["vpd"][:, i], 0.0)),
