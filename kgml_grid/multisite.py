@@ -218,7 +218,8 @@ def format_validation(report: Mapping[str, Any]) -> str:
         f"# Validation per site ({report['feature_set']} features)",
         "",
         "Daily R2 of Reco / NEE. *Held-out years*: the model fine-tuned on every tower, on the "
-        "site's last two full years (never trained on). *Leave-one-site-out*: a model "
+        f"site's last {report['finetune_config']['holdout_years']} full year(s) (never trained on). "
+        "*Leave-one-site-out*: a model "
         "fine-tuned on the other towers only, on the same years and on every day after the "
         "first year of the site's record. *Pre-trained*: before any fine-tuning, same years.",
         "",
