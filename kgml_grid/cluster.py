@@ -79,6 +79,7 @@ __all__ = [
     "make_client",
     "process_cluster",
     "slurm_cluster",
+    "stop_process_groups",
     "worker_memory_limit",
 ]
 
@@ -614,6 +615,22 @@ def worker_memory_limit(client: Any) -> int | None:
 # --------------------------------------------------------------------------------------
 
 
+def stop_process_groups(procs: list[subprocess.Popen[bytes]], *, timeout: float = 15) -> None:
+    """SIGTERM each process's group (started with ``start_new_session=True``), last started
+    first; SIGKILL a group still there after ``timeout`` seconds."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=5)
+
+
 @contextlib.contextmanager
 def process_cluster(
     n_workers: int = 2,
@@ -673,17 +690,7 @@ def process_cluster(
             c.wait_for_workers(n_workers, timeout=timeout)
         yield sched_file
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=5)
+        stop_process_groups(procs, timeout=15)
         for log in logs:
             log.close()
         if tmp is not None:

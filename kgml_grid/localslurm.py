@@ -26,13 +26,14 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kgml_grid.cluster import stop_process_groups
 
 __all__ = ["CLUSTER_NAME", "PARTITION", "LocalSlurm", "local_slurm", "missing_requirements"]
 
@@ -282,14 +283,4 @@ def local_slurm(
         with contextlib.suppress(Exception):  # jobs first, so no worker outlives the cluster
             subprocess.run(["scancel", "--full", f"--partition={PARTITION}"], env=penv,
                            capture_output=True, check=False, timeout=20)  # fmt: skip
-        for p in reversed(procs):
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=5)
+        stop_process_groups(procs, timeout=20)
