@@ -138,9 +138,13 @@ class RunConfig:
     has_yield: bool
     batch_pixels: int
     run_id: str
+    #: Model precision on the workers (:data:`kgml_grid.infer.PRECISIONS`).
+    precision: str = "fp32"
 
     @classmethod
-    def from_plan(cls, plan: Plan, out: str | Path | None, run_id: str) -> RunConfig:
+    def from_plan(
+        cls, plan: Plan, out: str | Path | None, run_id: str, *, precision: str = "fp32"
+    ) -> RunConfig:
         return cls(
             paths=dict(plan.paths),
             checkpoint=plan.checkpoint,
@@ -156,6 +160,7 @@ class RunConfig:
             has_yield=plan.has_yield,
             batch_pixels=plan.batch_pixels,
             run_id=run_id,
+            precision=precision,
         )
 
 
@@ -342,9 +347,8 @@ def compute_block(
     Pure apart from reading the input cubes; writes nothing. ``perturb`` changes raw
     inputs first (:func:`perturb_inputs`; sensitivities, :mod:`kgml_grid.lazy`).
     """
-    import torch
-
-    from kgml_grid.model import DAILY_TARGETS, state_from_numpy, state_to_numpy
+    from kgml_grid.infer import batch_pixels_for_device, run_model
+    from kgml_grid.model import DAILY_TARGETS
     from kgml_grid.worker import get_checkpoint
 
     t_start = _time.perf_counter()
@@ -375,25 +379,10 @@ def compute_block(
                 f"{n} crop pixels; the crop layer changed since the run started (use --overwrite)"
             )
     device = ckpt.device
-    daily = np.empty((n, t, len(DAILY_TARGETS)), dtype="float32")
-    yld = np.full((n, ye_idx.size), np.nan, dtype="float32")
-    new_model: dict[str, list[np.ndarray]] = {}
-    bsz = max(1, int(run.batch_pixels))
-    ye_t = torch.as_tensor(ye, device=device)
-    with torch.inference_mode():
-        for i in range(0, n, bsz):
-            xb = torch.from_numpy(xn[i : i + bsz]).to(device)
-            sb = None
-            if model_state is not None:
-                sb = state_from_numpy(
-                    {k: v[i : i + bsz] for k, v in model_state.items()}, device=device
-                )
-            out, st = ckpt.model(xb, sb, year_end=ye_t)
-            daily[i : i + bsz] = out["daily"].float().cpu().numpy()
-            if ye_idx.size:
-                yld[i : i + bsz] = out["yield"][:, ye_idx].float().cpu().numpy()
-            for k, v in state_to_numpy(st).items():
-                new_model.setdefault(k, []).append(v)
+    res = run_model(ckpt.model, xn, ye, model_state, device=device,
+                    batch_pixels=batch_pixels_for_device(run.batch_pixels, device),
+                    precision=run.precision)  # fmt: skip
+    daily, yld = res.daily, res.yield_
     phys = ckpt.normalizer.denormalize_outputs(daily)  # [n, T, 4] (ra, rh, nee, gpp)
     col = {name: i for i, name in enumerate(DAILY_TARGETS)}
     ra = np.maximum(phys[..., col["ra"]], 0)
@@ -420,9 +409,7 @@ def compute_block(
                 if run.partial_first_season and int(year) == run.years[0]:
                     continue
                 yearly[j, rr, cc] = yv[:, j]
-    state: State = {
-        f"m_{k}": np.concatenate(v, axis=0) if v else np.empty((0,)) for k, v in new_model.items()
-    }
+    state: State = {f"m_{k}": v for k, v in res.state.items()}
     if n == 0:
         state = {}
     state.update({f"f_{k}": np.asarray(v) for k, v in new_fill.items()})
@@ -861,9 +848,14 @@ class UpscaleResult:
 
 
 def _tile_tasks(
-    plan: Plan, out: str | Path | None, run_id: str, tiles: Iterable[tuple[int, int]]
+    plan: Plan,
+    out: str | Path | None,
+    run_id: str,
+    tiles: Iterable[tuple[int, int]],
+    *,
+    precision: str = "fp32",
 ) -> dict[tuple[int, int], TileTask]:
-    run = RunConfig.from_plan(plan, out, run_id)
+    run = RunConfig.from_plan(plan, out, run_id, precision=precision)
     return {t: TileTask(run, plan.tile_spec(*t)) for t in tiles}
 
 
@@ -879,8 +871,11 @@ class SerialExecutor:
     with ``out=None`` it writes nothing and returns the result in memory.
     """
 
-    def __init__(self, *, progress: bool = False) -> None:
+    def __init__(self, *, progress: bool = False, precision: str = "fp32") -> None:
+        from kgml_grid.infer import check_precision
+
         self.progress = progress
+        self.precision = check_precision(precision)
 
     def execute(
         self,
@@ -896,9 +891,8 @@ class SerialExecutor:
             return self._in_memory(plan, run_id, t0)
         done = prepare_store(plan, out, resume=resume, overwrite=overwrite)
         first = _resume_points(plan, out, done)
-        tiles = _tile_tasks(
-            plan, out, run_id, [t for t, c in first.items() if c < plan.n_time_chunks]
-        )
+        tiles = _tile_tasks(plan, out, run_id, [t for t, c in first.items() if c < plan.n_time_chunks],
+                            precision=self.precision)  # fmt: skip
         records = records_dir(out)
         state: dict[tuple[int, int], State | StateRef | None] = {
             t: (
@@ -928,7 +922,7 @@ class SerialExecutor:
                              already_done=plan.n_blocks - len(todo), seconds=_time.perf_counter() - t0)  # fmt: skip
 
     def _in_memory(self, plan: Plan, run_id: str, t0: float) -> UpscaleResult:
-        tiles = _tile_tasks(plan, None, run_id, plan.crop_tiles)
+        tiles = _tile_tasks(plan, None, run_id, plan.crop_tiles, precision=self.precision)
         ds = plan.template()
         arrays = {n: np.full(ds[n].shape, np.nan, dtype="float32") for n in (*DAILY_VARS, "yield")}
         state: dict[tuple[int, int], State | None] = dict.fromkeys(tiles)
@@ -995,6 +989,7 @@ def build_graph(
     done: set[BlockKey] | frozenset[BlockKey] = frozenset(),
     first: Mapping[tuple[int, int], int] | None = None,
     run_id: str | None = None,
+    precision: str = "fp32",
 ) -> UpscaleGraph:
     """The run's lazy graph: for each time chunk, one map of :func:`run_block` over the
     space tiles, each block taking the previous chunk's block of its tile as input.
@@ -1008,6 +1003,8 @@ def build_graph(
         Blocks already recorded (``--resume``): left out.
     first : mapping, optional
         First time chunk per tile (from the records); default derived from ``done``.
+    precision : {'fp32', 'tf32', 'bf16'}
+        Model precision on the workers (:func:`kgml_grid.infer.precision_context`).
     """
     import dask
 
@@ -1021,7 +1018,7 @@ def build_graph(
             first[tile] = c
     token = f"{plan.plan_id[:8]}{run_id[:8]}"
     active = [t for t in plan.crop_tiles if first.get(t, 0) < plan.n_time_chunks]
-    tasks = _tile_tasks(plan, out, run_id, active)
+    tasks = _tile_tasks(plan, out, run_id, active, precision=precision)
     tiles = {
         t: dask.delayed(tasks[t], name=(f"kgml-tile-{token}", *t), traverse=False) for t in active
     }
@@ -1068,10 +1065,15 @@ class DaskExecutor:
         A progress bar in the terminal; Dask's progress widget in Jupyter.
     """
 
-    def __init__(self, client: Any, *, device: str = "auto", progress: bool = True) -> None:
+    def __init__(
+        self, client: Any, *, device: str = "auto", progress: bool = True, precision: str = "fp32"
+    ) -> None:
+        from kgml_grid.infer import check_precision
+
         self.client = client
         self.device = device
         self.progress = progress
+        self.precision = check_precision(precision)
 
     def check(self, plan: Plan) -> None:
         """Refuse a plan whose tasks do not fit the workers' memory (before any write)."""
@@ -1091,7 +1093,7 @@ class DaskExecutor:
         register_model(self.client, plan.checkpoint, plan.checkpoint_hash, device=self.device)
         done = prepare_store(plan, out, resume=resume, overwrite=overwrite)
         first = _resume_points(plan, out, done)
-        graph = build_graph(plan, out, done=done, first=first)
+        graph = build_graph(plan, out, done=done, first=first, precision=self.precision)
         n_todo = len(graph.blocks)
         link = dashboard_link(self.client)
         if self.progress and link:
@@ -1165,18 +1167,25 @@ class DaskExecutor:
 # --------------------------------------------------------------------------------------
 
 
-def direct_run(plan: Plan, *, pixels_per_group: int = 1024, batch_pixels: int = 256) -> xr.Dataset:
+def direct_run(
+    plan: Plan,
+    *,
+    pixels_per_group: int = 1024,
+    batch_pixels: int = 256,
+    time_block: int | None = None,
+) -> xr.Dataset:
     """The model over the plan's crop pixels, whole time range at once, in memory.
 
     No tiles, no time chunks, no Dask: inputs through :func:`kgml_grid.features.pixel_inputs`
-    and the model run from its initial state over every day. The reference the
-    executors are compared against.
+    and the model run from its initial state over every day
+    (:func:`kgml_grid.infer.run_model`; ``time_block`` days per model call, default its
+    choice for the device). The reference the executors are compared against.
     """
     import dask
-    import torch
 
     from kgml_grid.features import pixel_inputs
     from kgml_grid.grid import coarse_index
+    from kgml_grid.infer import run_model
     from kgml_grid.model import DAILY_TARGETS
     from kgml_grid.worker import get_checkpoint
 
@@ -1211,14 +1220,9 @@ def direct_run(plan: Plan, *, pixels_per_group: int = 1024, batch_pixels: int = 
             xn = np.ascontiguousarray(ckpt.normalizer.normalize_features(x), dtype="float32")
             ye = year_end_mask(time)
             ye_idx = np.flatnonzero(ye)
-            out_d = np.empty((r.size, len(time), 4), dtype="float32")
-            out_y = np.full((r.size, ye_idx.size), np.nan, dtype="float32")
-            with torch.inference_mode():
-                for i in range(0, r.size, batch_pixels):
-                    xb = torch.from_numpy(xn[i : i + batch_pixels]).to(ckpt.device)
-                    out, _ = ckpt.model(xb, None, year_end=torch.as_tensor(ye, device=ckpt.device))
-                    out_d[i : i + batch_pixels] = out["daily"].cpu().numpy()
-                    out_y[i : i + batch_pixels] = out["yield"][:, ye_idx].cpu().numpy()
+            res = run_model(ckpt.model, xn, ye, None, device=ckpt.device,
+                            batch_pixels=batch_pixels, time_block=time_block)  # fmt: skip
+            out_d, out_y = res.daily, res.yield_
             phys = ckpt.normalizer.denormalize_outputs(out_d)
             ra = np.maximum(phys[..., col["ra"]], 0)
             rh = np.maximum(phys[..., col["rh"]], 0)
@@ -1262,6 +1266,7 @@ def upscale(
     batch_pixels: int | None = None,
     device: str = "auto",
     connect_timeout: float | None = None,
+    precision: str = "fp32",
 ) -> UpscaleResult:
     """Plan and run an upscaling: the library call behind ``kgml-grid upscale``.
 
@@ -1293,6 +1298,9 @@ def upscale(
     connect_timeout : float, optional
         Seconds to wait for an existing scheduler (default
         :data:`kgml_grid.cluster.CONNECT_TIMEOUT`, 20 s).
+    precision : {'fp32', 'tf32', 'bf16'}
+        Model precision (:func:`kgml_grid.infer.precision_context`): ``fp32`` exact;
+        ``tf32`` CUDA only; ``bf16`` autocast (CUDA, or a CPU with bf16 support).
 
     Returns
     -------
@@ -1301,8 +1309,10 @@ def upscale(
     """
     from kgml_grid.checkpoint import check_device_spec
     from kgml_grid.cluster import check_n_workers
+    from kgml_grid.infer import check_precision
 
     device = check_device_spec(device)
+    check_precision(precision, "cpu" if device == "cpu" else None)  # auto/cuda: workers decide
     n_workers = check_n_workers(n_workers)
     plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs,
                      chunks=chunks, batch_pixels=batch_pixels)  # fmt: skip
@@ -1312,11 +1322,11 @@ def upscale(
         return UpscaleResult(plan, out, dry_run=True)
     check_store(plan, out, resume=resume, overwrite=overwrite)  # before a cluster starts
     if client is None and str(cluster) == "serial":
-        return SerialExecutor(progress=progress).execute(
+        return SerialExecutor(progress=progress, precision=precision).execute(
             plan, out, resume=resume, overwrite=overwrite
         )
     if client is not None:
-        return DaskExecutor(client, device=device, progress=progress).execute(
+        return DaskExecutor(client, device=device, progress=progress, precision=precision).execute(
             plan, out, resume=resume, overwrite=overwrite
         )
     from kgml_grid.cluster import close_client, make_client
@@ -1325,7 +1335,7 @@ def upscale(
         cluster or "local", n_workers=n_workers, verbose=progress, connect_timeout=connect_timeout
     )
     try:
-        return DaskExecutor(own, device=device, progress=progress).execute(
+        return DaskExecutor(own, device=device, progress=progress, precision=precision).execute(
             plan, out, resume=resume, overwrite=overwrite
         )
     finally:

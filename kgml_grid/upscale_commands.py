@@ -51,6 +51,7 @@ def _cmd_upscale(a: argparse.Namespace) -> int:
         batch_pixels=a.batch_pixels,
         device=a.device,
         connect_timeout=a.connect_timeout,
+        precision=a.precision,
     )
     print(res.summary())
     if a.maps and not a.dry_run:
@@ -138,6 +139,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     u.add_argument("--batch-pixels", type=positive_int, default=None, help="pixels per model batch")
     u.add_argument("--device", default="auto", type=device_spec,
                    help="worker device: auto (GPU if any), cpu, cuda or cuda:N")  # fmt: skip
+    u.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+                   help="model precision: fp32 (exact), tf32 (CUDA only), bf16 (autocast; deviation "
+                        "from fp32 in benchmarks/results/gpu_bench_*.json)")  # fmt: skip
     u.add_argument("--maps", metavar="DIR", help="also write annual maps of Ra, Rh, NEE (PNG) here")
     u.add_argument("--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=_cmd_upscale)
