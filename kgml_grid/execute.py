@@ -17,7 +17,9 @@ of the run's years; assembles the features with :func:`kgml_grid.features.assemb
 (gap-fill state carried like the GRU state); normalises them with the checkpoint's
 :class:`~kgml_grid.checkpoint.Normalizer`; runs the model on the crop pixels only (a
 pixel is crop when its crop type is > 0 in any year of the run; the others stay NaN),
-in batches under ``torch.inference_mode``; and writes ra, rh (clamped at >= 0),
+in batches under ``torch.inference_mode`` (:func:`kgml_grid.infer.run_model`: time blocks
+with the state carried on CPU; large batches, pinned buffers and overlapped copies on
+CUDA; ``RunConfig.precision``); and writes ra, rh (clamped at >= 0),
 reco = ra + rh, nee, the model's gpp, and the yield at year ends.
 
 Resumable output

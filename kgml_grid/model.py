@@ -240,13 +240,26 @@ class YieldHead(nn.Module):
         m, z, a : the accumulators after the chunk
         """
         bsz, _, hid = h.shape
-        s = self.score(torch.tanh(self.attn(h))).squeeze(-1)  # [B, T]
+        # under autocast (bf16 inference) the scores come back in bf16: pool in the
+        # accumulators' dtype (float32), as the state is kept
+        h = h.to(a0.dtype)
+        s = self.score(torch.tanh(self.attn(h))).squeeze(-1).to(m0.dtype)  # [B, T]
         ye = year_end.to(torch.long)
+        n_end = ye.sum(dim=1)  # [B]; the open season after the chunk is segment n_end
+        n_seg = int(n_end.max().item()) + 1 if ye.numel() else 1
+        if n_seg == 1:
+            # no season ends in the chunk (most of the engine's CPU time blocks): the same
+            # update by plain reductions, without the segment scatters
+            m1 = torch.maximum(m0.detach(), s.detach().amax(dim=1))
+            m1_safe = torch.where(torch.isfinite(m1), m1, torch.zeros_like(m1))
+            w1 = torch.exp(s - m1_safe[:, None])  # [B, T]
+            rescale1 = torch.exp(m0.detach() - m1_safe)
+            z1 = z0 * rescale1 + w1.sum(dim=1)
+            a1 = a0 * rescale1[:, None] + torch.bmm(w1[:, None, :], h).squeeze(1)
+            return torch.full_like(s, math.nan), m1, z1, a1
         # segment of each day: number of year ends strictly before it; segment 0
         # continues the season carried in (m0, z0, a0)
         seg = torch.cumsum(ye, dim=1) - ye
-        n_end = ye.sum(dim=1)  # [B]; the open season after the chunk is segment n_end
-        n_seg = int(n_end.max().item()) + 1 if ye.numel() else 1
         neg_inf = torch.full((bsz, n_seg), -math.inf, dtype=s.dtype, device=s.device)
         # the max is only a shift (the pooled state does not depend on it): no gradient
         m_init = torch.cat([m0.detach()[:, None], neg_inf[:, 1:]], dim=1)

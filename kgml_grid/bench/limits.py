@@ -80,8 +80,10 @@ def _compute_work(
     year_end: np.ndarray, threads: int, max_seconds: float | None = None,
     barrier: Any = None,
 ) -> tuple[float, int]:  # fmt: skip
-    """Run the model over batches of ``counts`` pixels (one entry per batch), each over
-    every time chunk with its state carried, on random in-memory inputs.
+    """Run the engine's model loop (:func:`kgml_grid.infer.run_model`, as
+    :func:`kgml_grid.execute.compute_block` calls it) over batches of ``counts`` pixels
+    (one entry per batch), each over every time chunk with its state carried, on random
+    in-memory inputs.
 
     Returns the seconds of the model loop and the pixel-days done (fewer than all when
     ``max_seconds`` ran out first).
@@ -89,6 +91,7 @@ def _compute_work(
     import torch
 
     from kgml_grid.checkpoint import load_checkpoint
+    from kgml_grid.infer import batch_pixels_for_device, run_model
     from kgml_grid.worker import tune_malloc
 
     torch.set_num_threads(int(threads))
@@ -96,25 +99,23 @@ def _compute_work(
     ckpt = load_checkpoint(checkpoint, device=device)
     dev = ckpt.device
     nf = ckpt.config.n_features
-    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     shapes = {(m, b - a) for m in counts for a, b in time_bounds}
-    xs = {s: torch.randn((s[0], s[1], nf), generator=g).to(dev) for s in shapes}
-    ye = [torch.as_tensor(year_end[a:b], device=dev) for a, b in time_bounds]
+    xs = {s: rng.standard_normal((s[0], s[1], nf), dtype=np.float32) for s in shapes}
     calls = [(k, ci, m) for k, m in enumerate(counts) for ci in range(len(time_bounds))]
     states: dict[int, Any] = {}
     done = 0
     if barrier is not None:
         barrier.wait()
     t0 = _time.perf_counter()
-    with torch.inference_mode():
-        for k, ci, m in calls:
-            a, b = time_bounds[ci]
-            out, states[k] = ckpt.model(xs[(m, b - a)], states.get(k), year_end=ye[ci])
-            out["daily"].float().cpu().numpy()
-            out["yield"].float().cpu().numpy()
-            done += m * (b - a)
-            if max_seconds is not None and _time.perf_counter() - t0 > max_seconds:
-                break
+    for k, ci, m in calls:
+        a, b = time_bounds[ci]
+        r = run_model(ckpt.model, xs[(m, b - a)], year_end[a:b], states.get(k), device=dev,
+                      batch_pixels=batch_pixels_for_device(m, dev))  # fmt: skip
+        states[k] = r.state
+        done += m * (b - a)
+        if max_seconds is not None and _time.perf_counter() - t0 > max_seconds:
+            break
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return _time.perf_counter() - t0, done
