@@ -219,3 +219,30 @@ def test_cuda_path_equals_cpu(model):  # pragma: no cover - no GPU on the CI mac
     for p in ("tf32", "bf16"):
         rp = run_model(gm, xn, ye, device="cuda", batch_pixels=128, precision=p)
         assert np.abs(rp.daily - ref.daily).max() < 0.1
+
+
+def test_gpu_bench_script_runs_on_cpu(tiny_world, tmp_path):
+    """``benchmarks/gpu_bench.sh --device cpu`` (what a GPU machine runs, on the CPU):
+    compute limits at fp32 and bf16 with bf16's deviation, in one JSON file."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_bench.json"
+    r = subprocess.run(
+        ["bash", str(repo / "benchmarks" / "gpu_bench.sh"), "--device", "cpu",
+         "--world", str(tiny_world.catalog), "--start", "2010-01-01", "--end", "2010-02-28",
+         "--no-end-to-end", "--work", str(tmp_path / "work"), "--out", str(out)],
+        env={**__import__("os").environ, "PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    cl = res["compute_limit"]
+    assert sorted(cl) == ["bf16", "fp32"]
+    assert cl["fp32"]["pixel_days"] == res["shape"]["crop_pixels"] * 59
+    assert cl["fp32"]["pixel_days_per_s"] > 0
+    assert 0 < cl["bf16"]["max_abs_deviation_from_fp32"] < 0.1
+    assert res["machine"]["device"] == "cpu" and "command" in res

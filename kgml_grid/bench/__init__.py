@@ -44,6 +44,9 @@ imports only modules above it):
 - :mod:`~kgml_grid.bench.peers` the two peers;
 - :mod:`~kgml_grid.bench.runners` the end-to-end runner and its instrumented cluster;
 - :mod:`~kgml_grid.bench.benchmark` :class:`BenchConfig` and :func:`run_benchmark`.
+- :mod:`~kgml_grid.bench.gpu` the GPU benchmark behind ``benchmarks/gpu_bench.sh``
+  (compute limit per precision with its deviation from fp32, end to end, at the GPU
+  shape; runs on a CPU too).
 
 The pure parts (:func:`default_shapes`, :func:`scaling_domains`, :func:`recommend`,
 :func:`acceptance`, :func:`format_markdown`) only do arithmetic on results; the

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compute_limit", "main"]
+__all__ = ["compute_limit", "main", "random_inputs"]
 
 #: CONUS x 18 years in one hour (issue 13): pixel-days per second.
 GOAL_PIXEL_DAYS_PER_S = 4.4e7
@@ -40,20 +40,29 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def random_inputs(
+    n: int, time_bounds: list[tuple[int, int]], n_features: int, seed: int = 0
+) -> list[Any]:
+    """Standardised random features ``[n, T_chunk, F]`` per time chunk, on the host."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((n, b - a, n_features), dtype=np.float32) for a, b in time_bounds]
+
+
 def compute_limit(
     model: Any,
-    n: int,
+    xs: list[Any],
     time_bounds: list[tuple[int, int]],
     year_end: Any,
     *,
     device: Any,
     batch_pixels: int,
     precision: str,
-    seed: int = 0,
     reference: list[Any] | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
-    """:func:`kgml_grid.infer.run_model` over ``n`` pixels x the chunks of ``time_bounds``
-    (random standardised inputs on the host, the same for every precision), state carried.
+    """:func:`kgml_grid.infer.run_model` over the host arrays ``xs`` (one per chunk of
+    ``time_bounds``, :func:`random_inputs`; the same for every precision), state carried.
 
     Returns the measurement and the daily outputs per chunk (for the deviations).
     """
@@ -61,9 +70,7 @@ def compute_limit(
 
     from kgml_grid.infer import run_model
 
-    rng = np.random.default_rng(seed)
-    nf = model.config.n_features
-    xs = [rng.standard_normal((n, b - a, nf), dtype=np.float32) for a, b in time_bounds]
+    n = xs[0].shape[0]
     # warm-up (CUDA context, cuDNN plans, allocator) on a small slice
     run_model(model, xs[0][: min(n, 1024), : min(30, xs[0].shape[1])], year_end[: min(30, xs[0].shape[1])],
               device=device, batch_pixels=batch_pixels, precision=precision)  # fmt: skip
@@ -86,6 +93,7 @@ def compute_limit(
         "wall_s": round(wall, 3),
         "cpu_s": round(time.process_time() - c0, 3),
         "pixel_days_per_s": round(pd_ / wall, 1),
+        "pixel_days_per_cpu_s": round(pd_ / max(time.process_time() - c0, 1e-9), 1),
         "model_calls": calls,
     }
     if reference is not None:
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compute-pixels", type=int, default=None,
                     help="pixels of the compute limit (default: the plan's crop pixels, at least "
                          "one CUDA batch on CUDA: the GPU shape does not depend on the world's size)")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of this process on CPU (default 1, as the engine's workers)")  # fmt: skip
     ap.add_argument("--no-end-to-end", action="store_true")
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
@@ -138,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     from kgml_grid.features import year_end_mask
     from kgml_grid.infer import batch_pixels_for_device, check_precision, time_block_for
     from kgml_grid.plan import make_plan
+    from kgml_grid.worker import tune_malloc
 
     device = torch.device(a.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, a.threads))
+    tune_malloc()  # as the engine's workers do
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {a.device}: CUDA is not available here (use --device cpu)")
     precs = a.precisions or (
@@ -203,14 +217,22 @@ def main(argv: list[str] | None = None) -> int:
         "compute_limit": {},
     }
     ref = None
+    xs = random_inputs(n, bounds, model.config.n_features)
     for p in precs:
-        res, outs = compute_limit(model, n, bounds, ye, device=device, batch_pixels=bsz,
-                                  precision=p, reference=ref)  # fmt: skip
+        try:
+            res, outs = compute_limit(model, xs, bounds, ye, device=device, batch_pixels=bsz,
+                                      precision=p, reference=ref)  # fmt: skip
+        except Exception as e:  # a precision the device or its libraries refuse: say so
+            if p == "fp32":
+                raise
+            result["compute_limit"][p] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            print(f"compute limit {p}: failed: {e}", file=sys.stderr)
+            continue
         if p == "fp32":
             ref = outs
         result["compute_limit"][p] = res
         print(f"compute limit {p}: {res['pixel_days_per_s']:,.0f} pixel-days/s", file=sys.stderr)
-    del ref
+    del ref, xs
     if not a.no_end_to_end:
         from kgml_grid.execute import upscale
 
