@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
               "| part | CPU s | us per pixel-day |", "| --- | --- | --- |"]  # fmt: skip
     for k, v in eb["cpu_s"].items():
         lines.append(f"| {k} | {v} | {eb['us_per_pixel_day'][k]} |")
+    lines += ["", "Each part is timed on its own (best of the repeats), so the parts do not add up "
+              "exactly to the whole; a remainder within a few per cent of the whole (either sign) "
+              "is below the noise of this shared machine: the model is nearly all of a block's CPU time."]  # fmt: skip
     lines += ["", f"Machine: {res['machine']['lscpu_head'][7:8]}, AVX-512 + AMX-BF16; load average "
               f"{res['machine']['load_average_at_start']} -> {res['machine']['load_average_at_end']} "
               "(shared machine: CPU seconds)."]  # fmt: skip
