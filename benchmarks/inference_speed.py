@@ -11,6 +11,9 @@ plans the same run and then, on each round, times
 * ``model``: the model loop alone over the same blocks' normalised features (today:
   the 0acc850 loop of ``compute_block``, copied below; this branch:
   :func:`kgml_grid.infer.run_model`),
+* ``bench_compute_limit``: the upscaling benchmark's compute limit on the same plan
+  (:func:`kgml_grid.bench.limits.run_compute_limit`, 1 process x 1 thread, wall time as
+  the benchmark reports it),
 
 in CPU seconds (``time.process_time``) and wall seconds. Rounds alternate the order
 (ABBA). The first round's outputs of both sides are compared (max |difference| of the
@@ -141,10 +144,15 @@ def worker(side: str) -> None:  # pragma: no cover - run in a subprocess
                     xn, ye = ctx["feats"][(t, c)]
                     _, _, st = loop(ckpt.model, xn, ye, st, plan.batch_pixels)
             mo = (time.process_time() - c0, time.perf_counter() - w0)
+            # the upscaling benchmark's own compute limit (kgml-grid bench) on this plan
+            from kgml_grid.bench.limits import run_compute_limit
+
+            cl = run_compute_limit(plan, threads=1)
             if msg.get("dump"):
                 np.savez(msg["dump"], **dump)
             print(json.dumps({"compute_block_cpu_s": cb[0], "compute_block_wall_s": cb[1],
                               "model_cpu_s": mo[0], "model_wall_s": mo[1],
+                              "bench_compute_limit_wall_s": cl["wall_s"],
                               "load_1min": os.getloadavg()[0]}), flush=True)  # fmt: skip
         else:
             return
@@ -287,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             s.close()
     pd_ = result["plan"]["pixel_days"]
     summary: dict[str, Any] = {}
-    for metric in ("compute_block_cpu_s", "model_cpu_s", "compute_block_wall_s", "model_wall_s"):
+    for metric in ("compute_block_cpu_s", "model_cpu_s", "bench_compute_limit_wall_s",
+                   "compute_block_wall_s", "model_wall_s"):  # fmt: skip
         best = {k: min(r[k][metric] for r in rounds) for k in ("base", "new")}
         summary[metric.replace("_s", "")] = {
             "base_pixel_days_per_s": round(pd_ / best["base"]),

@@ -35,6 +35,7 @@ AVX-512-BF16 / AMX). The state stays float32 between calls. Their deviation from
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,7 +123,8 @@ def time_block_for(batch: int, days: int, device: torch.device | str) -> int:
 
 def plan_calls(n: int, days: int, *, batch_pixels: int, time_block: int) -> list[Call]:
     """The model calls over ``n`` pixels x ``days`` days, batch by batch, each batch's
-    time blocks in order (its state is carried from one to the next).
+    time blocks in order (its state is carried from one to the next). The batches are
+    as few as ``batch_pixels`` allows and of equal size (to one pixel).
 
     Raises
     ------
@@ -133,9 +135,13 @@ def plan_calls(n: int, days: int, *, batch_pixels: int, time_block: int) -> list
         raise ValueError(f"batch_pixels must be >= 1, got {batch_pixels!r}")
     if int(time_block) < 1:
         raise ValueError(f"time_block must be >= 1 day, got {time_block!r}")
+    # as few batches as batch_pixels allows, of equal size: a small remainder batch
+    # (e.g. 6 of 150 pixels) would pay a whole batch's per-call overhead
+    n_batches = -(-n // int(batch_pixels))
+    edges = [round(k * n / n_batches) for k in range(n_batches + 1)] if n else [0]
     return [
-        Call(i, min(i + batch_pixels, n), t, min(t + time_block, days))
-        for i in range(0, n, batch_pixels)
+        Call(i0, i1, t, min(t + time_block, days))
+        for i0, i1 in itertools.pairwise(edges)
         for t in range(0, days, time_block)
     ]
 
@@ -354,7 +360,8 @@ def run_model(
             raise ValueError(f"state entries {sorted(bad)} have {next(iter(bad.values()))} "
                              f"pixels, the features {n}")  # fmt: skip
     bsz = max(1, int(batch_pixels))
-    tb = int(time_block) if time_block else time_block_for(min(bsz, max(n, 1)), days, dev)
+    n_batches = max(1, -(-n // bsz))
+    tb = int(time_block) if time_block else time_block_for(-(-max(n, 1) // n_batches), days, dev)
     calls = plan_calls(n, days, batch_pixels=bsz, time_block=tb)
     ye_idx = np.flatnonzero(ye)
     ye_pos = np.cumsum(ye) - ye  # index among year ends of each day's season end

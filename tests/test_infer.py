@@ -76,7 +76,11 @@ def test_no_pixels_and_no_year_end(model):
 
 def test_plan_calls_cover_every_pixel_day_once_batch_major():
     calls = plan_calls(10, 25, batch_pixels=4, time_block=10)
-    assert calls[:3] == [Call(0, 4, 0, 10), Call(0, 4, 10, 20), Call(0, 4, 20, 25)]
+    assert calls[:3] == [Call(0, 3, 0, 10), Call(0, 3, 10, 20), Call(0, 3, 20, 25)]
+    assert sorted({c.i1 - c.i0 for c in calls}) == [3, 4]  # 3 equal-ish batches, not 4 + 4 + 2
+    assert [(c.i0, c.i1) for c in plan_calls(150, 5, batch_pixels=144, time_block=5)] == [
+        (0, 75), (75, 150)]  # fmt: skip
+    assert plan_calls(0, 5, batch_pixels=4, time_block=5) == []
     seen = np.zeros((10, 25), dtype=int)
     for c in calls:
         seen[c.i0 : c.i1, c.t0 : c.t1] += 1
