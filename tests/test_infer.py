@@ -250,3 +250,15 @@ def test_gpu_bench_script_runs_on_cpu(tiny_world, tmp_path):
     assert cl["fp32"]["pixel_days_per_s"] > 0
     assert 0 < cl["bf16"]["max_abs_deviation_from_fp32"] < 0.1
     assert res["machine"]["device"] == "cpu" and "command" in res
+
+
+def test_upscale_refuses_tf32_on_cpu_before_anything(tmp_path):
+    from kgml_grid.execute import SerialExecutor, upscale
+
+    out = tmp_path / "o.zarr"
+    with pytest.raises(ValueError, match="precision 'tf32' needs a CUDA device"):
+        upscale(tmp_path / "no_catalog.yaml", tmp_path / "no_model", out, device="cpu",
+                precision="tf32", cluster="serial")  # fmt: skip
+    assert not out.exists()
+    with pytest.raises(ValueError, match="precision 'half' is not one of fp32, tf32, bf16"):
+        SerialExecutor(precision="half")
