@@ -213,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
                                   "harvest date, biomass change too)",
                      "soc": "simulator rerun with the initial SOC pool x 1.1 (GPP does not depend on it)"},
                  "sensitivity": {}}  # fmt: skip
+    # the simulator's Rh response split into residue (litter) and SOC decomposition
+    res["simulator_rh_split"] = {
+        k: {part: float(np.nanmean(np.where(crop, (ds[part] - sim0[part]).sel(year=scored).values, np.nan)))
+            for part in ("rh_residue", "rh_soc")} for k, ds in sim.items()}  # fmt: skip
+    res["simulator_rh_split"]["base"] = {
+        part: float(np.nanmean(np.where(crop, sim0[part].sel(year=scored).values, np.nan)))
+        for part in ("rh_residue", "rh_soc")}  # fmt: skip
     m_sens = {
         d: {v: (pert[d][v] - base[v]).sel(year=scored).values for v in ("ra", "rh")} for d in pert
     }

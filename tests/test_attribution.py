@@ -59,6 +59,9 @@ def test_held_growth_rerun_keeps_gpp_and_changes_only_respiration(tiny_world):
     # maintenance respiration has a Q10 > 1: with the same GPP, warmer plants respire more
     assert ((held["ra"] - base["ra"]).values[crop] > 0).all()
     assert not np.allclose(held["rh"].values, full["rh"].values)
+    # Rh's two parts add up to it (each summed from float32 days)
+    for ds in (base, held):
+        np.testing.assert_allclose(ds["rh_residue"] + ds["rh_soc"], ds["rh"], rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ streams (same seed: same soil, crops, weather, planting dates) with one driver c
 air temperature + ``tair_offset`` degC on every day (the other weather unchanged, as the
 model's perturbation changes only its temperature input: VPD, shortwave and precipitation
 are the baseline's), or the initial soil organic carbon x ``soc_factor`` (the pool then
-evolves through the spin-up and the run). Only annual sums of Ra, Rh and GPP are kept;
+evolves through the spin-up and the run). Only annual sums of Ra, Rh (and its two parts:
+residue and SOC decomposition) and GPP are kept;
 nothing is written. A rerun without perturbation reproduces the world's truth cube
 (tested), which is what makes the difference the simulator's response.
 
@@ -47,7 +48,8 @@ def annual_truth(
     hold_growth: bool = False,
     years: tuple[int, int] | None = None,
 ) -> xr.Dataset:
-    """Annual Ra, Rh and GPP (g C m-2 yr-1, ``(year, y, x)``) of a world's simulator, rerun.
+    """Annual Ra, Rh, GPP (g C m-2 yr-1, ``(year, y, x)``) of a world's simulator, rerun;
+    ``rh_residue`` and ``rh_soc`` split Rh into residue (litter) and SOC decomposition.
 
     Parameters
     ----------
@@ -118,7 +120,7 @@ def annual_truth(
         for doy in range(1, 366):
             step(doy)
     n = grid.ny * grid.nx
-    sums = {v: np.zeros((len(year_list), n)) for v in ("ra", "rh", "gpp")}
+    sums = {v: np.zeros((len(year_list), n)) for v in ("ra", "rh", "gpp", "rh_residue", "rh_soc")}
     cur = None
     for day in _days(pr.years):
         if day.year != cur:

@@ -238,7 +238,8 @@ class _Simulator:
             s.litter = s.litter + np.where(done, s.biomass - grain, 0.0)
             s.biomass = np.where(done, 0.0, s.biomass)
             s.harvested |= done
-        return {"gpp": g, "ra": ra, "rh": rh, "lai": lai, "theta": s.theta, "tsoil": s.tsoil}
+        return {"gpp": g, "ra": ra, "rh": rh, "lai": lai, "theta": s.theta, "tsoil": s.tsoil,
+                "rh_residue": (1.0 - cp.humification) * d_l, "rh_soc": d_s}  # fmt: skip
 
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
