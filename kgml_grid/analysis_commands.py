@@ -160,8 +160,7 @@ def _cmd_ensemble(a: argparse.Namespace) -> int:
 
     res = run_ensemble(a.catalog, a.models, a.out, zones=a.zones, zone_field=a.zone_field, table=a.table,
                        by=a.by, start=a.start, end=a.end, bbox=a.bbox, bbox_crs=a.bbox_crs, chunks=a.chunks,
-                       overwrite=a.overwrite)  # fmt: skip
-    print(res["plan"])
+                       overwrite=a.overwrite, on_plan=lambda ep: print(ep, flush=True))  # fmt: skip
     st = res["stats"]
     for v in ("ra", "rh", "nee"):
         m, sd = float(st[f"{v}_mean"].mean()), float(st[f"{v}_std"].mean())

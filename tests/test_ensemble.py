@@ -96,7 +96,9 @@ def _halves(grid, path: Path) -> Path:
     return path
 
 
-def test_ensemble_cli_writes_mean_spread_and_budget_range(tiny_world, members, tmp_path, capsys):
+def test_ensemble_cli_writes_mean_spread_and_budget_range(
+    tiny_world, members, tmp_path, capsys, monkeypatch
+):
     from kgml_grid.cli import main
 
     zones = _halves(tiny_world.grid, tmp_path / "halves.geojson")
@@ -107,14 +109,29 @@ def test_ensemble_cli_writes_mean_spread_and_budget_range(tiny_world, members, t
     # refused before anything is written: a table of an unknown format, a table without zones
     assert main([*args, "--table", str(tmp_path / "t.txt")]) == 2
     assert "--table" in capsys.readouterr().err and not out.exists()
-    assert main(args[:8] + ["--table", str(tmp_path / "t.csv")]) == 2
+    assert main([*args[:8], "--table", str(tmp_path / "t.csv")]) == 2
     assert "a budget table needs --zones" in capsys.readouterr().err and not out.exists()
     assert main([*args[:7], str(members[0] / "ens.zarr"), *args[8:]]) == 2  # inside a checkpoint
     assert "checkpoint" in capsys.readouterr().err and not (members[0] / "ens.zarr").exists()
 
-    assert main(args) == 0
+    # the ensemble's cost is printed once the checks pass, before anything is computed
+    import kgml_grid.analysis.ensemble as ens
+
+    def stop(*a, **k):
+        raise RuntimeError("not computing")
+
+    monkeypatch.setattr(ens, "ensemble_predict", stop)
+    assert main(args) == 1
     printed = capsys.readouterr().out
     assert "ensemble of 2 members (seed4, seed5)" in printed and "tasks" in printed
+    assert "pixel-days" in printed and not out.exists()
+    monkeypatch.undo()
+
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "ensemble of 2 members (seed4, seed5)" in printed and "annual rh: ensemble mean" in printed
+    )
     st = xr.open_zarr(out, consolidated=False)
     assert st.attrs["kgml_grid_output"] == "ensemble"
     assert st["rh_annual"].dims == ("member", "year", "y", "x")

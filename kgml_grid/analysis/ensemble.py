@@ -10,7 +10,7 @@ chain on the same blocks); :func:`ensemble_stats` gives per-pixel annual mean an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,7 @@ def run_ensemble(
     by: str = "year",
     client: Any = None,
     overwrite: bool = False,
+    on_plan: Callable[[EnsemblePlan], Any] | None = None,
     **plan_kw: Any,
 ) -> dict[str, Any]:
     """``kgml-grid ensemble``: upscale every member together; per-pixel mean and spread
@@ -189,6 +190,9 @@ def run_ensemble(
     zones, zone_field, table, by
         Zone file and its naming property (:func:`~kgml_grid.analysis.zones.read_zones`), budget table (``.csv``
         or ``.parquet``; default ``<out>_budget.csv`` beside the store) and its period.
+    on_plan : callable, optional
+        Called with the :class:`EnsemblePlan` (its cost) once every check has passed,
+        before anything is computed (the CLI prints it).
     plan_kw
         ``start``, ``end``, ``bbox``, ``bbox_crs``, ``chunks``: as
         :func:`kgml_grid.plan.make_plan`, the same for every member.
@@ -245,6 +249,8 @@ def run_ensemble(
         zs = read_zones(zones, grid, field=zone_field)
     elif table is not None:
         raise PlanError(f"--table {table}: a budget table needs --zones")
+    if on_plan is not None:
+        on_plan(eplan)
     ds = ensemble_predict(eplan, client=client)
     tot = period_totals(ds, STORE_VARIABLES, "year")
     lazy_budgets = []
