@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="the pre-trained checkpoint")
     ap.add_argument("--work", required=True, help="scratch folder (members, the ensemble store)")
     ap.add_argument("--results", default="benchmarks/results")
+    ap.add_argument(
+        "--start", default=None, help="first day of the ensemble run (default: the cubes')"
+    )
+    ap.add_argument(
+        "--end", default=None, help="last day of the ensemble run (default: the cubes')"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument(
         "--leave-out",
@@ -53,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         "--finetune-minutes", type=float, default=1.0, help="wall budget of each fine-tuning"
     )
     ap.add_argument("--holdout-years", type=int, default=2, help="each tower's last years held out")
+    ap.add_argument(
+        "--epochs-heads", type=int, default=5, help="heads-only epochs of each fine-tuning"
+    )
     ap.add_argument("--epochs", type=int, default=8, help="all-modules epochs of each fine-tuning")
     a = ap.parse_args(argv)
     from kgml_grid.analysis.figures import field_maps
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         out = work / name
         cmd = ["finetune", "--model", a.model, "--fluxnet", *map(str, (site[s] for s in sites)),
                "--site-meta", *map(str, (meta[s] for s in sites)), "--out", str(out), "--seed", str(seed),
-               "--epochs", str(a.epochs), "--holdout-years", str(a.holdout_years), "--max-minutes", str(a.finetune_minutes), "--threads", "1",
+               "--epochs-heads", str(a.epochs_heads), "--epochs", str(a.epochs), "--holdout-years", str(a.holdout_years), "--max-minutes", str(a.finetune_minutes), "--threads", "1",
                "--quiet", "--overwrite"]  # fmt: skip
         t, c = time.time(), _cpu_s()
         with contextlib.redirect_stdout(io.StringIO()):
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     store = work / "ensemble.zarr"
     table = results / "ensemble_demo_budget.csv"
     cmd = ["ensemble", "--catalog", str(world / "catalog.yaml"), "--models", *map(str, members), "--out", str(store),
-           "--zones", str(zones), "--table", str(table), "--chunks", "time=365", "--overwrite"]  # fmt: skip
+           "--zones", str(zones), "--table", str(table), "--chunks", "time=365", "--overwrite",
+           *(["--start", a.start] if a.start else []), *(["--end", a.end] if a.end else [])]  # fmt: skip
     t, c = time.time(), _cpu_s()
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
