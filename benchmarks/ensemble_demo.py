@@ -8,7 +8,7 @@ of ``attribution_demo.py``: per-pixel annual mean and spread, and budgets with t
 members' range.
 
 Writes ``ensemble_demo.json`` / ``.md``, ``ensemble_demo_budget.csv`` (+ ``.json``, ``.png``)
-and ``ensemble_demo_spread.png`` into ``--results``.
+``ensemble_demo_mean.png`` and ``ensemble_demo_spread.png`` into ``--results``.
 
 Usage::
 
@@ -32,6 +32,20 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attribution_demo import _cpu_s, _machine, _quadrants
+
+
+def spread_maps(sc: xr.Dataset, results: Path, title: str) -> list[Path]:
+    """Maps of the ensemble mean and, on their own colour scale, the members' spread."""
+    from kgml_grid.analysis.figures import field_maps
+
+    ym = sc.mean("year")
+    return [field_maps([("annual NEE", ym["nee_mean"]), ("annual Rh", ym["rh_mean"]), ("annual Ra", ym["ra_mean"])],
+                       results / "ensemble_demo_mean.png", units="g C m-2 yr-1", title=f"{title}: members' mean",
+                       ncol=3),
+            field_maps([("std of annual NEE", ym["nee_std"]), ("std of annual Rh", ym["rh_std"]),
+                        ("std of annual Ra", ym["ra_std"])],
+                       results / "ensemble_demo_spread.png", units="g C m-2 yr-1",
+                       title=f"{title}: members' spread (std)", ncol=3)]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--epochs", type=int, default=8, help="all-modules epochs of each fine-tuning")
     a = ap.parse_args(argv)
-    from kgml_grid.analysis.figures import field_maps
     from kgml_grid.cli import main as kgml
     from kgml_grid.plan import make_plan
 
@@ -139,11 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                                              for k in ("zone_name", "year", "nee_TgC", "nee_TgC_min", "nee_TgC_max",
                                                        "rh_gCm2", "rh_gCm2_min", "rh_gCm2_max")}
                                             for _, r in ball.iterrows()]}  # fmt: skip
-    ym = sc.mean("year")
-    field_maps([("ensemble mean annual NEE", ym["nee_mean"]), ("members' std of annual NEE", ym["nee_std"]),
-                ("ensemble mean annual Rh", ym["rh_mean"]), ("members' std of annual Rh", ym["rh_std"])],
-               results / "ensemble_demo_spread.png", units="g C m-2 yr-1",
-               title=f"{len(members)}-member ensemble, mean {first}-{int(st['year'].values[-1])}", ncol=4)  # fmt: skip
+    spread_maps(
+        sc, results, f"{len(members)}-member ensemble, mean {first}-{int(st['year'].values[-1])}"
+    )
     timings["total"] = {"wall_s": round(time.time() - t0, 1), "cpu_s": round(_cpu_s() - c0, 1)}
     res.update(timings=timings, commands=commands, command="python " + " ".join(sys.argv), machine=_machine(),
                load_before=load_before, load_after=[round(x, 2) for x in os.getloadavg()])  # fmt: skip

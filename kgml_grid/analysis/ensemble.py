@@ -348,7 +348,7 @@ def range_chart(table: pd.DataFrame, path: Any, *, by: str = "year", variables: 
         if v == "nee":
             ax.axhline(0, color="0.5", lw=0.8)
         ax.set_title(
-            f"{_LABELS.get(v, v)}: ensemble mean, band = members' range\ng C m-2 per {by}",
+            f"{_LABELS.get(v, v)}\nmean, band: members' range (g C m-2 per {by})",
             fontsize=9,
         )
         ax.set_ylabel(f"g C m-2 per {by}")
