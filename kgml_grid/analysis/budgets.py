@@ -79,7 +79,9 @@ def period_totals(ds: xr.Dataset, variables: Sequence[str], by: str = "year") ->
         raise ValueError(
             f"no variable {missing} in the dataset; it has {sorted(map(str, ds.data_vars))}"
         )
-    sub = ds[list(variables)].drop_vars("year", errors="ignore")
+    # float64 sums: a float32 year of daily values loses ~1e-4 g C m-2 to the order of the
+    # additions, which depends on the chunking (and a sensitivity is a difference of two sums)
+    sub = ds[list(variables)].drop_vars("year", errors="ignore").astype("float64")
     sub = sub.drop_vars(
         [c for c in sub.coords if c not in sub.dims]
     )  # spatial_ref etc.: not in tables
