@@ -12,23 +12,9 @@ import xarray as xr
 
 __all__ = ["BudgetResult", "add_parsers", "run_budget"]
 
-TABLE_SUFFIXES = (".csv", ".parquet")
-SIDECAR_KEY = "kgml_grid_budget"
-
 
 class BudgetResult(dict):
     """Paths written by :func:`run_budget` (``table``, ``chart``, ``meta``) and ``rows``."""
-
-
-def _sidecar(table: Path) -> Path:
-    return table.with_name(table.name + ".json")
-
-
-def _ours(meta: Path) -> bool:
-    try:
-        return bool(json.loads(meta.read_text()).get(SIDECAR_KEY))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def open_upscaled(store: str | Path) -> tuple[xr.Dataset, dict[str, Any]]:
@@ -88,42 +74,39 @@ def run_budget(
     """
     from kgml_grid import cubes, outputs
     from kgml_grid.analysis.area import cell_area
-    from kgml_grid.analysis.budgets import BY, budget_chart, budget_table, zone_budgets
+    from kgml_grid.analysis.budgets import (
+        BY,
+        SIDECAR_KEY,
+        budget_chart,
+        budget_table,
+        check_table_path,
+        is_our_sidecar,
+        sidecar_path,
+        write_table,
+        zone_budgets,
+    )
     from kgml_grid.analysis.zones import read_zones
 
     out = Path(out)
-    if out.suffix.lower() not in TABLE_SUFFIXES:
-        raise ValueError(
-            f"--out {out}: unknown table format {out.suffix!r}; expected .csv or .parquet"
-        )
-    if out.suffix.lower() == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ValueError(f"--out {out}: Parquet needs the 'pyarrow' package (pip install pyarrow); "
-                             "or write a .csv table") from None  # fmt: skip
+    check_table_path(out)
     if by not in BY:
         raise ValueError(f"--by {by!r}: expected one of {', '.join(BY)}")
     chart = Path(chart) if chart else out.with_suffix(".png")
-    meta = _sidecar(out)
+    meta = sidecar_path(out)
     ds, plan = open_upscaled(store)
     inputs = [
         ("the upscaling store", store),
         ("the zone file", zones),
         ("the crop cube", plan["paths"]["crop"]),
     ]
-    outputs.check_files([out, chart, meta], ours=_ours(meta), what="a budget table", inputs=inputs,
+    outputs.check_files([out, chart, meta], ours=is_our_sidecar(meta), what="a budget table", inputs=inputs,
                         overwrite=overwrite)  # fmt: skip
     grid = cubes.grid_of(ds, source=str(store), layer="upscale")
     zs = read_zones(zones, grid, field=field)
     crop_type, share = crop_of_store(plan) if use_crop else (None, None)
     b = zone_budgets(ds, zs, by=by, area=cell_area(grid), share=share, crop_type=crop_type)
     table = budget_table(b)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".csv":
-        table.to_csv(out, index=False, float_format="%.6g")
-    else:
-        table.to_parquet(out, index=False)
+    write_table(table, out)
     budget_chart(table, chart, by=by, title=f"{Path(store).name} by {Path(zones).name}")
     from kgml_grid import __version__
 
@@ -172,8 +155,27 @@ def _cmd_attribute(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensemble(a: argparse.Namespace) -> int:
+    from kgml_grid.analysis.ensemble import run_ensemble
+
+    res = run_ensemble(a.catalog, a.models, a.out, zones=a.zones, zone_field=a.zone_field, table=a.table,
+                       by=a.by, start=a.start, end=a.end, bbox=a.bbox, bbox_crs=a.bbox_crs, chunks=a.chunks,
+                       overwrite=a.overwrite, on_plan=lambda ep: print(ep, flush=True))  # fmt: skip
+    st = res["stats"]
+    for v in ("ra", "rh", "nee"):
+        m, sd = float(st[f"{v}_mean"].mean()), float(st[f"{v}_std"].mean())
+        print(
+            f"annual {v}: ensemble mean {m:.1f}, member spread (std) {sd:.1f} g C m-2 yr-1 (crop pixels, years)"
+        )
+    print(f"ensemble: {res['out']}")
+    if "table" in res:
+        print(f"budget: {len(res['frame'])} rows with the members' range -> {res['table']}")
+        print(f"chart: {res['chart']}")
+    return 0
+
+
 def add_parsers(subparsers: Any) -> None:
-    """Register ``budget`` on the ``kgml-grid`` sub-command parsers."""
+    """Register ``budget``, ``attribute`` and ``ensemble`` on the ``kgml-grid`` sub-command parsers."""
     b = subparsers.add_parser(
         "budget", help="regional carbon budgets of an upscaling store by zones (table + chart)",
         description="Sum the daily fluxes of OUT.zarr by zone (polygons rasterised onto the grid, or a "
@@ -245,3 +247,45 @@ def add_parsers(subparsers: Any) -> None:
         help="replace an attribution store (and --maps) kgml_grid wrote",
     )
     t.set_defaults(func=_cmd_attribute)
+
+    e = subparsers.add_parser(
+        "ensemble", help="uncertainty: upscale several checkpoints together (mean, spread, budget range)",
+        description="Plan every member on the same grid, years and chunks (the plan prints the ensemble's "
+                    "cost), upscale them together, and write per-pixel annual Ra, Rh, Reco, NEE of each "
+                    "member with their mean, std and range; with --zones also a budget table whose numbers "
+                    "carry the members' min and max.",
+    )  # fmt: skip
+    e.add_argument("--catalog", required=True, help="catalog of the input cubes")
+    e.add_argument("--models", required=True, nargs="+", metavar="MODEL",
+                   help="checkpoint directories (at least two: seeds, leave-one-tower-out fine-tunings)")  # fmt: skip
+    e.add_argument("--out", required=True, help="output Zarr store (annual members, mean, spread)")
+    e.add_argument(
+        "--zones", help="GeoJSON, GeoPackage or Shapefile polygons, or a GeoTIFF of zone ids"
+    )
+    e.add_argument(
+        "--zone-field",
+        default=None,
+        help="property naming the zones (default NAME, name, GEOID or id)",
+    )
+    e.add_argument(
+        "--table", help="budget table, .csv or .parquet (default: OUT's name + _budget.csv)"
+    )
+    e.add_argument(
+        "--by",
+        default="year",
+        choices=["year", "season", "month"],
+        help="period of the budget sums",
+    )
+    e.add_argument("--start", help="first day, YYYY-MM-DD (default: first day of the cubes)")
+    e.add_argument("--end", help="last day, YYYY-MM-DD (default: last day of the cubes)")
+    e.add_argument("--bbox", metavar="W,S,E,N", help="sub-domain in the grid's CRS (or --bbox-crs)")
+    e.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326")
+    e.add_argument(
+        "--chunks", metavar="y=N,x=N,time=N", help="tile and time-chunk sizes as for upscale"
+    )
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an ensemble store (and table) kgml_grid wrote",
+    )
+    e.set_defaults(func=_cmd_ensemble)

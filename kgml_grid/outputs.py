@@ -89,6 +89,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("upscale", "an upscaling output store (Zarr)", store=True),
     Kind("scratch", "a benchmark's scratch store (Zarr)", store=True),
     Kind("attribution", "a controlling-factor store (Zarr)", store=True),
+    Kind("ensemble", "an ensemble's annual mean and spread store (Zarr)", store=True),
     Kind("records", "the block records of an upscaling store",
          entries={"plan.json": None, "inputs.json": None, "done": None, "state": None, **_TMP}),
     Kind("towers", "the towers of a synthetic world", marked=False,

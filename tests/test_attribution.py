@@ -42,6 +42,28 @@ def test_simulator_rerun_reproduces_the_truth_and_responds(tiny_world):
         annual_truth(tiny_world.root / "towers")
 
 
+def test_held_growth_rerun_keeps_gpp_and_changes_only_respiration(tiny_world):
+    years = (2010, 2011)
+    base = annual_truth(tiny_world.root, years=years)
+    # no perturbation: the lockstep run is the baseline, bit for bit
+    same = annual_truth(tiny_world.root, hold_growth=True, years=years)
+    for v in ("ra", "rh", "gpp"):
+        np.testing.assert_array_equal(same[v].values, base[v].values, err_msg=v)
+    full = annual_truth(tiny_world.root, tair_offset=1.0, years=years)
+    held = annual_truth(tiny_world.root, tair_offset=1.0, hold_growth=True, years=years)
+    assert held.attrs["hold_growth"] == 1 and full.attrs["hold_growth"] == 0
+    crop = base["gpp"].values > 0
+    # the full rerun has its own growth; the held one the baseline's GPP exactly
+    assert np.abs(full["gpp"].values - base["gpp"].values)[crop].max() > 1.0
+    np.testing.assert_array_equal(held["gpp"].values, base["gpp"].values)
+    # maintenance respiration has a Q10 > 1: with the same GPP, warmer plants respire more
+    assert ((held["ra"] - base["ra"]).values[crop] > 0).all()
+    assert not np.allclose(held["rh"].values, full["rh"].values)
+    # Rh's two parts add up to it (each summed from float32 days)
+    for ds in (base, held):
+        np.testing.assert_allclose(ds["rh_residue"] + ds["rh_soc"], ds["rh"], rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.slow
 def test_sensitivities_are_exact_across_time_chunkings(tiny_world, ckpt):
     args = dict(start="2010-01-01", end="2011-12-31", bbox=None)

@@ -129,3 +129,25 @@ def test_budget_refuses_before_writing(store, halves, tmp_path, capsys):
                  "--chart", str(zones)]) == 2  # fmt: skip
     assert "is the zone file" in capsys.readouterr().err
     assert not new.exists() and not new.with_suffix(".png").exists()
+
+
+def test_budget_parquet_table_equals_the_csv(store, halves, tmp_path, monkeypatch, capsys):
+    zones, _ = halves
+    pq = tmp_path / "b.parquet"
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "pyarrow", None)  # as if the extra were not installed
+        assert main(["budget", str(store), "--zones", str(zones), "--out", str(pq)]) == 2
+        assert "Parquet needs the 'pyarrow' package" in capsys.readouterr().err and not pq.exists()
+    pytest.importorskip(
+        "pyarrow", reason="the [analysis] extra (pyarrow) is not installed: Parquet untested"
+    )
+    csv = tmp_path / "c.csv"  # its own chart (c.png)
+    assert main(["budget", str(store), "--zones", str(zones), "--out", str(csv)]) == 0
+    assert main(["budget", str(store), "--zones", str(zones), "--out", str(pq)]) == 0
+    a, b = pd.read_csv(csv), pd.read_parquet(pq)
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0
+    num = [c for c in a.columns if pd.api.types.is_float_dtype(a[c])]
+    np.testing.assert_allclose(
+        b[num].to_numpy(float), a[num].to_numpy(float), rtol=1e-5
+    )  # CSV: 6 digits
+    assert (b["zone_name"] == a["zone_name"]).all() and (tmp_path / "b.png").exists()

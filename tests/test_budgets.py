@@ -4,6 +4,7 @@ cell areas."""
 from __future__ import annotations
 
 import json
+import sys
 
 import dask
 import numpy as np
@@ -231,25 +232,58 @@ def test_cell_areas_projected_and_geographic():
     np.testing.assert_allclose(world, 5.10065621724e14, rtol=1e-6)
 
 
-def test_geopackage_zones_need_fiona_or_read_like_geojson(tmp_path):
-    p = tmp_path / "z.gpkg"
-    try:
-        import fiona
-    except ImportError:
+FIONA_REASON = "the [analysis] extra (fiona) is not installed: GeoPackage/Shapefile zones untested"
+
+
+def test_polygon_files_without_fiona_are_refused_naming_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fiona", None)  # as if the extra were not installed
+    for name in ("z.gpkg", "z.shp"):
+        p = tmp_path / name
         p.write_bytes(b"")
+        suffix = p.suffix
         with pytest.raises(
-            ZoneError, match=r"z.gpkg: reading .gpkg files needs the 'fiona' package .*ogr2ogr"
+            ZoneError, match=rf"{name}: reading \{suffix} files needs the 'fiona' package .*ogr2ogr"
         ):
             read_zones(p, GRID)
-        return
-    schema = {"geometry": "Polygon", "properties": {"NAME": "str"}}
-    with fiona.open(p, "w", driver="GPKG", crs=GRID.crs, schema=schema) as dst:
-        dst.write({"geometry": square(0, 0, 3000, 5000), "properties": {"NAME": "west"}})
+
+
+@pytest.mark.parametrize(
+    ("name", "driver", "crs"),
+    [("z.gpkg", "GPKG", "EPSG:5070"), ("z.shp", "ESRI Shapefile", "EPSG:4326")],
+    ids=["geopackage-grid-crs", "shapefile-lonlat"],
+)
+def test_geopackage_and_shapefile_zones_read_like_geojson(tmp_path, name, driver, crs):
+    fiona = pytest.importorskip("fiona", reason=FIONA_REASON)
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(GRID.crs, crs, always_xy=True)
+
+    def box(x0, y0, x1, y1, n=20):  # densified, so that the reprojected edges stay straight in x/y
+        xs = np.r_[np.linspace(x0, x1, n), np.full(n, x1), np.linspace(x1, x0, n), np.full(n, x0)]
+        ys = np.r_[np.full(n, y0), np.linspace(y0, y1, n), np.full(n, y1), np.linspace(y1, y0, n)]
+        a, b = tr.transform(xs, ys)
+        return {
+            "type": "Polygon",
+            "coordinates": [[(float(u), float(v)) for u, v in zip(a, b, strict=True)]],
+        }
+
+    p = tmp_path / name
+    schema = {"geometry": "Polygon", "properties": {"NAME": "str", "GEOID": "str"}}
+    with fiona.open(p, "w", driver=driver, crs=crs, schema=schema) as dst:
+        dst.write(
+            {"geometry": box(-10, -10, 3000, 5010), "properties": {"NAME": "west", "GEOID": "01"}}
+        )
+        dst.write(
+            {"geometry": box(3000, 2000, 6010, 5010), "properties": {"NAME": "east", "GEOID": "02"}}
+        )
     z = read_zones(p, GRID)
-    assert z.names == {1: "west"}
-    assert (z.ids.values[:, GRID.x < 3000] == 1).all() and (
-        z.ids.values[:, GRID.x > 3000] == 0
-    ).all()
+    assert z.names == {1: "west", 2: "east"}
+    xs, ys = GRID.x[None, :], GRID.y[:, None]
+    want = np.where(xs < 3000, 1, np.where(ys > 2000, 2, 0)) * np.ones(GRID.shape, int)
+    np.testing.assert_array_equal(z.ids.values, want)
+    assert read_zones(p, GRID, field="GEOID").names == {1: "01", 2: "02"}
+    with pytest.raises(ZoneError, match=rf"{name}: no property 'STATE' \(--zone-field\)"):
+        read_zones(p, GRID, field="STATE")
 
 
 def test_crop_share_scales_areas_and_totals_not_means():

@@ -19,7 +19,9 @@ the table's years of the same zone, crop and season/month).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,12 +31,27 @@ import xarray as xr
 from kgml_grid.analysis.zones import Zones
 from kgml_grid.schema import CROP_CODES
 
-__all__ = ["BY", "budget_chart", "budget_table", "period_totals", "zone_budgets"]
+__all__ = [
+    "BY",
+    "SIDECAR_KEY",
+    "TABLE_SUFFIXES",
+    "budget_chart",
+    "budget_table",
+    "check_table_path",
+    "is_our_sidecar",
+    "period_totals",
+    "sidecar_path",
+    "write_table",
+    "zone_budgets",
+]
 
 BY = ("year", "season", "month")
 SEASONS = ("DJF", "MAM", "JJA", "SON")
 VARIABLES = ("ra", "rh", "reco", "nee", "gpp")
 G_PER_TG = 1e12
+#: Formats of a budget table, and the key marking its JSON sidecar as written by kgml_grid.
+TABLE_SUFFIXES = (".csv", ".parquet")
+SIDECAR_KEY = "kgml_grid_budget"
 #: flox method: "map-reduce" everywhere. flox 0.11.2's automatic choice ("cohorts") gave
 #: wrong zone sums over a space-chunked (y, x) reduction (found by the property test).
 METHOD = "map-reduce"
@@ -62,7 +79,9 @@ def period_totals(ds: xr.Dataset, variables: Sequence[str], by: str = "year") ->
         raise ValueError(
             f"no variable {missing} in the dataset; it has {sorted(map(str, ds.data_vars))}"
         )
-    sub = ds[list(variables)].drop_vars("year", errors="ignore")
+    # float64 sums: a float32 year of daily values loses ~1e-4 g C m-2 to the order of the
+    # additions, which depends on the chunking (and a sensitivity is a difference of two sums)
+    sub = ds[list(variables)].drop_vars("year", errors="ignore").astype("float64")
     sub = sub.drop_vars(
         [c for c in sub.coords if c not in sub.dims]
     )  # spatial_ref etc.: not in tables
@@ -249,3 +268,39 @@ def crop_layers(
     if "corn_fraction" in c and "soybean_fraction" in c:
         share = (c["corn_fraction"] + c["soybean_fraction"]).clip(0, 1)
     return c["crop_type"], share
+
+
+def sidecar_path(table: Path) -> Path:
+    """The JSON sidecar of a budget table (``<table>.json``)."""
+    return table.with_name(table.name + ".json")
+
+
+def is_our_sidecar(meta: Path) -> bool:
+    """Whether ``meta`` is a budget sidecar kgml_grid wrote (so its table may be replaced)."""
+    try:
+        return bool(json.loads(meta.read_text()).get(SIDECAR_KEY))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_table_path(table: Path, option: str = "--out") -> None:
+    """Refuse a table path of an unknown format, or Parquet without pyarrow, naming it."""
+    if table.suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(
+            f"{option} {table}: unknown table format {table.suffix!r}; expected .csv or .parquet"
+        )
+    if table.suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{option} {table}: Parquet needs the 'pyarrow' package (pip install pyarrow); "
+                             "or write a .csv table") from None  # fmt: skip
+
+
+def write_table(frame: pd.DataFrame, table: Path) -> None:
+    """Write a budget table as CSV or Parquet (by its suffix)."""
+    table.parent.mkdir(parents=True, exist_ok=True)
+    if table.suffix.lower() == ".csv":
+        frame.to_csv(table, index=False, float_format="%.6g")
+    else:
+        frame.to_parquet(table, index=False)

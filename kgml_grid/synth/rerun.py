@@ -3,11 +3,24 @@
 The simulator's sensitivity is known exactly by running it again on the same random
 streams (same seed: same soil, crops, weather, planting dates) with one driver changed:
 air temperature + ``tair_offset`` degC on every day (the other weather unchanged, as the
-model's perturbation changes only its temperature input), or the initial soil organic
-carbon x ``soc_factor`` (the pool then evolves through the spin-up and the run). Only
-annual sums of Ra and Rh are kept; nothing is written. A rerun without perturbation
-reproduces the world's truth cube (tested), which is what makes the difference the
-simulator's response.
+model's perturbation changes only its temperature input: VPD, shortwave and precipitation
+are the baseline's), or the initial soil organic carbon x ``soc_factor`` (the pool then
+evolves through the spin-up and the run). Only annual sums of Ra, Rh (and its two parts:
+residue and SOC decomposition) and GPP are kept;
+nothing is written. A rerun without perturbation reproduces the world's truth cube
+(tested), which is what makes the difference the simulator's response.
+
+Two definitions of the +1 degC response:
+
+* ``hold_growth=False`` (the *full* response): the warmer run has its own phenology
+  (growing degree days, so season length and harvest date), photosynthesis and hence its
+  own GPP, biomass and residue.
+* ``hold_growth=True`` (the *like-for-like* response, what the model is asked): the model's
+  perturbation changes its air-temperature input and holds its satellite-GPP input, so
+  the simulator is rerun in lockstep with its baseline and takes the baseline's phenology
+  (growing degree days from the baseline temperature) and GPP on every day; temperature
+  then acts only through respiration (Ra maintenance Q10, soil temperature -> Rh) and
+  evaporation (soil moisture -> Rh). Both runs draw the same random streams.
 """
 
 from __future__ import annotations
@@ -32,9 +45,11 @@ def annual_truth(
     *,
     tair_offset: float = 0.0,
     soc_factor: float = 1.0,
+    hold_growth: bool = False,
     years: tuple[int, int] | None = None,
 ) -> xr.Dataset:
-    """Annual Ra and Rh (g C m-2 yr-1, ``(year, y, x)``) of a world's simulator, rerun.
+    """Annual Ra, Rh, GPP (g C m-2 yr-1, ``(year, y, x)``) of a world's simulator, rerun;
+    ``rh_residue`` and ``rh_soc`` split Rh into residue (litter) and SOC decomposition.
 
     Parameters
     ----------
@@ -44,6 +59,9 @@ def annual_truth(
         Added to the air temperature the simulator sees on every day (degC).
     soc_factor : float
         Multiplies the initial soil organic carbon.
+    hold_growth : bool
+        Impose the unperturbed run's phenology and GPP (see the module docstring): the
+        response of respiration alone, with growth as the satellite GPP input holds it.
     years : (first, last), optional
         Keep only these years (the simulation still starts at the world's first year).
 
@@ -78,36 +96,50 @@ def annual_truth(
     soil_flat = {k: v.ravel().astype("float64") for k, v in soil2d.items()}
     sim = _Simulator(p, soil_flat, rng["phenology"])
     sim.s.soc = sim.s.soc * soc_factor
+    # the baseline run in lockstep, on its own copy of the phenology stream (same draws)
+    base = (
+        _Simulator(p, soil_flat, _streams(int(meta["seed"]))["phenology"]) if hold_growth else None
+    )
     wx = _Weather(rng["weather"], wlat.ravel(), p)
 
-    def weather(doy: int) -> dict[str, np.ndarray]:
+    def new_year(crop: np.ndarray) -> None:
+        sim.new_year(crop)
+        if base is not None:
+            base.new_year(crop)
+
+    def step(doy: int) -> dict[str, np.ndarray]:
         w = wx.day(doy)
         wf = {k: v[widx] for k, v in w.items() if k != "wet"}
-        wf["tair"] = wf["tair"] + tair_offset
-        return wf
+        hold = None
+        if base is not None:
+            hold = {"tair": wf["tair"], "gpp": base.step(doy, wf)["gpp"]}
+        return sim.step(doy, {**wf, "tair": wf["tair"] + tair_offset}, hold)
 
     for _ in range(SPINUP_YEARS):
-        sim.new_year(crop_flat[0])
+        new_year(crop_flat[0])
         for doy in range(1, 366):
-            sim.step(doy, weather(doy))
+            step(doy)
     n = grid.ny * grid.nx
-    ra = np.zeros((len(year_list), n))
-    rh = np.zeros((len(year_list), n))
+    sums = {v: np.zeros((len(year_list), n)) for v in ("ra", "rh", "gpp", "rh_residue", "rh_soc")}
     cur = None
     for day in _days(pr.years):
         if day.year != cur:
             cur = day.year
-            sim.new_year(crop_flat[year_list.index(cur)])
-        out = sim.step(day.day_of_year, weather(day.day_of_year))
+            new_year(crop_flat[year_list.index(cur)])
+        out = step(day.day_of_year)
         i = year_list.index(cur)
-        # the truth cube stores float32 days: sum those, as its annual sums do
-        ra[i] += out["ra"].astype("float32")
-        rh[i] += out["rh"].astype("float32")
+        for v, a in sums.items():
+            # the truth cube stores float32 days: sum those, as its annual sums do
+            a[i] += out[v].astype("float32")
     coords = {"year": year_list, "y": grid.y, "x": grid.x}
-    ds = xr.Dataset({"ra": (("year", "y", "x"), ra.reshape(len(year_list), *grid.shape)),
-                     "rh": (("year", "y", "x"), rh.reshape(len(year_list), *grid.shape))}, coords=coords)  # fmt: skip
-    ds["ra"].attrs["units"] = ds["rh"].attrs["units"] = "g m-2 yr-1"
-    ds.attrs.update(tair_offset=tair_offset, soc_factor=soc_factor, world=str(root))
+    ds = xr.Dataset(
+        {v: (("year", "y", "x"), a.reshape(len(year_list), *grid.shape)) for v, a in sums.items()},
+        coords=coords,
+    )
+    for v in sums:
+        ds[v].attrs["units"] = "g m-2 yr-1"
+    ds.attrs.update(tair_offset=tair_offset, soc_factor=soc_factor,
+                    hold_growth=int(hold_growth), world=str(root))  # fmt: skip
     if years is not None:
         ds = ds.sel(year=slice(years[0], years[1]))
     return ds

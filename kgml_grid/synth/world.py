@@ -181,19 +181,28 @@ class _Simulator:
             crop
         ] * self.rng.standard_normal(self.n)
 
-    def step(self, doy: int, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def step(
+        self, doy: int, w: dict[str, np.ndarray], hold: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Advance one day. ``hold`` imposes a baseline run's growth on this one (the
+        rerun's "respiration only" perturbation, :mod:`.rerun`): phenology follows
+        ``hold["tair"]`` and GPP is ``hold["gpp"]``; the rest sees ``w``."""
         p, s, t, c, soil = self.p, self.s, self.tab, self.crop, self.soil
         T, SW, VPD, P = w["tair"], w["swrad"], w["vpd"], w["precip"]
+        T_grow = T if hold is None else hold["tair"]
         fc, wp = soil["field_capacity"], soil["wilting_point"]
         # phenology
         s.planted |= (doy >= s.plant_doy) & ~s.harvested
         growing = s.planted & ~s.harvested
-        s.gdd += np.where(growing, ph.gdd_increment(T, t["t_base"][c]), 0.0)
+        s.gdd += np.where(growing, ph.gdd_increment(T_grow, t["t_base"][c]), 0.0)
         f = s.gdd / t["gdd_maturity"][c]
         lai = np.where(growing, t["lai_max"][c] * self.vigor * ph.lai_shape(f), 0.0)
         # water and photosynthesis
         f_w = ph.water_stress(s.theta, fc, wp)
-        g = ph.gpp(SW, lai, T, VPD, f_w, t["lue"][c], t["t_opt"][c], t["t_width"][c])
+        if hold is None:
+            g = ph.gpp(SW, lai, T, VPD, f_w, t["lue"][c], t["t_opt"][c], t["t_width"][c])
+        else:
+            g = hold["gpp"]
         fapar = 1.0 - np.exp(-ph.K_EXT * lai)
         depth = p.soil.root_zone_mm
         et = (
@@ -229,7 +238,8 @@ class _Simulator:
             s.litter = s.litter + np.where(done, s.biomass - grain, 0.0)
             s.biomass = np.where(done, 0.0, s.biomass)
             s.harvested |= done
-        return {"gpp": g, "ra": ra, "rh": rh, "lai": lai, "theta": s.theta, "tsoil": s.tsoil}
+        return {"gpp": g, "ra": ra, "rh": rh, "lai": lai, "theta": s.theta, "tsoil": s.tsoil,
+                "rh_residue": (1.0 - cp.humification) * d_l, "rh_soc": d_s}  # fmt: skip
 
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
