@@ -1400,6 +1400,9 @@ def upscale(
     batch_pixels: int | None = None,
     device: str = "auto",
     connect_timeout: float | None = None,
+    frequency: str = "daily",
+    variables: str | Sequence[str] | None = None,
+    max_tasks: int = _schedule.DEFAULT_MAX_TASKS,
 ) -> UpscaleResult:
     """Plan and run an upscaling: the library call behind ``kgml-grid upscale``.
 
@@ -1431,6 +1434,10 @@ def upscale(
     connect_timeout : float, optional
         Seconds to wait for an existing scheduler (default
         :data:`kgml_grid.cluster.CONNECT_TIMEOUT`, 20 s).
+    frequency, variables
+        Of the output (:func:`kgml_grid.plan.make_plan`, :mod:`kgml_grid.outstore`).
+    max_tasks : int
+        Most blocks in the Dask scheduler at once (:mod:`kgml_grid.schedule`).
 
     Returns
     -------
@@ -1442,8 +1449,10 @@ def upscale(
 
     device = check_device_spec(device)
     n_workers = check_n_workers(n_workers)
+    _schedule.window_for(1, max_tasks, 1)  # refuses max_tasks < 1 before planning
     plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs,
-                     chunks=chunks, batch_pixels=batch_pixels)  # fmt: skip
+                     chunks=chunks, batch_pixels=batch_pixels, frequency=frequency,
+                     variables=variables)  # fmt: skip
     out = Path(out).resolve()
     if dry_run:
         outputs.check_not_input(out, run_inputs(plan), error=PlanError)
@@ -1454,7 +1463,7 @@ def upscale(
             plan, out, resume=resume, overwrite=overwrite
         )
     if client is not None:
-        return DaskExecutor(client, device=device, progress=progress).execute(
+        return DaskExecutor(client, device=device, progress=progress, max_tasks=max_tasks).execute(
             plan, out, resume=resume, overwrite=overwrite
         )
     from kgml_grid.cluster import close_client, make_client
@@ -1463,7 +1472,7 @@ def upscale(
         cluster or "local", n_workers=n_workers, verbose=progress, connect_timeout=connect_timeout
     )
     try:
-        return DaskExecutor(own, device=device, progress=progress).execute(
+        return DaskExecutor(own, device=device, progress=progress, max_tasks=max_tasks).execute(
             plan, out, resume=resume, overwrite=overwrite
         )
     finally:

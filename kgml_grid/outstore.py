@@ -26,7 +26,9 @@ by the tasks of one tile only, which run one after the other; the inner chunks a
 smaller (:func:`inner_chunks`, about :data:`INNER_CHUNK_BYTES`), for readers. Tiles
 without crop are never written, and Zarr writes no shard that holds only the fill
 value, so the store's files are about one per variable per crop block
-(:func:`layout`).
+(:func:`layout`). Zarr's shard grid is regular: with calendar-year time chunks the
+shard is 365 days, and a leap year's block spills one day into the next shard (of
+the same tile, written next in its chain), so 18 years take 19 shards per tile.
 """
 
 from __future__ import annotations
@@ -230,8 +232,11 @@ class OutputLayout:
         The whole arrays as float32 (what a reader loading everything gets).
     bytes_written : int
         Uncompressed float32 of the shards that are written (crop tiles only).
+    bytes_crop : int
+        float32 of the crop pixels' values (the rest of a written shard is NaN, which
+        compresses to almost nothing).
     bytes_estimate : int
-        ``bytes_written`` / :data:`COMPRESSION_RATIO`: the expected size on disk.
+        ``bytes_crop`` / :data:`COMPRESSION_RATIO`: the expected size on disk.
     shard_files : int
         Shard files written (about one per variable per crop block).
     metadata_files : int
@@ -251,6 +256,7 @@ class OutputLayout:
     chunks: dict[str, tuple[int, int, int]]
     bytes_float32: int
     bytes_written: int
+    bytes_crop: int
     bytes_estimate: int
     shard_files: int
     metadata_files: int
@@ -271,6 +277,7 @@ class OutputLayout:
             "chunks": {k: list(v) for k, v in self.chunks.items()},
             "bytes_float32": self.bytes_float32,
             "bytes_written": self.bytes_written,
+            "bytes_crop": self.bytes_crop,
             "bytes_estimate": self.bytes_estimate,
             "shard_files": self.shard_files,
             "metadata_files": self.metadata_files,
@@ -294,6 +301,7 @@ def layout(
     edges: np.ndarray,
     n_years: int,
     n_crop_tiles: int,
+    n_crop_pixels: int,
     variables: Sequence[str],
     frequency: str,
     n_workers: int = 1,
@@ -314,6 +322,8 @@ def layout(
         Length of ``yield``'s year axis.
     n_crop_tiles : int
         Tiles that run (the others write nothing).
+    n_crop_pixels : int
+        Crop pixels of the run.
     n_workers : int
         Worker processes (one completion log each).
     """
@@ -324,11 +334,11 @@ def layout(
     common = max(set(lens), key=lambda n: (lens.count(n), -lens.index(n))) if lens else 1
     common = max(1, int(common))
     n_tshards = int(np.ceil(n_periods / common)) if n_periods else 0
-    n_ty, n_tx = -(-ny // tile_y), -(-nx // tile_x)
     shards: dict[str, tuple[int, int, int]] = {}
     chunks: dict[str, tuple[int, int, int]] = {}
     full = 0
     written = 0
+    crop = 0
     files = 0
     tile_px = tile_y * tile_x
     for name in variables:
@@ -336,14 +346,16 @@ def layout(
             shards[name] = (min(common, max(n_periods, 1)), tile_y, tile_x)
             full += 4 * n_periods * ny * nx
             written += 4 * n_periods * tile_px * n_crop_tiles
+            crop += 4 * n_periods * n_crop_pixels
             files += n_tshards * n_crop_tiles
         else:  # yield: one shard per tile holds every year
             shards[name] = (max(n_years, 1), tile_y, tile_x)
             full += 4 * n_years * ny * nx
             written += 4 * n_years * tile_px * n_crop_tiles
+            crop += 4 * n_years * n_crop_pixels
             files += n_crop_tiles if n_years else 0
         chunks[name] = inner_chunks(shards[name])
-    written = min(written, full) if n_ty * n_tx else written
+    written = min(written, full)
     n_blocks = n_crop_tiles * len(time_bounds)
     return OutputLayout(
         variables=tuple(variables),
@@ -353,7 +365,8 @@ def layout(
         chunks=chunks,
         bytes_float32=int(full),
         bytes_written=int(written),
-        bytes_estimate=int(written / COMPRESSION_RATIO),
+        bytes_crop=int(crop),
+        bytes_estimate=int(crop / COMPRESSION_RATIO),
         shard_files=int(files),
         metadata_files=len(variables) + _FIXED_FILES,
         record_files=int(n_crop_tiles + max(1, n_workers) + 3),

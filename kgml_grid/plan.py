@@ -309,6 +309,7 @@ class Plan:
                                tile_x=self.tile_x, time_bounds=self.time_bounds,
                                edges=self.period_edges, n_years=len(self.years),
                                n_crop_tiles=int((self.crop_counts > 0).sum()),
+                               n_crop_pixels=self.n_crop_pixels,
                                variables=self.variables, frequency=self.frequency,
                                n_workers=n_workers)  # fmt: skip
 
@@ -688,8 +689,8 @@ class Plan:
         shard = next(iter(lay.shards.values()))
         return (
             f"{', '.join(lay.variables)} {lay.frequency} ({lay.n_periods} time steps): "
-            f"{format_bytes(lay.bytes_float32)} as float32, ~{format_bytes(lay.bytes_estimate)} "
-            f"on disk (estimate); {lay.files} files ({lay.shard_files} shards of "
+            f"{format_bytes(lay.bytes_float32)} as float32 ({format_bytes(lay.bytes_crop)} of crop "
+            f"pixels), ~{format_bytes(lay.bytes_estimate)} on disk (estimate); {lay.files} files ({lay.shard_files} shards of "
             f"{'x'.join(map(str, shard))}); records {lay.record_files} files"
         )
 

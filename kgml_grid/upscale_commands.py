@@ -51,6 +51,9 @@ def _cmd_upscale(a: argparse.Namespace) -> int:
         batch_pixels=a.batch_pixels,
         device=a.device,
         connect_timeout=a.connect_timeout,
+        frequency=a.frequency,
+        variables=a.variables,
+        max_tasks=a.max_tasks,
     )
     print(res.summary())
     if a.maps and not a.dry_run:
@@ -138,6 +141,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     u.add_argument("--batch-pixels", type=positive_int, default=None, help="pixels per model batch")
     u.add_argument("--device", default="auto", type=device_spec,
                    help="worker device: auto (GPU if any), cpu, cuda or cuda:N")  # fmt: skip
+    u.add_argument("--frequency", default="daily", choices=("daily", "monthly", "annual"),
+                   help="output time step: daily values (default) or monthly / annual sums "
+                        "(time chunks must then end at month / year ends)")  # fmt: skip
+    u.add_argument(
+        "--variables",
+        metavar="V,V",
+        default=None,
+        help="outputs to write, of ra, rh, reco, nee, gpp, yield (default all)",
+    )
+    u.add_argument(
+        "--max-tasks",
+        type=positive_int,
+        default=2000,
+        metavar="N",
+        help="most blocks in the Dask scheduler at once (default 2000)",
+    )
     u.add_argument("--maps", metavar="DIR", help="also write annual maps of Ra, Rh, NEE (PNG) here")
     u.add_argument("--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=_cmd_upscale)
