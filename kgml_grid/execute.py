@@ -57,6 +57,7 @@ import datetime as _dt
 import json
 import os
 import sys
+import threading
 import time as _time
 import uuid
 import warnings
@@ -1140,6 +1141,13 @@ class DaskExecutor:
         self.progress = progress
         self.max_tasks = int(max_tasks)
         self.stats: dict[str, Any] = {}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask a running :meth:`execute` (in another thread) to stop after the next
+        finished block: the rest is cancelled and it raises a :class:`BlockError`;
+        recorded blocks stay for ``--resume`` (benchmarks sample a run this way)."""
+        self._stop.set()
 
     def check(self, plan: Plan) -> None:
         """Refuse a plan whose tasks do not fit the workers' memory (before any write)."""
@@ -1186,6 +1194,7 @@ class DaskExecutor:
         threads = sum(self.client.nthreads().values()) or 1
         win = _schedule.window_for(plan.n_time_chunks, self.max_tasks, threads)
         feed = _Feed(plan, out, first, run_id, win)
+        self._stop.clear()
         t_sub = _time.perf_counter()
         ac = as_completed(self.client.compute(feed.refill()))
         self.stats.update(window=win.tasks, segment=win.segment, threads=threads,
@@ -1196,7 +1205,8 @@ class DaskExecutor:
             failure = self._wait(ac, feed, bar, out)
         finally:
             bar.close()
-        self.stats.update(peak_held=feed.peak, blocks=feed.n_done)
+        self.stats.update(peak_held=feed.peak, blocks=feed.n_done,
+                          run_s=_time.perf_counter() - t_sub)  # fmt: skip
         if failure is not None:
             # no future may stay referenced by the traceback (in a notebook it lives on):
             # the scheduler keeps a task while a future of it exists
@@ -1221,6 +1231,9 @@ class DaskExecutor:
                 feed.finished(fut.key)
                 bar.update(1)
             del batch, fut  # a block's state is dropped once its successor has it
+            if self._stop.is_set():
+                self.client.cancel(list(getattr(ac, "futures", ())))
+                return BlockError(f"stopped after {feed.n_done} blocks; rerun with --resume")
             more = feed.refill()
             if more:
                 ac.update(self.client.compute(more))

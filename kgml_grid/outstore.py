@@ -202,15 +202,22 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return 1  # pragma: no cover
 
 
+def _divisor_nearest(n: int, target: float) -> int:
+    """The divisor of ``n`` nearest to ``target`` in ratio (ties: the smaller)."""
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divs, key=lambda d: (abs(np.log(d / max(target, 1e-9))), d))
+
+
 def inner_chunks(shard: Sequence[int], itemsize: int = 4) -> tuple[int, ...]:
     """Inner (reader) chunks of a shard ``(time, y, x)``: the whole tile in space (split
-    when one of its days exceeds :data:`INNER_CHUNK_BYTES`), as many days as fit in
-    that size (a divisor of the shard's days, so that inner chunks tile the shard)."""
+    when one of its days exceeds :data:`INNER_CHUNK_BYTES`), and the divisor of the
+    shard's days nearest to :data:`INNER_CHUNK_BYTES` (so that inner chunks tile the
+    shard; 365 = 5 x 73 days allows 1, 5, 73 or 365)."""
     t, ny, nx = (int(s) for s in shard)
     side = max(1, int((INNER_CHUNK_BYTES / itemsize) ** 0.5))
     iy = ny if ny * nx * itemsize <= INNER_CHUNK_BYTES else _largest_divisor_at_most(ny, side)
     ix = nx if ny * nx * itemsize <= INNER_CHUNK_BYTES else _largest_divisor_at_most(nx, side)
-    it = _largest_divisor_at_most(t, max(1, INNER_CHUNK_BYTES // (iy * ix * itemsize)))
+    it = _divisor_nearest(t, INNER_CHUNK_BYTES / (iy * ix * itemsize))
     return (it, iy, ix)
 
 

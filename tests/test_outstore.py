@@ -85,7 +85,10 @@ def test_inner_chunks_tile_the_shard_and_stay_small():
     for shard in [(365, 16, 16), (366, 256, 256), (12, 1024, 1024), (1, 7, 9), (18, 48, 48)]:
         inner = outstore.inner_chunks(shard)
         assert all(s % i == 0 for s, i in zip(shard, inner, strict=True)), (shard, inner)
-        assert 4 * np.prod(inner) <= outstore.INNER_CHUNK_BYTES or inner[0] == 1
+        size = 4 * int(np.prod(inner))
+        assert outstore.INNER_CHUNK_BYTES / 8 <= size <= 8 * outstore.INNER_CHUNK_BYTES or \
+            inner == tuple(shard), (shard, inner, size)  # fmt: skip
+    assert outstore.inner_chunks((365, 256, 256)) == (5, 256, 256)  # 1.25 MiB, not 73 days
 
 
 def test_conus_layout_files_and_bytes():
