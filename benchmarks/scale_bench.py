@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--e2e-days", type=int, default=365)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--max-tasks", type=int, default=2000)
+    ap.add_argument("--memory-limit", default="6GiB", help="of each worker")
     a = ap.parse_args(argv)
     cfg = ScaleConfig(work=a.work, preset=a.preset, accept_preset=a.accept_preset,
                       shapes={"cpu": a.cpu_shape, "gpu": a.gpu_shape}, workers=a.workers,
                       sample_s=a.sample_s, e2e_px=a.e2e_px, e2e_days=a.e2e_days, hidden=a.hidden,
-                      max_tasks=a.max_tasks)  # fmt: skip
+                      max_tasks=a.max_tasks, memory_limit=a.memory_limit)  # fmt: skip
     res = run_scale(cfg, log=lambda m: print(m[:400], flush=True))
     res["command"] = " ".join(
         [

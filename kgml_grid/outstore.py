@@ -21,7 +21,7 @@ are aligned for both). No partial sums travel in the tile state.
 Shards
 ------
 Each output variable is a Zarr v3 array with **sharding**: one shard is one block
-(space tile x time chunk; for ``yield``, the tile x all years), so a shard is written
+(space tile x time chunk; for ``yield`` and annual sums, the tile x all years), so a shard is written
 by the tasks of one tile only, which run one after the other; the inner chunks are
 smaller (:func:`inner_chunks`, about :data:`INNER_CHUNK_BYTES`), for readers. Tiles
 without crop are never written, and Zarr writes no shard that holds only the fill
@@ -340,6 +340,8 @@ def layout(
     lens = [p1 - p0 for p0, p1 in per_chunk]
     common = max(set(lens), key=lambda n: (lens.count(n), -lens.index(n))) if lens else 1
     common = max(1, int(common))
+    if frequency == "annual":  # a few values per tile: one shard holds every year (as yield)
+        common = max(1, n_periods)
     n_tshards = int(np.ceil(n_periods / common)) if n_periods else 0
     shards: dict[str, tuple[int, int, int]] = {}
     chunks: dict[str, tuple[int, int, int]] = {}

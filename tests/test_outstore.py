@@ -122,6 +122,11 @@ def test_conus_layout_files_and_bytes():
                               n_crop_tiles=crop_tiles, n_crop_pixels=25_000_000,
                               variables=("nee",), frequency="monthly")  # fmt: skip
     assert monthly.n_periods == 216 and monthly.shards["nee"] == (12, 16, 16)
+    annual = outstore.layout(ny=ny, nx=nx, tile_y=tile, tile_x=tile, time_bounds=tb,
+                             edges=outstore.period_edges(start, n_days, "annual"), n_years=18,
+                             n_crop_tiles=crop_tiles, n_crop_pixels=25_000_000,
+                             variables=("nee",), frequency="annual")  # fmt: skip
+    assert annual.shards["nee"] == (18, 16, 16) and annual.shard_files == crop_tiles  # all years
     assert monthly.bytes_crop == 4 * 216 * 25_000_000
 
 

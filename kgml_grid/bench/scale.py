@@ -72,6 +72,8 @@ class ScaleConfig:
         Hidden size of the (random) model.
     max_tasks : int
         The executor's window limit.
+    memory_limit : str
+        Of each worker (the GPU shape's task estimate needs ~2.4 GiB, under half of it).
     """
 
     work: str
@@ -86,6 +88,7 @@ class ScaleConfig:
     e2e_days: int = 365
     hidden: int = 64
     max_tasks: int = 2000
+    memory_limit: str = "6GiB"
     world_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -218,8 +221,10 @@ def sample_schedule(
     def run() -> None:
         try:
             ex.execute(plan, out, overwrite=True)
-        except (BlockError, PlanError) as e:
+        except BlockError as e:
             result["ended"] = str(e)
+        except PlanError as e:  # e.g. the memory estimate refuses the shape on these workers
+            result["refused"] = str(e)
 
     cpu0 = _cpu_s(sched_pid)
     wt.start()
@@ -237,6 +242,8 @@ def sample_schedule(
     wt.join()
     cpu1 = _cpu_s(sched_pid)
     _idle(client)
+    if "refused" in result:
+        return {"refused": result["refused"]}
     recs = read_records(out)
     busy = sum(float(r["seconds"]) + float(r["write_s"]) for r in recs)
     st = ex.stats
@@ -372,7 +379,7 @@ def run_scale(cfg: ScaleConfig, *, log: Callable[[str], None] | None = None) -> 
             world, ckpt, chunks, work / f"out_{name}.zarr"
         )
         say(f"plan {name}: {result['plans'][name]}")
-    with process_cluster(cfg.workers, directory=work / "dask", memory_limit="4GiB") as sf, \
+    with process_cluster(cfg.workers, directory=work / "dask", memory_limit=cfg.memory_limit) as sf, \
             Client(scheduler_file=str(sf), timeout=60) as client:  # fmt: skip
         sched_pid = int(client.run_on_scheduler(os.getpid))
         result["scheduling"] = {}
@@ -469,7 +476,9 @@ def format_markdown(r: dict[str, Any]) -> str:
     ]  # fmt: skip
     for name, fn in srows:
         cells = [
-            ("refused: " + s["refused"][:80]) if "refused" in s else str(fn(s))
+            f"refused: {s.get('refused') or s.get('ended')}"
+            if s.get("window") is None
+            else str(fn(s))
             for s in sch.values()
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
