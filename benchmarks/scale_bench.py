@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             *(argv if argv is not None else sys.argv[1:]),
         ]
     )
-    for path, text in ((a.json, json.dumps(res, indent=1) + "\n"), (a.md, format_markdown(res))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-        print(f"wrote {path}")
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(res, indent=1) + "\n")  # first: the report may fail
+    print(f"wrote {a.json}")
+    Path(a.md).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.md).write_text(format_markdown(res))
+    print(f"wrote {a.md}")
     return 0
 
 
