@@ -991,7 +991,9 @@ class SerialExecutor:
     def _in_memory(self, plan: Plan, run_id: str, t0: float) -> UpscaleResult:
         tiles = _tile_tasks(plan, None, run_id, plan.crop_tiles)
         ds = plan.template()
-        arrays = {n: np.full(ds[n].shape, np.nan, dtype="float32") for n in ds.data_vars}
+        arrays = {
+            str(n): np.full(v.shape, np.nan, dtype="float32") for n, v in ds.data_vars.items()
+        }
         state: dict[tuple[int, int], State | None] = dict.fromkeys(tiles)
         try:
             for key in plan.blocks:

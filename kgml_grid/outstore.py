@@ -208,7 +208,7 @@ def _divisor_nearest(n: int, target: float) -> int:
     return min(divs, key=lambda d: (abs(np.log(d / max(target, 1e-9))), d))
 
 
-def inner_chunks(shard: Sequence[int], itemsize: int = 4) -> tuple[int, ...]:
+def inner_chunks(shard: Sequence[int], itemsize: int = 4) -> tuple[int, int, int]:
     """Inner (reader) chunks of a shard ``(time, y, x)``: the whole tile in space (split
     when one of its days exceeds :data:`INNER_CHUNK_BYTES`), and the divisor of the
     shard's days nearest to :data:`INNER_CHUNK_BYTES` (so that inner chunks tile the

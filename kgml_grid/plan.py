@@ -400,6 +400,8 @@ class Plan:
     def n_tasks_for(self, done: set[BlockKey] | frozenset[BlockKey] = frozenset()) -> int:
         """Dask tasks of a run that skips ``done`` blocks: one per remaining block plus
         one small data task per tile with remaining blocks (its weather index)."""
+        if not done:  # arithmetic: the plan's id and the store's attributes need it at any size
+            return self.n_blocks + int((self.crop_counts > 0).sum())
         todo = [b for b in self.blocks if b not in done]
         return len(todo) + len({b.tile for b in todo})
 
