@@ -42,7 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--max-tasks", type=int, default=2000)
     ap.add_argument("--memory-limit", default="6GiB", help="of each worker")
+    ap.add_argument(
+        "--report-from",
+        metavar="JSON",
+        default=None,
+        help="only redo the extrapolation and the Markdown from an earlier run's JSON",
+    )
     a = ap.parse_args(argv)
+    if a.report_from:
+        from kgml_grid.bench.scale import extrapolate
+
+        res = json.loads(Path(a.report_from).read_text())
+        res["extrapolation"] = extrapolate(res["end_to_end"], res["config"]["workers"])
+        res["report_redone"] = (
+            "extrapolation and Markdown recomputed from this JSON (arithmetic only)"
+        )
+        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+        Path(a.md).write_text(format_markdown(res))
+        print(f"wrote {a.json} and {a.md}")
+        return 0
     cfg = ScaleConfig(work=a.work, preset=a.preset, accept_preset=a.accept_preset,
                       shapes={"cpu": a.cpu_shape, "gpu": a.gpu_shape}, workers=a.workers,
                       sample_s=a.sample_s, e2e_px=a.e2e_px, e2e_days=a.e2e_days, hidden=a.hidden,
