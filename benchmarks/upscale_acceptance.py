@@ -215,60 +215,23 @@ def step_resume(world: Path, ckpt: Path, work: Path, clean: Path, kill_after: in
 
 
 def step_big_graph(demo_world: Path, ckpt: Path, work: Path, factor: int = 10) -> dict:
-    """A grid factor x factor times the demo's pixels, cubes with metadata only."""
+    """A grid factor x factor times the demo's pixels, cubes with metadata only
+    (:func:`kgml_grid.bench.metaworld.metadata_world`: crop in a clustered share of tiles)."""
     import cloudpickle
     import dask
-    import dask.array as da
-    import xarray as xr
+    import pandas as pd
 
-    from kgml_grid import cubes, schema
-    from kgml_grid.catalog import catalog_yaml, open_catalog, write_catalog
+    from kgml_grid.bench.metaworld import metadata_world
+    from kgml_grid.catalog import open_catalog
     from kgml_grid.execute import build_graph
-    from kgml_grid.grid import GridSpec
     from kgml_grid.plan import make_plan
 
-    cat = open_catalog(demo_world)
-    demo = cat.open_all()
-    g = cubes.grid_of(demo["satellite"], layer="satellite")
-    wg = cubes.grid_of(demo["weather"], layer="weather")
-    big = GridSpec(g.crs, g.x0, g.y0, g.res, g.ny * factor, g.nx * factor)
-    ratio = round(wg.res / g.res)
-    wbig = big.coarsen(ratio)
-    time_ = demo["satellite"]["time"].values
-    root = work / "big_world"
-    root.mkdir(parents=True, exist_ok=True)
-    chunks = {"time": 365, "y": 48, "x": 48, "year": 1}
+    demo = open_catalog(demo_world).open_all()
+    ny, nx = demo["satellite"].sizes["y"] * factor, demo["satellite"].sizes["x"] * factor
+    t = pd.DatetimeIndex(demo["satellite"]["time"].values)
     t0 = time.perf_counter()
-
-    def lazy(names, grid, dims=("time", "y", "x")):
-        shp = {"time": len(time_), "y": grid.ny, "x": grid.nx}
-        data = {n: (dims, da.zeros(tuple(shp[d] for d in dims), chunks=tuple(chunks[d] for d in dims),
-                                   dtype="float32")) for n in names}  # fmt: skip
-        coords = {"time": time_} if "time" in dims else {}
-        return cubes.annotate(
-            xr.Dataset(data, coords=coords), grid, title="metadata-only big world"
-        )
-
-    stores = {
-        "weather": lazy(list(schema.LAYERS["weather"].required), wbig),
-        "satellite": lazy(["gpp_sat"], big),
-        "soil": lazy(list(schema.LAYERS["soil"].required), big, dims=("y", "x")),
-    }
-    for name, ds in stores.items():
-        cubes.init_store(ds, root / f"{name}.zarr", chunks)
-        cubes.mark_complete(root / f"{name}.zarr")
-    crop = demo["crop"]["crop_type"].values
-    crop_big = np.tile(crop, (1, factor, factor))
-    cds = cubes.annotate(xr.Dataset({"crop_type": (("year", "y", "x"), crop_big)},
-                                    coords={"year": demo["crop"]["year"].values}), big, title="crop")  # fmt: skip
-    cubes.write_cube(cds, root / "crop.zarr", chunks)
-    entries = {
-        n: {"layer": n, "path": str(root / f"{n}.zarr")}
-        for n in ("weather", "satellite", "soil", "crop")
-    }
-    catalog = write_catalog(
-        root / "catalog.yaml", catalog_yaml(entries, crs=cat.crs, description="big")
-    )
+    catalog = metadata_world(work / "big_world", shape=(ny, nx), years=(t[0].year, t[-1].year),
+                             chunks={"time": 365, "y": 48, "x": 48, "year": 1}, overwrite=True)  # fmt: skip
     t_world = time.perf_counter() - t0
 
     def boom(*a, **k):
@@ -284,7 +247,7 @@ def step_big_graph(demo_world: Path, ckpt: Path, work: Path, factor: int = 10) -
     t_graph = time.perf_counter() - t2
     size = len(cloudpickle.dumps(dict(graph.dask), protocol=pickle.HIGHEST_PROTOCOL))
     return {
-        "grid": [big.ny, big.nx], "pixels_vs_demo": factor * factor, "days": plan.n_days,
+        "grid": [ny, nx], "pixels_vs_demo": factor * factor, "days": plan.n_days,
         "metadata_world_s": round(t_world, 2), "plan_s": round(t_plan, 2),
         "graph_build_s": round(t_graph, 2), "graph_tasks": n_tasks, "plan_tasks": plan.n_tasks,
         "tasks_match_plan": n_tasks == plan.n_tasks, "blocks": plan.n_blocks,

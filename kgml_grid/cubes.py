@@ -101,24 +101,28 @@ def encoding_for(
 
 
 def init_store(
-    template: xr.Dataset, path: str | Path, chunks: Mapping[str, int], *, compressors: Any = None
+    template: xr.Dataset,
+    path: str | Path,
+    chunks: Mapping[str, int],
+    *,
+    compressors: Any = None,
+    encoding: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Create the store from a (lazy) template: metadata and coordinates, no data
-    (``compressors``: see :func:`encoding_for`). The store is marked as kgml_grid's
+    (``compressors``: see :func:`encoding_for`; ``encoding``: per variable, replaces
+    entries of it, e.g. ``{"nee": {"chunks": inner, "shards": shard}}`` for Zarr v3
+    sharding). The store is marked as kgml_grid's
     (:data:`kgml_grid.outputs.MARKER_ATTR`, default kind ``cube``)."""
     from kgml_grid.outputs import MARKER_ATTR
 
     template = template.copy()
     template.attrs[COMPLETE_ATTR] = 0
     template.attrs.setdefault(MARKER_ATTR, "cube")
-    template.to_zarr(
-        path,
-        mode="w",
-        compute=False,
-        zarr_format=3,
-        consolidated=False,
-        encoding=encoding_for(template, chunks, compressors=compressors),
-    )
+    enc = encoding_for(template, chunks, compressors=compressors)
+    for name, extra in (encoding or {}).items():
+        enc.setdefault(name, {}).update(extra)
+    template.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False,
+                     encoding=enc)  # fmt: skip
 
 
 def write_region(block: xr.Dataset, path: str | Path, region: Mapping[str, slice]) -> None:

@@ -59,9 +59,11 @@ import datetime as _dt
 import json
 import os
 import sys
+import threading
 import time as _time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +73,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from kgml_grid import blockio, cubes, outputs, schema
+from kgml_grid import blockio, cubes, outputs, outstore, schema
+from kgml_grid import records as _records
+from kgml_grid import schedule as _schedule
 from kgml_grid.cluster import dashboard_link
 from kgml_grid.errors import is_disk_full
 from kgml_grid.features import WEATHER_FEATURES, assemble, satellite_inputs, year_end_mask
@@ -142,6 +146,10 @@ class RunConfig:
     run_id: str
     #: Model precision on the workers (:data:`kgml_grid.infer.PRECISIONS`).
     precision: str = "fp32"
+    frequency: str = "daily"
+    variables: tuple[str, ...] = outstore.OUTPUT_VARIABLES
+    #: day offsets where the output periods start, plus the number of days
+    period_edges: tuple[int, ...] = ()
 
     @classmethod
     def from_plan(
@@ -163,6 +171,11 @@ class RunConfig:
             batch_pixels=plan.batch_pixels,
             run_id=run_id,
             precision=precision,
+            frequency=plan.frequency,
+            variables=tuple(plan.variables),
+            period_edges=(
+                () if plan.frequency == "daily" else tuple(int(e) for e in plan.period_edges)
+            ),
         )
 
 
@@ -185,9 +198,11 @@ class BlockTask:
 
 @dataclass(frozen=True)
 class StateRef:
-    """A state saved by an earlier run (``--resume``), loaded inside the task."""
+    """A state saved on disk (``--resume``, or the start of a tile's next segment),
+    loaded inside the task; ``chunk`` is the time chunk it must be the state after."""
 
     path: str
+    chunk: int | None = None
 
 
 #: State of a tile between time chunks: model state (``m_*``) and gap-fill state
@@ -197,7 +212,8 @@ State = dict[str, np.ndarray]
 
 @dataclass
 class BlockOutput:
-    """Outputs of one block: daily ``[T, ny, nx]`` per variable, yearly ``[Y, ny, nx]``."""
+    """Outputs of one block: ``[P, ny, nx]`` per flux variable (P days, or months /
+    years for a monthly / annual run: :attr:`time_slice`), yearly ``[Y, ny, nx]``."""
 
     daily: dict[str, np.ndarray]
     yearly: np.ndarray | None
@@ -205,6 +221,7 @@ class BlockOutput:
     n_crop: int
     seconds: float = 0.0
     n_nan: int = 0  # crop pixels with a NaN output (missing inputs there)
+    time_slice: tuple[int, int] | None = None  # on the output's time axis (None: the days)
 
 
 # --------------------------------------------------------------------------------------
@@ -328,12 +345,19 @@ def _load_state(prev: State | StateRef | None) -> State | None:
     if isinstance(prev, StateRef):
         try:
             with np.load(prev.path) as z:
-                return {k: z[k] for k in z.files}
+                state = {k: z[k] for k in z.files}
         except FileNotFoundError:
             raise BlockError(
                 f"saved state {prev.path} is missing; was another run writing to this store "
                 "at the same time? Rerun with --overwrite"
             ) from None
+        saved = state.pop("_chunk", None)
+        if prev.chunk is not None and (saved is None or int(saved) != prev.chunk):
+            raise BlockError(
+                f"saved state {prev.path} is of time chunk {saved}, expected {prev.chunk}; was "
+                "another run writing to this store at the same time? Rerun with --resume"
+            )
+        return state
     return prev
 
 
@@ -393,8 +417,16 @@ def compute_block(
               "gpp": np.maximum(phys[..., col["gpp"]], 0)}  # fmt: skip
     n_nan = check_outputs(bt.key, values, n)
     ny, nx = tile.shape
+    time_slice = None
+    if run.frequency != "daily":  # sums over the block's months / years (aligned chunks)
+        edges = np.asarray(run.period_edges)
+        time_slice = outstore.block_periods(edges, bt.t0, bt.t1)
+        values = {k: outstore.aggregate(v, edges, bt.t0, bt.t1) for k, v in values.items()}
+        t = time_slice[1] - time_slice[0]
     out_daily = {}
     for name in DAILY_VARS:
+        if name not in run.variables:
+            continue
         arr = np.full((t, ny, nx), np.nan, dtype="float32")
         arr[:, rr, cc] = values[name].T
         out_daily[name] = arr
@@ -405,7 +437,7 @@ def compute_block(
         i0 = int(years[0]) - run.years[0]
         year_slice = (i0, i0 + len(years))
         yearly = np.full((len(years), ny, nx), np.nan, dtype="float32")
-        if run.has_yield:
+        if run.has_yield and "yield" in run.variables:
             yv = ckpt.normalizer.denormalize_yield(yld)  # [n, Y]
             for j, year in enumerate(years):
                 if run.partial_first_season and int(year) == run.years[0]:
@@ -415,10 +447,13 @@ def compute_block(
     if n == 0:
         state = {}
     state.update({f"f_{k}": np.asarray(v) for k, v in new_fill.items()})
+    if "yield" not in run.variables:
+        yearly, year_slice = None, None
     return (
-        BlockOutput(out_daily, yearly, year_slice, n, _time.perf_counter() - t_start, n_nan),
+        BlockOutput(out_daily, yearly, year_slice, n, _time.perf_counter() - t_start, n_nan,
+                    time_slice),
         state,
-    )
+    )  # fmt: skip
 
 
 def check_outputs(key: BlockKey, values: Mapping[str, np.ndarray], n_crop: int) -> int:
@@ -474,7 +509,7 @@ def records_dir(out: str | Path) -> Path:
 
 
 def _state_path(records: str | Path, key: BlockKey) -> Path:
-    return Path(records) / "state" / f"y{key.ty:04d}_x{key.tx:04d}" / f"t{key.chunk:04d}.npz"
+    return _records.state_path(records, key.ty, key.tx, key.chunk)
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -488,13 +523,17 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write_block(tt: TileTask, bt: BlockTask, output: BlockOutput, state: State) -> None:
-    """Write the block's region, then its state, then its completion record; then drop
-    the tile's state of two chunks back."""
+    """Write the block's region, then its state, then its completion record
+    (:mod:`kgml_grid.records`: a line in this process's log; the state in the tile's
+    slot of this chunk's parity)."""
     run, tile = tt.run, tt.tile
     assert run.out is not None and run.records is not None
+    w0 = _time.perf_counter()
     ys, xs = slice(*tile.out_y), slice(*tile.out_x)
-    blockio.write_region(run.out, run.run_id, {n: output.daily[n] for n in DAILY_VARS},
-                         {"time": slice(bt.t0, bt.t1), "y": ys, "x": xs})  # fmt: skip
+    ts = output.time_slice or (bt.t0, bt.t1)
+    if output.daily:
+        blockio.write_region(run.out, run.run_id, output.daily,
+                             {"time": slice(*ts), "y": ys, "x": xs})  # fmt: skip
     if output.yearly is not None and output.year_slice is not None:
         blockio.write_region(run.out, run.run_id, {"yield": output.yearly},
                              {"year": slice(*output.year_slice), "y": ys, "x": xs})  # fmt: skip
@@ -502,23 +541,12 @@ def write_block(tt: TileTask, bt: BlockTask, output: BlockOutput, state: State) 
 
     def _save_state(p: Path) -> None:
         with open(p, "wb") as fh:
-            np.savez(fh, **state)  # type: ignore[arg-type]  # numpy's stub takes allow_pickle
+            np.savez(fh, _chunk=np.int64(key.chunk), **state)  # type: ignore[arg-type]
 
     _atomic_write(_state_path(run.records, key), _save_state)
-    record = {
-        "block": key.name, "time": [bt.t0, bt.t1], "y": list(tile.out_y), "x": list(tile.out_x),
-        "crop_pixels": output.n_crop, "nan_crop_pixels": output.n_nan,
-        "seconds": round(output.seconds, 4), "run_id": run.run_id,
-        "worker": _worker_name(), "finished": _now(),
-    }  # fmt: skip
-    _atomic_write(
-        Path(run.records) / "done" / f"{key.name}.json",
-        lambda p: p.write_text(json.dumps(record)),
-    )
-    if key.chunk > 1:
-        # keep the previous state too: a block a dead client left running may still
-        # finish after a resumed run has planned to start from it
-        _state_path(run.records, BlockKey(key.chunk - 2, key.ty, key.tx)).unlink(missing_ok=True)
+    line = [key.chunk, key.ty, key.tx, bt.t0, bt.t1, output.n_crop, output.n_nan,
+            round(output.seconds, 4), round(_time.perf_counter() - w0, 4)]  # fmt: skip
+    _records.append(run.records, run.run_id, _worker_name(), line)
 
 
 def _worker_name() -> str:
@@ -552,30 +580,44 @@ def run_block(bt: BlockTask, tt: TileTask, prev: State | StateRef | None) -> Sta
 
 
 def completed_blocks(out: str | Path) -> set[BlockKey]:
-    """Blocks recorded as done in the records folder of ``out``."""
-    done_dir = records_dir(out) / "done"
-    if not done_dir.is_dir():
-        return set()
-    keys = set()
-    for p in done_dir.glob("t*_y*_x*.json"):
-        with contextlib.suppress(ValueError):
-            keys.add(BlockKey.parse(p.stem))
-    return keys
+    """Blocks recorded as done in the records folder of ``out`` (for tests and tools;
+    the executors keep :func:`done_blocks`, an array per tile)."""
+    return {
+        BlockKey(int(r["chunk"]), int(r["ty"]), int(r["tx"]))
+        for r in _records.iter_records(records_dir(out))
+    }
 
 
-def _resume_points(plan: Plan, out: str | Path, done: set[BlockKey]) -> dict[tuple[int, int], int]:
-    """First time chunk to run for each crop tile (``n_time_chunks`` when finished),
-    using the longest recorded prefix of chunks whose last state is saved."""
-    records = records_dir(out)
-    first: dict[tuple[int, int], int] = {}
-    for tile in plan.crop_tiles:
-        c = 0
-        while c < plan.n_time_chunks and BlockKey(c, *tile) in done:
-            c += 1
-        if c > 0 and not _state_path(records, BlockKey(c - 1, *tile)).exists():
-            c = 0  # records without their state: redo the tile (writes are idempotent)
-        first[tile] = c
-    return first
+def read_records(out: str | Path) -> list[dict[str, Any]]:
+    """The completion records of ``out``: ``block`` (its name), ``run_id``, ``worker``,
+    ``time``, ``crop_pixels``, ``nan_crop_pixels``, ``seconds`` (compute), ``write_s``."""
+    found = []
+    for r in _records.iter_records(records_dir(out)):
+        r["block"] = BlockKey(int(r["chunk"]), int(r["ty"]), int(r["tx"])).name
+        r["time"] = [r["t0"], r["t1"]]
+        found.append(r)
+    return found
+
+
+def done_blocks(plan: Plan, out: str | Path) -> np.ndarray:
+    """``[n_ty, n_tx, n_time_chunks]`` bool: blocks recorded done (crop tiles only)."""
+    n_ty, n_tx = plan.crop_counts.shape
+    done = _records.done_array(records_dir(out), n_ty, n_tx, plan.n_time_chunks)
+    done &= (plan.crop_counts > 0)[:, :, None]
+    return done
+
+
+def _resume_points(plan: Plan, out: str | Path, done: np.ndarray) -> np.ndarray:
+    """First time chunk to run per tile ``[n_ty, n_tx]`` (``n_time_chunks`` when
+    finished or without crop): the longest recorded prefix of chunks whose last state
+    is saved (:func:`kgml_grid.records.resume_points`)."""
+    return _records.resume_points(records_dir(out), done, plan.crop_counts > 0)
+
+
+def _first_state(records: Path, ty: int, tx: int, first: int) -> StateRef | None:
+    if first <= 0:
+        return None
+    return StateRef(str(_records.state_path(records, ty, tx, first - 1)), first - 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -629,11 +671,14 @@ def check_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool) -
     return decision
 
 
-def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool) -> set[BlockKey]:
-    """Create the output store (or check the one to resume); return the done blocks.
+def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool) -> np.ndarray:
+    """Create the output store (or check the one to resume); return the done blocks
+    (:func:`done_blocks`).
 
     Only an upscaling store kgml_grid wrote (and its records) is ever replaced
-    (:func:`check_store`).
+    (:func:`check_store`). Creating a store writes metadata only (Zarr v3 arrays
+    sharded one shard per block, :mod:`kgml_grid.outstore`): the same cost for a
+    thousand blocks or a million.
 
     Raises
     ------
@@ -674,20 +719,24 @@ def prepare_store(plan: Plan, out: str | Path, *, resume: bool, overwrite: bool)
             _write_records_plan(plan, records)
         if not (records / INPUTS_FILE).exists():
             _write_inputs(records, input_fingerprints(plan.paths))
-        return completed_blocks(out)
+        return done_blocks(plan, out)
     inputs = input_fingerprints(plan.paths)  # before anything is written
     # a new store: records of a store that is gone, or the old store and its records
     if decision == "replace":
         outputs.remove_output(out, "upscale", error=PlanError)
     outputs.remove_output(records, "records", error=PlanError)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # the store's chunks are regular (Zarr): one tile, the usual time chunk, one year.
-    # Uneven time chunks are safe: a tile's blocks run one after the other.
-    template = plan.template(provenance=_provenance(plan)).chunk(plan.output_chunks)
-    cubes.init_store(template, out, plan.output_chunks, compressors=_output_compressors())
+    # shards are regular (Zarr): one tile, the usual time chunk (all years for yield).
+    # Uneven time chunks are safe: a tile's blocks run one after the other. The
+    # template is one Dask chunk per variable: no per-block work here.
+    template = plan.template(provenance=_provenance(plan), chunked=False)
+    lay = plan.output_layout()
+    shard_enc = {n: {"chunks": lay.chunks[n], "shards": lay.shards[n]} for n in lay.variables}
+    cubes.init_store(template, out, plan.output_chunks, compressors=_output_compressors(),
+                     encoding=shard_enc)  # fmt: skip
     _write_records_plan(plan, records)
     _write_inputs(records, inputs)
-    return set()
+    return np.zeros((*plan.crop_counts.shape, plan.n_time_chunks), dtype=bool)
 
 
 def _write_inputs(records: Path, inputs: Mapping[str, Any]) -> None:
@@ -736,7 +785,7 @@ def _output_compressors() -> tuple[Any, ...]:
 def _write_records_plan(plan: Plan, records: Path) -> None:
     records.mkdir(parents=True, exist_ok=True)
     outputs.write_marker(records, "records")
-    (records / "done").mkdir(exist_ok=True)
+    (records / _records.DONE).mkdir(exist_ok=True)
     (records / "plan.json").write_text(
         json.dumps({"plan_id": plan.plan_id, "plan": plan.to_dict()}, indent=1)
     )
@@ -752,16 +801,22 @@ def _store_attrs(out: Path) -> dict[str, Any]:
 
 
 def finish_store(plan: Plan, out: str | Path, *, n_done: int) -> None:
-    """Mark the store complete (only when every block is recorded)."""
-    missing = [b for b in plan.blocks if b not in completed_blocks(out)]
-    if missing:
-        raise BlockError(
-            f"{out}: {len(missing)} blocks are not recorded (first {missing[0]}); rerun with --resume"
-        )
+    """Mark the store complete (only when every block is recorded), then write its
+    consolidated metadata (so that ``xr.open_zarr(OUT)`` opens it without a warning)."""
     records = records_dir(out)
-    for tile in plan.crop_tiles:  # keep only the final state of each tile
-        for c in range(plan.n_time_chunks - 1):
-            _state_path(records, BlockKey(c, *tile)).unlink(missing_ok=True)
+    done = done_blocks(plan, out)
+    crop = plan.crop_counts > 0
+    missing = crop[:, :, None] & ~done
+    if missing.any():
+        ty, tx, c = (int(v[0]) for v in np.nonzero(missing))
+        raise BlockError(
+            f"{out}: {int(missing.sum())} blocks are not recorded (first "
+            f"{BlockKey(c, ty, tx)}); rerun with --resume"
+        )
+    last = plan.n_time_chunks - 1
+    if last > 0:  # keep only the final state of each tile
+        for ty, tx in zip(*np.nonzero(crop), strict=True):
+            _records.state_path(records, int(ty), int(tx), last - 1).unlink(missing_ok=True)
     n_nan = _nan_crop_pixels(plan, records)
     if n_nan:
         warnings.warn(
@@ -771,17 +826,27 @@ def finish_store(plan: Plan, out: str | Path, *, n_done: int) -> None:
         )  # fmt: skip
     cubes.mark_complete(out, kgml_finished=_now(), kgml_blocks_done=int(n_done),
                         kgml_nan_crop_pixels=n_nan)  # fmt: skip
+    _consolidate(out)
+
+
+def _consolidate(out: str | Path) -> None:
+    """Consolidated metadata, after the completion marker (it copies the attributes)."""
+    import zarr
+
+    with warnings.catch_warnings():  # "not part of the Zarr v3 specification": known, wanted
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(out), zarr_format=3)
 
 
 def _nan_crop_pixels(plan: Plan, records: Path) -> int:
     """Crop pixels with a NaN output, from each tile's last record (a NaN carried in the
     model state stays NaN, so the last time chunk counts them all)."""
-    total = 0
-    for tile in plan.crop_tiles:
-        rec = records / "done" / f"{BlockKey(plan.n_time_chunks - 1, *tile).name}.json"
-        with contextlib.suppress(OSError, ValueError):
-            total += int(json.loads(rec.read_text()).get("nan_crop_pixels", 0))
-    return total
+    last = plan.n_time_chunks - 1
+    per_tile: dict[tuple[int, int], int] = {}
+    for r in _records.iter_records(records):
+        if int(r["chunk"]) == last:
+            per_tile[(int(r["ty"]), int(r["tx"]))] = int(r["nan_crop_pixels"])
+    return int(sum(per_tile.values()))
 
 
 def open_output(out: str | Path) -> xr.Dataset:
@@ -893,40 +958,39 @@ class SerialExecutor:
             return self._in_memory(plan, run_id, t0)
         done = prepare_store(plan, out, resume=resume, overwrite=overwrite)
         first = _resume_points(plan, out, done)
-        tiles = _tile_tasks(plan, out, run_id, [t for t, c in first.items() if c < plan.n_time_chunks],
-                            precision=self.precision)  # fmt: skip
+        n_chunks = plan.n_time_chunks
+        n_todo = _schedule.n_todo(plan.crop_counts, first, n_chunks)
+        run = RunConfig.from_plan(plan, out, run_id, precision=self.precision)
         records = records_dir(out)
-        state: dict[tuple[int, int], State | StateRef | None] = {
-            t: (
-                StateRef(str(_state_path(records, BlockKey(first[t] - 1, *t))))
-                if first[t] > 0
-                else None
-            )
-            for t in tiles
-        }
-        todo = [b for b in plan.blocks if b.tile in tiles and b.chunk >= first[b.tile]]
         from tqdm.auto import tqdm
 
-        try:
-            for key in tqdm(todo, desc="upscaling", unit="block", disable=not self.progress):
-                try:
-                    state[key.tile] = run_block(
-                        _block_task(plan, key), tiles[key.tile], state[key.tile]
-                    )
-                except OSError as e:
-                    if not is_disk_full(e):
-                        raise
-                    raise BlockError(block_failure(key, e, Path(out))) from e
+        bar = tqdm(total=n_todo, desc="upscaling", unit="block", disable=not self.progress)
+        try:  # tile-major, as the Dask executor
+            for ty, tx, c0 in _schedule.todo_tiles(plan.crop_counts, first, n_chunks):
+                tt = TileTask(run, plan.tile_spec(ty, tx))
+                state: State | StateRef | None = _first_state(records, ty, tx, c0)
+                for c in range(c0, n_chunks):
+                    key = BlockKey(c, ty, tx)
+                    try:
+                        state = run_block(_block_task(plan, key), tt, state)
+                    except OSError as e:
+                        if not is_disk_full(e):
+                            raise
+                        raise BlockError(block_failure(key, e, Path(out))) from e
+                    bar.update(1)
         finally:
+            bar.close()
             blockio.drop_run(run_id)
         finish_store(plan, out, n_done=plan.n_blocks)
-        return UpscaleResult(plan, Path(out), computed=len(todo),
-                             already_done=plan.n_blocks - len(todo), seconds=_time.perf_counter() - t0)  # fmt: skip
+        return UpscaleResult(plan, Path(out), computed=n_todo,
+                             already_done=plan.n_blocks - n_todo, seconds=_time.perf_counter() - t0)  # fmt: skip
 
     def _in_memory(self, plan: Plan, run_id: str, t0: float) -> UpscaleResult:
         tiles = _tile_tasks(plan, None, run_id, plan.crop_tiles, precision=self.precision)
         ds = plan.template()
-        arrays = {n: np.full(ds[n].shape, np.nan, dtype="float32") for n in (*DAILY_VARS, "yield")}
+        arrays = {
+            str(n): np.full(v.shape, np.nan, dtype="float32") for n, v in ds.data_vars.items()
+        }
         state: dict[tuple[int, int], State | None] = dict.fromkeys(tiles)
         try:
             for key in plan.blocks:
@@ -934,8 +998,9 @@ class SerialExecutor:
                 tt = tiles[key.tile]
                 output, state[key.tile] = compute_block(tt, bt, state[key.tile])
                 ys, xs = slice(*tt.tile.out_y), slice(*tt.tile.out_x)
-                for n in DAILY_VARS:
-                    arrays[n][bt.t0 : bt.t1, ys, xs] = output.daily[n]
+                ts = slice(*(output.time_slice or (bt.t0, bt.t1)))
+                for n, v in output.daily.items():
+                    arrays[n][ts, ys, xs] = v
                 if output.yearly is not None and output.year_slice is not None:
                     arrays["yield"][slice(*output.year_slice), ys, xs] = output.yearly
         finally:
@@ -993,10 +1058,14 @@ def build_graph(
     run_id: str | None = None,
     precision: str = "fp32",
 ) -> UpscaleGraph:
-    """The run's lazy graph: for each time chunk, one map of :func:`run_block` over the
-    space tiles, each block taking the previous chunk's block of its tile as input.
+    """The run's whole lazy graph: for each time chunk, one map of :func:`run_block`
+    over the space tiles, each block taking the previous chunk's block of its tile.
 
-    Building computes nothing and writes nothing. The model is not in the graph: tasks
+    Not what :class:`DaskExecutor` submits (it feeds the scheduler a bounded window,
+    :mod:`kgml_grid.schedule`): kept as the unbounded design's graph, which the tests
+    (graph size independent of the model) and ``benchmarks/upscale_acceptance.py``
+    (the cost of a whole-run graph) measure. Building computes nothing and writes
+    nothing. The model is not in the graph: tasks
     carry the checkpoint's path and hash and find the model on their worker.
 
     Parameters
@@ -1025,14 +1094,7 @@ def build_graph(
         t: dask.delayed(tasks[t], name=(f"kgml-tile-{token}", *t), traverse=False) for t in active
     }
     records = records_dir(out)
-    prev: dict[tuple[int, int], Any] = {
-        t: (
-            StateRef(str(_state_path(records, BlockKey(first[t] - 1, *t))))
-            if first[t] > 0
-            else None
-        )
-        for t in active
-    }
+    prev: dict[tuple[int, int], Any] = {t: _first_state(records, *t, first[t]) for t in active}
     fn = dask.delayed(run_block, pure=True, traverse=False)
     blocks: dict[BlockKey, Any] = {}
     for c in range(plan.n_time_chunks):  # one map over the tiles per time chunk
@@ -1046,17 +1108,9 @@ def build_graph(
     return UpscaleGraph(blocks, tiles, run_id)
 
 
-def _in_notebook() -> bool:
-    try:
-        from distributed.utils import is_kernel
-
-        return bool(is_kernel())
-    except ImportError:  # pragma: no cover
-        return False
-
-
 class DaskExecutor:
-    """Run a plan on a Dask cluster (see the module docstring).
+    """Run a plan on a Dask cluster (see the module docstring and
+    :mod:`kgml_grid.schedule`: a bounded window of blocks, tile-major chains).
 
     Parameters
     ----------
@@ -1064,18 +1118,44 @@ class DaskExecutor:
     device : str
         Worker device preference for the model (``'auto'``: GPU when the worker has one).
     progress : bool
-        A progress bar in the terminal; Dask's progress widget in Jupyter.
+        A progress bar (a widget in Jupyter).
+    max_tasks : int
+        Most blocks in the scheduler at once (:data:`kgml_grid.schedule.DEFAULT_MAX_TASKS`).
+    precision : {'fp32', 'tf32', 'bf16'}
+        Model precision on the workers (:func:`kgml_grid.infer.precision_context`).
+
+    Attributes
+    ----------
+    stats : dict
+        Of the last run: the window, the time to submit the first window, the most
+        blocks held at once, the blocks' own compute and write seconds.
     """
 
     def __init__(
-        self, client: Any, *, device: str = "auto", progress: bool = True, precision: str = "fp32"
+        self,
+        client: Any,
+        *,
+        device: str = "auto",
+        progress: bool = True,
+        max_tasks: int = _schedule.DEFAULT_MAX_TASKS,
+        precision: str = "fp32",
     ) -> None:
         from kgml_grid.infer import check_precision
 
+        _schedule.window_for(1, max_tasks, 1)  # refuses max_tasks < 1 here
+        self.precision = check_precision(precision)
         self.client = client
         self.device = device
         self.progress = progress
-        self.precision = check_precision(precision)
+        self.max_tasks = int(max_tasks)
+        self.stats: dict[str, Any] = {}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask a running :meth:`execute` (in another thread) to stop after the next
+        finished block: the rest is cancelled and it raises a :class:`BlockError`;
+        recorded blocks stay for ``--resume`` (benchmarks sample a run this way)."""
+        self._stop.set()
 
     def check(self, plan: Plan) -> None:
         """Refuse a plan whose tasks do not fit the workers' memory (before any write)."""
@@ -1093,75 +1173,157 @@ class DaskExecutor:
         out = Path(out).resolve()
         check_store(plan, out, resume=resume, overwrite=overwrite)  # before anything runs
         register_model(self.client, plan.checkpoint, plan.checkpoint_hash, device=self.device)
+        t_store = _time.perf_counter()
         done = prepare_store(plan, out, resume=resume, overwrite=overwrite)
         first = _resume_points(plan, out, done)
-        graph = build_graph(plan, out, done=done, first=first, precision=self.precision)
-        n_todo = len(graph.blocks)
+        self.stats = {"prepare_store_s": _time.perf_counter() - t_store}
+        n_todo = _schedule.n_todo(plan.crop_counts, first, plan.n_time_chunks)
+        run_id = uuid.uuid4().hex[:12]
         link = dashboard_link(self.client)
         if self.progress and link:
             print(f"dask dashboard: {link}", file=sys.stderr)
-        if resume and done:
+        if resume and plan.n_blocks - n_todo:
             print(f"resuming {out}: {plan.n_blocks - n_todo} of {plan.n_blocks} blocks done, "
                   f"computing {n_todo}", file=sys.stderr)  # fmt: skip
         try:
             if n_todo:
-                self._run(graph, out)
+                self._run(plan, out, first, run_id, n_todo)
         finally:
             with contextlib.suppress(Exception):  # best effort: frees the workers' chunk caches
-                self.client.run(blockio.drop_run, graph.run_id)
+                self.client.run(blockio.drop_run, run_id)
         finish_store(plan, out, n_done=plan.n_blocks)
         return UpscaleResult(plan, out, computed=n_todo, already_done=plan.n_blocks - n_todo,
                              seconds=_time.perf_counter() - t0, dashboard=link)  # fmt: skip
 
-    def _run(self, graph: UpscaleGraph, out: Path | None = None) -> None:
+    def _run(self, plan: Plan, out: Path, first: np.ndarray, run_id: str, n_todo: int) -> None:
         from distributed import as_completed
-
-        keys = list(graph.blocks)
-        futures = self.client.compute([graph.blocks[k] for k in keys])
-        by_key = {f.key: k for f, k in zip(futures, keys, strict=True)}
-        widget = False
-        if self.progress and _in_notebook():  # Dask's progress widget (needs ipywidgets)
-            try:
-                from distributed import progress
-                from IPython.display import display
-
-                display(progress(futures, notebook=True, multi=False))
-                widget = True
-            except ImportError:
-                widget = False
-        ac = as_completed(futures)
-        del futures  # a block's state is dropped once its successor has it
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(keys), desc="upscaling", unit="block",
-                   disable=not self.progress or widget)  # fmt: skip
+        threads = sum(self.client.nthreads().values()) or 1
+        win = _schedule.window_for(plan.n_time_chunks, self.max_tasks, threads)
+        feed = _Feed(plan, out, first, run_id, win, precision=self.precision)
+        self._stop.clear()
+        t_sub = _time.perf_counter()
+        ac = as_completed(self.client.compute(feed.refill()))
+        self.stats.update(window=win.tasks, segment=win.segment, threads=threads,
+                          first_window_s=_time.perf_counter() - t_sub,
+                          first_window_blocks=feed.held)  # fmt: skip
+        bar = tqdm(total=n_todo, desc="upscaling", unit="block", disable=not self.progress)
         try:
-            failure = self._wait(ac, by_key, bar, out)
+            failure = self._wait(ac, feed, bar, out)
         finally:
             bar.close()
+        self.stats.update(peak_held=feed.peak, blocks=feed.n_done,
+                          run_s=_time.perf_counter() - t_sub)  # fmt: skip
         if failure is not None:
             # no future may stay referenced by the traceback (in a notebook it lives on):
             # the scheduler keeps a task while a future of it exists
             del ac
             raise failure
 
-    def _wait(
-        self, ac: Any, by_key: Mapping[Any, BlockKey], bar: Any, out: Path | None
-    ) -> BlockError | None:
-        """Count the blocks as they finish; at the first failure cancel the rest and
-        return the error (raised by the caller, once no future is referenced here)."""
-        for fut in ac:
-            if fut.status == "error":
-                exc = fut.exception()
-                self.client.cancel([fut, *(list(ac.futures) if hasattr(ac, "futures") else [])])
-                failure = BlockError(block_failure(by_key.get(fut.key), exc, out))
-                failure.__cause__ = exc
-                return failure
-            if fut.status == "cancelled":
-                return BlockError(f"{by_key.get(fut.key)} was cancelled; rerun with --resume")
-            bar.update(1)
-            del fut
+    def _wait(self, ac: Any, feed: _Feed, bar: Any, out: Path | None) -> BlockError | None:
+        """Count the blocks as they finish and keep the window full; at the first
+        failure cancel the rest and return the error (raised by the caller, once no
+        future is referenced here)."""
+        for batch in ac.batches():
+            for fut in batch:
+                key = feed.key_of(fut.key)
+                if fut.status == "error":
+                    exc = fut.exception()
+                    self.client.cancel([fut, *batch, *list(getattr(ac, "futures", ()))])
+                    failure = BlockError(block_failure(key, exc, out))
+                    failure.__cause__ = exc
+                    return failure
+                if fut.status == "cancelled":
+                    return BlockError(f"{key} was cancelled; rerun with --resume")
+                feed.finished(fut.key)
+                bar.update(1)
+            del batch, fut  # a block's state is dropped once its successor has it
+            if self._stop.is_set():
+                self.client.cancel(list(getattr(ac, "futures", ())))
+                return BlockError(f"stopped after {feed.n_done} blocks; rerun with --resume")
+            more = feed.refill()
+            if more:
+                ac.update(self.client.compute(more))
         return None
+
+
+class _Feed:
+    """The client side of the window: which tiles run, their segments' Dask keys,
+    and the next segments to submit (:mod:`kgml_grid.schedule`)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        out: Path,
+        first: np.ndarray,
+        run_id: str,
+        win: _schedule.Window,
+        *,
+        precision: str = "fp32",
+    ) -> None:
+        import dask
+
+        self.plan, self.win = plan, win
+        self.run = RunConfig.from_plan(plan, out, run_id, precision=precision)
+        self.records = records_dir(out)
+        self.tiles = _schedule.todo_tiles(plan.crop_counts, first, plan.n_time_chunks)
+        self.token = f"{plan.plan_id[:8]}{run_id[:8]}"
+        self.fn = dask.delayed(run_block, pure=True, traverse=False)
+        self.keys: dict[str, tuple[BlockKey, int]] = {}  # Dask key -> (block, segment id)
+        self.segments: dict[int, tuple[TileTask, int, int]] = {}  # id -> (tile, end, length)
+        self.resume: deque[tuple[TileTask, int]] = deque()  # tiles whose next segment is due
+        self.held = self.peak = self.n_done = 0
+        self._next_id = 0
+
+    def key_of(self, dask_key: Any) -> BlockKey | None:
+        item = self.keys.get(dask_key)
+        return None if item is None else item[0]
+
+    def _segment(self, tt: TileTask, c0: int) -> list[Any]:
+        n_chunks = self.plan.n_time_chunks
+        c1 = min(n_chunks, c0 + self.win.segment)
+        sid = self._next_id
+        self._next_id += 1
+        prev: Any = _first_state(self.records, tt.tile.ty, tt.tile.tx, c0)
+        out = []
+        for c in range(c0, c1):
+            key = BlockKey(c, tt.tile.ty, tt.tile.tx)
+            name = f"kgml-block-{self.token}-{key.name}"
+            prev = self.fn(_block_task(self.plan, key), tt, prev, dask_key_name=name)
+            self.keys[name] = (key, sid)
+            out.append(prev)
+        self.segments[sid] = (tt, c1, c1 - c0)
+        self.held += c1 - c0
+        self.peak = max(self.peak, self.held)
+        return out
+
+    def refill(self) -> list[Any]:
+        """Delayed blocks to submit now: due segments of running tiles first (tile-major),
+        then new tiles, while the window has room."""
+        todo: list[Any] = []
+        while self.resume and self.held + self.win.segment <= self.win.tasks:
+            tt, c0 = self.resume.popleft()
+            todo += self._segment(tt, c0)
+        while self.held + self.win.segment <= self.win.tasks or not (self.held or todo):
+            nxt = next(self.tiles, None)
+            if nxt is None:
+                break
+            ty, tx, c0 = nxt
+            todo += self._segment(TileTask(self.run, self.plan.tile_spec(ty, tx)), c0)
+        return todo
+
+    def finished(self, dask_key: Any) -> None:
+        """A block is done: at the end of its segment, free its room in the window and
+        queue the tile's next segment (from the state saved on disk)."""
+        key, sid = self.keys.pop(dask_key)
+        self.n_done += 1
+        tt, end, length = self.segments[sid]
+        if key.chunk == end - 1:
+            del self.segments[sid]
+            self.held -= length
+            if end < self.plan.n_time_chunks:
+                self.resume.append((tt, end))
 
 
 # --------------------------------------------------------------------------------------
@@ -1269,6 +1431,9 @@ def upscale(
     device: str = "auto",
     connect_timeout: float | None = None,
     precision: str = "fp32",
+    frequency: str = "daily",
+    variables: str | Sequence[str] | None = None,
+    max_tasks: int = _schedule.DEFAULT_MAX_TASKS,
 ) -> UpscaleResult:
     """Plan and run an upscaling: the library call behind ``kgml-grid upscale``.
 
@@ -1303,6 +1468,10 @@ def upscale(
     precision : {'fp32', 'tf32', 'bf16'}
         Model precision (:func:`kgml_grid.infer.precision_context`): ``fp32`` exact;
         ``tf32`` CUDA only; ``bf16`` autocast (CUDA, or a CPU with bf16 support).
+    frequency, variables
+        Of the output (:func:`kgml_grid.plan.make_plan`, :mod:`kgml_grid.outstore`).
+    max_tasks : int
+        Most blocks in the Dask scheduler at once (:mod:`kgml_grid.schedule`).
 
     Returns
     -------
@@ -1316,8 +1485,10 @@ def upscale(
     device = check_device_spec(device)
     check_precision(precision, "cpu" if device == "cpu" else None)  # auto/cuda: workers decide
     n_workers = check_n_workers(n_workers)
+    _schedule.window_for(1, max_tasks, 1)  # refuses max_tasks < 1 before planning
     plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs,
-                     chunks=chunks, batch_pixels=batch_pixels)  # fmt: skip
+                     chunks=chunks, batch_pixels=batch_pixels, frequency=frequency,
+                     variables=variables)  # fmt: skip
     out = Path(out).resolve()
     if dry_run:
         outputs.check_not_input(out, run_inputs(plan), error=PlanError)
@@ -1328,17 +1499,17 @@ def upscale(
             plan, out, resume=resume, overwrite=overwrite
         )
     if client is not None:
-        return DaskExecutor(client, device=device, progress=progress, precision=precision).execute(
-            plan, out, resume=resume, overwrite=overwrite
-        )
+        return DaskExecutor(
+            client, device=device, progress=progress, max_tasks=max_tasks, precision=precision
+        ).execute(plan, out, resume=resume, overwrite=overwrite)
     from kgml_grid.cluster import close_client, make_client
 
     own = make_client(
         cluster or "local", n_workers=n_workers, verbose=progress, connect_timeout=connect_timeout
     )
     try:
-        return DaskExecutor(own, device=device, progress=progress, precision=precision).execute(
-            plan, out, resume=resume, overwrite=overwrite
-        )
+        return DaskExecutor(
+            own, device=device, progress=progress, max_tasks=max_tasks, precision=precision
+        ).execute(plan, out, resume=resume, overwrite=overwrite)
     finally:
         close_client(own)

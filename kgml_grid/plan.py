@@ -45,13 +45,13 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from kgml_grid import schema
+from kgml_grid import outstore, schema
 from kgml_grid.grid import GridSpec, cells_spanned, coarse_index
 
 __all__ = [
@@ -294,6 +294,24 @@ class Plan:
     crop_counts: np.ndarray = field(repr=False)  # [n_ty, n_tx] crop pixels per tile
     batch_pixels: int = MAX_BATCH_PIXELS
     memory: Mapping[str, int] = field(default_factory=dict)
+    frequency: str = "daily"  # of the output: daily | monthly | annual (sums)
+    variables: tuple[str, ...] = outstore.OUTPUT_VARIABLES  # written by the run
+
+    # ---- output layout (kgml_grid.outstore) ----------------------------------------------
+    @property
+    def period_edges(self) -> np.ndarray:
+        """Day offsets where the output's time steps start, plus ``n_days``."""
+        return outstore.period_edges(self.start, self.n_days, self.frequency)
+
+    def output_layout(self, n_workers: int = 1) -> outstore.OutputLayout:
+        """Shards, bytes and files of the output (:func:`kgml_grid.outstore.layout`)."""
+        return outstore.layout(ny=self.grid.ny, nx=self.grid.nx, tile_y=self.tile_y,
+                               tile_x=self.tile_x, time_bounds=self.time_bounds,
+                               edges=self.period_edges, n_years=len(self.years),
+                               n_crop_tiles=int((self.crop_counts > 0).sum()),
+                               n_crop_pixels=self.n_crop_pixels,
+                               variables=self.variables, frequency=self.frequency,
+                               n_workers=n_workers)  # fmt: skip
 
     # ---- dimensions --------------------------------------------------------------------
     @property
@@ -382,6 +400,8 @@ class Plan:
     def n_tasks_for(self, done: set[BlockKey] | frozenset[BlockKey] = frozenset()) -> int:
         """Dask tasks of a run that skips ``done`` blocks: one per remaining block plus
         one small data task per tile with remaining blocks (its weather index)."""
+        if not done:  # arithmetic: the plan's id and the store's attributes need it at any size
+            return self.n_blocks + int((self.crop_counts > 0).sum())
         todo = [b for b in self.blocks if b not in done]
         return len(todo) + len({b.tile for b in todo})
 
@@ -471,14 +491,23 @@ class Plan:
             "crop_pixels": self.n_crop_pixels,
             "batch_pixels": self.batch_pixels,
             "memory_per_task": self.memory_per_task,
+            "frequency": self.frequency,
+            "variables": list(self.variables),
         }
 
     _IDENTITY = ("catalog", "paths", "checkpoint_hash", "start", "end", "window", "chunks")
+    #: Identity keys kept out of the id at their default (ids of earlier plans stay equal).
+    _OUTPUT_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "frequency": "daily",
+        "variables": list(outstore.OUTPUT_VARIABLES),
+    }
 
     def identity(self) -> dict[str, Any]:
         """The parts of :meth:`to_dict` a resumed run must share with the first run."""
         d = self.to_dict()
-        return {k: d[k] for k in self._IDENTITY}
+        ident = {k: d[k] for k in self._IDENTITY}
+        ident.update({k: d[k] for k, v in self._OUTPUT_DEFAULTS.items() if d[k] != v})
+        return ident
 
     @property
     def plan_id(self) -> str:
@@ -488,31 +517,49 @@ class Plan:
 
     def differences(self, other: Mapping[str, Any]) -> list[str]:
         """How a stored plan (``to_dict()`` of an earlier run) differs from this one."""
-        mine = self.identity()
+        mine = {**self._OUTPUT_DEFAULTS, **self.identity()}
         out = []
         for k, v in mine.items():
-            if other.get(k) != v:
+            if other.get(k, self._OUTPUT_DEFAULTS.get(k)) != v:
                 out.append(f"{k}: {other.get(k)!r} in the store, {v!r} now")
         return out
 
     # ---- output template ---------------------------------------------------------------------
-    def template(self, *, provenance: Mapping[str, Any] | None = None) -> xr.Dataset:
-        """The lazy output Dataset: NaN-filled Dask arrays with the plan's chunks,
-        CF attributes (from the schema), CRS and provenance attributes."""
+    def template(
+        self, *, provenance: Mapping[str, Any] | None = None, chunked: bool = True
+    ) -> xr.Dataset:
+        """The lazy output Dataset: NaN-filled Dask arrays with the plan's chunks (one
+        Dask chunk per variable with ``chunked=False``: what creating the store needs,
+        the same cost for any number of blocks), the plan's variables and frequency
+        (:mod:`kgml_grid.outstore`), CF attributes (from the schema), CRS and provenance
+        attributes."""
         import dask.array as da
 
         from kgml_grid import cubes
 
-        shp = (self.n_days, self.grid.ny, self.grid.nx)
-        tch = (self.time_chunks, self.y_chunks, self.x_chunks)
+        edges = self.period_edges
+        periods = [outstore.block_periods(edges, t0, t1) for t0, t1 in self.time_bounds]
+        pch = tuple(p1 - p0 for p0, p1 in periods)
+        n_t = int(edges.size - 1)
+        shp = (n_t, self.grid.ny, self.grid.nx)
+        yshape = (len(self.years), self.grid.ny, self.grid.nx)
+        tch: Any = (pch, self.y_chunks, self.x_chunks) if chunked else shp
+        ych: Any = (1, self.y_chunks, self.x_chunks) if chunked else yshape
         data: dict[str, Any] = {
             n: (("time", "y", "x"), da.full(shp, np.nan, chunks=tch, dtype="float32"))
             for n in DAILY_VARS
+            if n in self.variables
         }
-        yshape = (len(self.years), self.grid.ny, self.grid.nx)
-        data["yield"] = (("year", "y", "x"),
-                         da.full(yshape, np.nan, chunks=(1, self.y_chunks, self.x_chunks), dtype="float32"))  # fmt: skip
-        ds = xr.Dataset(data, coords={"time": self.time, "year": self.years})
+        if "yield" in self.variables:
+            data["yield"] = (
+                ("year", "y", "x"),
+                da.full(yshape, np.nan, chunks=ych, dtype="float32"),
+            )
+        time, bounds = outstore.period_index(self.start, edges)
+        coords: dict[str, Any] = {"time": time, "year": self.years}
+        if self.frequency != "daily":
+            coords["time_bounds"] = (("time", "bnds"), bounds)
+        ds = xr.Dataset(data, coords=coords)
         attrs = {
             "kgml_plan": json.dumps(self.to_dict(), sort_keys=True),
             "kgml_plan_id": self.plan_id,
@@ -521,17 +568,30 @@ class Plan:
             "kgml_catalog": self.catalog,
             "kgml_catalog_entries": json.dumps(dict(self.entries), sort_keys=True),
             "kgml_model": json.dumps(dict(self.model), sort_keys=True),
+            "kgml_frequency": self.frequency,
         }
         attrs.update(provenance or {})
         ds = cubes.annotate(ds, self.grid, title="kgml_grid upscaled carbon fluxes", **attrs)
-        ds["gpp"].attrs.update(long_name="gross primary productivity (model estimate)",
-                               comment=_GPP_COMMENT)  # fmt: skip
+        if "gpp" in ds:
+            ds["gpp"].attrs.update(long_name="gross primary productivity (model estimate)",
+                                   comment=_GPP_COMMENT)  # fmt: skip
         for n in ("ra", "rh"):
-            ds[n].attrs["comment"] = "model output clamped at >= 0"
-        ds["reco"].attrs["comment"] = "ra + rh"
-        ds["yield"].attrs["comment"] = self._yield_comment()
-        for n in (*DAILY_VARS, "yield"):
-            ds[n].attrs["cell_methods"] = "time: mean" if n in DAILY_VARS else "time: sum"
+            if n in ds:
+                ds[n].attrs["comment"] = "model output clamped at >= 0"
+        if "reco" in ds:
+            ds["reco"].attrs["comment"] = "ra + rh"
+        if "yield" in ds:
+            ds["yield"].attrs["comment"] = self._yield_comment()
+            ds["yield"].attrs["cell_methods"] = "time: sum"
+        for n in DAILY_VARS:
+            if n not in ds:
+                continue
+            if self.frequency == "daily":
+                ds[n].attrs["cell_methods"] = "time: mean"
+            else:
+                ds[n].attrs.update(cell_methods="time: sum", units=outstore.UNITS[self.frequency])
+        if self.frequency != "daily":
+            ds["time"].attrs["bounds"] = "time_bounds"
         return ds
 
     def _yield_comment(self) -> str:
@@ -620,11 +680,21 @@ class Plan:
             f"{format_bytes(m.get('inputs', 0))}, features {format_bytes(m.get('features', 0))}, "
             f"model {format_bytes(m.get('model', 0))} in batches of {self.batch_pixels} pixels, "
             f"outputs {format_bytes(m.get('outputs', 0))})",
-            f"  outputs     {', '.join(DAILY_VARS)} daily (time, y, x); yield yearly (year, y, x); "
-            f"Zarr chunks {self.output_chunks}",
+            f"  outputs     {self._output_line()}",
             f"  yield       {self._yield_comment()}",
         ]
         return "\n".join(lines)
+
+    def _output_line(self) -> str:
+        """Variables, frequency, bytes and files of the output (before anything runs)."""
+        lay = self.output_layout()
+        shard = next(iter(lay.shards.values()))
+        return (
+            f"{', '.join(lay.variables)} {lay.frequency} ({lay.n_periods} time steps): "
+            f"{format_bytes(lay.bytes_float32)} as float32 ({format_bytes(lay.bytes_crop)} of crop "
+            f"pixels), ~{format_bytes(lay.bytes_estimate)} on disk (estimate); {lay.files} files ({lay.shard_files} shards of "
+            f"{'x'.join(map(str, shard))}); records {lay.record_files} files"
+        )
 
     def __repr__(self) -> str:
         return (
@@ -797,6 +867,8 @@ def make_plan(
     chunks: str | Mapping[str, Any] | None = None,
     batch_pixels: int | None = None,
     memory_limit: int | str | None = None,
+    frequency: str = "daily",
+    variables: str | Sequence[str] | None = None,
 ) -> Plan:
     """Plan an upscaling run; check everything checkable; compute nothing.
 
@@ -821,6 +893,11 @@ def make_plan(
     memory_limit : int or str, optional
         Refuse chunks whose tasks would not fit this worker memory (executors check
         the real workers' limits too).
+    frequency : {'daily', 'monthly', 'annual'}
+        Of the output: daily values or monthly / annual sums (time chunks must then end
+        at month / year ends; :mod:`kgml_grid.outstore`).
+    variables : str or sequence, optional
+        Output variables (default all of :data:`kgml_grid.outstore.OUTPUT_VARIABLES`).
 
     Raises
     ------
@@ -832,6 +909,11 @@ def make_plan(
     from kgml_grid.checkpoint import load_checkpoint
 
     parsed_chunks = parse_chunks(chunks)
+    try:
+        frequency = outstore.check_frequency(frequency)
+        out_vars = outstore.check_variables(variables)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
     # --- checkpoint -------------------------------------------------------------------
     model_path = Path(model).resolve()
     try:
@@ -919,6 +1001,11 @@ def make_plan(
         time_chunks = tspec
     else:
         time_chunks = _regular(n_days, int(tspec))
+    try:
+        outstore.check_alignment(_bounds(time_chunks), outstore.period_edges(t_start, n_days, frequency),
+                                 t_start, frequency)  # fmt: skip
+    except ValueError as e:
+        raise PlanError(str(e)) from None
     # --- crop tiles (reads the crop layer: int8 per pixel and year) -------------------------
     ys, xs = _regular(grid.ny, tile_y), _regular(grid.nx, tile_x)
     crop_counts = _crop_counts(paths["crop"], [crop_year_index[y] for y in years], window, ys, xs)
@@ -959,6 +1046,8 @@ def make_plan(
         crop_counts=crop_counts,
         batch_pixels=int(bp),
         memory=memory,
+        frequency=frequency,
+        variables=out_vars,
     )
     plan.check_memory(memory_limit, what="memory_limit")
     return plan

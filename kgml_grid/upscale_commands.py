@@ -52,6 +52,9 @@ def _cmd_upscale(a: argparse.Namespace) -> int:
         device=a.device,
         connect_timeout=a.connect_timeout,
         precision=a.precision,
+        frequency=a.frequency,
+        variables=a.variables,
+        max_tasks=a.max_tasks,
     )
     print(res.summary())
     if a.maps and not a.dry_run:
@@ -142,6 +145,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     u.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
                    help="model precision: fp32 (exact), tf32 (CUDA only), bf16 (autocast; deviation "
                         "from fp32 in benchmarks/results/gpu_bench_*.json)")  # fmt: skip
+    u.add_argument("--frequency", default="daily", choices=("daily", "monthly", "annual"),
+                   help="output time step: daily values (default) or monthly / annual sums "
+                        "(time chunks must then end at month / year ends)")  # fmt: skip
+    u.add_argument(
+        "--variables",
+        metavar="V,V",
+        default=None,
+        help="outputs to write, of ra, rh, reco, nee, gpp, yield (default all)",
+    )
+    u.add_argument(
+        "--max-tasks",
+        type=positive_int,
+        default=2000,
+        metavar="N",
+        help="most blocks in the Dask scheduler at once (default 2000)",
+    )
     u.add_argument("--maps", metavar="DIR", help="also write annual maps of Ra, Rh, NEE (PNG) here")
     u.add_argument("--quiet", action="store_true", help="no progress bar")
     u.set_defaults(func=_cmd_upscale)

@@ -245,3 +245,71 @@ def test_serial_store_skips_tiles_without_crop_and_refuses_other_checkpoints(
         PlanError, match=r"--resume: .* was written with checkpoint hash .* this run uses"
     ):
         SerialExecutor().execute(plan2, out, resume=True)
+
+
+# --------------------------------------------------------------------------------------
+# bounded, tile-major scheduling and the store at scale (issue 13)
+# --------------------------------------------------------------------------------------
+
+
+def _sample_scheduler(client, stop, counts: list[int]) -> None:
+    """Sample how many tasks the scheduler holds, until ``stop`` is set."""
+    import time
+
+    while not stop.is_set():
+        counts.append(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
+        time.sleep(0.005)
+
+
+@pytest.mark.cluster
+def test_dask_window_bounds_the_scheduler_and_equals_serial(tiny_world, ckpt, client, tmp_path):
+    import threading
+    import warnings
+
+    from kgml_grid.records import log_files
+
+    chunks = {"y": 5, "x": 6, "time": (100, 265, 1, 364)}
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, bbox=window(tiny_world),
+                     chunks=chunks)  # fmt: skip
+    assert plan.n_blocks >= 30
+    ex = DaskExecutor(client, progress=False, max_tasks=6)
+    stop, counts = threading.Event(), []
+    th = threading.Thread(target=_sample_scheduler, args=(client, stop, counts))
+    th.start()
+    try:
+        res = ex.execute(plan, tmp_path / "win.zarr")
+    finally:
+        stop.set()
+        th.join()
+    # two workers x one thread: 4 segments per thread would be 8 chains; 6 tasks allow
+    # segments of one block, so the window is 6 blocks (tile chains broken by saved state)
+    assert ex.stats["window"] == 6 and ex.stats["segment"] == 1
+    assert ex.stats["peak_held"] <= 6 and ex.stats["blocks"] == plan.n_blocks
+    assert len(counts) > 10 and max(counts) <= 6, (max(counts), len(counts))
+    assert res.computed == plan.n_blocks
+    serial = SerialExecutor().execute(plan, tmp_path / "serial.zarr")
+    assert_same(res.dataset, serial.dataset, atol=1e-6, rtol=1e-7)
+    # compact records: one log per worker process, not a file per block
+    assert len(log_files(records_dir(tmp_path / "win.zarr"))) <= 2
+    # the finished store opens with plain xr.open_zarr, no warning (consolidated metadata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(tmp_path / "win.zarr")
+    assert ds.attrs["kgml_complete"] == 1
+    assert ds["nee"].encoding["shards"] == (100, 5, 6)  # the most common time chunk (first)
+
+
+@pytest.mark.cluster
+def test_dask_window_chains_a_tiles_time_chunks(tiny_world, ckpt, client, tmp_path):
+    """A window wide enough for whole chains: a tile's chunks are one segment (its
+    blocks follow each other's futures) and the window keeps 4 chains per thread."""
+    plan = make_plan(tiny_world.catalog, ckpt, start=START, end=END, bbox=window(tiny_world),
+                     chunks={"y": 5, "x": 6, "time": (100, 265, 1, 364)})  # fmt: skip
+    ex = DaskExecutor(client, progress=False, max_tasks=1000)
+    ex.execute(plan, tmp_path / "chain.zarr")
+    assert ex.stats["segment"] == plan.n_time_chunks == 4
+    assert ex.stats["window"] == 4 * 2 * 4 and ex.stats["peak_held"] <= ex.stats["window"]
+    from kgml_grid.execute import read_records
+
+    recs = read_records(tmp_path / "chain.zarr")
+    assert len(recs) == plan.n_blocks and all(r["seconds"] > 0 for r in recs)
