@@ -247,52 +247,39 @@ def fit(
     return history, best_epoch, stopped
 
 
-def pretrain(
-    catalog: str | Path,
-    out: str | Path,
-    config: TrainConfig = TrainConfig(),
-    *,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> TrainResult:
-    """Pre-train a model on the truth cube of a catalog and save a checkpoint in ``out``.
+@dataclass
+class PretrainSetup:
+    """Everything a pre-training run needs before its first step (see :func:`prepare_pretrain`)."""
 
-    ``out`` is checked before training (:func:`kgml_grid.outputs.check_target`): it must
-    not be, contain or lie inside the catalog, its cubes or the ``--init`` checkpoint; an
-    existing one needs ``overwrite`` and is replaced only when it is a checkpoint
-    kgml_grid wrote (after training, so a failed run leaves it as it was).
+    model: torch.nn.Module
+    model_config: ModelConfig
+    norm: Normalizer
+    norm_stats: dict[str, tuple[float, float]]
+    features: tuple[str, ...]
+    split: Split
+    series: Series
+    train_items: list[tuple[int, tuple[int, int, int]]]
+    val_items: list[tuple[int, tuple[int, int, int]]]
+    train: Batches
+    val: Batches
+
+
+def prepare_pretrain(cat: Any, config: TrainConfig, device: torch.device) -> PretrainSetup:
+    """Check the cubes, split, normalise, cut windows and build the model of a pre-training.
+
+    Seeds torch from ``config.seed`` first, so that the model's initial weights only depend
+    on the configuration. Used by :func:`pretrain` and the learning-efficiency benchmark.
 
     Raises
     ------
     ValueError
-        If the catalog has no truth layer or too few years or crop pixels, or ``out``
-        is refused.
+        For impossible values in the cubes, too few windows, or an ``--init`` checkpoint
+        of another feature set or architecture.
     """
-    with torch_threads(config.threads):
-        return _pretrain(catalog, out, config, progress=progress, overwrite=overwrite)
-
-
-def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, progress: bool,
-              overwrite: bool) -> TrainResult:  # fmt: skip
-    from kgml_grid import outputs, values
-    from kgml_grid.catalog import open_catalog
+    from kgml_grid import values
     from kgml_grid.model import YIELD_TARGET
 
-    t0 = time.perf_counter()
-    if config.arch not in ("kgml", "gru"):
-        raise ValueError(f"--arch must be 'kgml' or 'gru', got {config.arch!r}")
     _seed_all(config.seed)
-    device = resolve_device(config.device)
-    cat = open_catalog(catalog)
-    inputs = [
-        *outputs.catalog_inputs(cat),
-        *outputs.input_paths("the --init checkpoint", [config.init]),
-    ]
-    outputs.check_target(out, kind="model", inputs=inputs, overwrite=overwrite)
-    if "truth" not in {e.layer for e in cat.entries.values()}:
-        raise ValueError(
-            f"{cat.path}: pre-training needs a 'truth' layer (a synthetic world's catalog)"
-        )
     layers = cat.open_all()
     feats = schema.feature_set(config.features)
     # impossible values (kelvin, all NaN, GPP 1e6...) refused before anything is computed
@@ -341,6 +328,59 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
     val = Batches(
         series, val_items, norm, batch_size=config.batch_size * 2, shuffle=False, device=device
     )
+    return PretrainSetup(model, mcfg, norm, norm_stats, feats, split, series, train_items,
+                         val_items, train, val)  # fmt: skip
+
+
+def pretrain(
+    catalog: str | Path,
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Pre-train a model on the truth cube of a catalog and save a checkpoint in ``out``.
+
+    ``out`` is checked before training (:func:`kgml_grid.outputs.check_target`): it must
+    not be, contain or lie inside the catalog, its cubes or the ``--init`` checkpoint; an
+    existing one needs ``overwrite`` and is replaced only when it is a checkpoint
+    kgml_grid wrote (after training, so a failed run leaves it as it was).
+
+    Raises
+    ------
+    ValueError
+        If the catalog has no truth layer or too few years or crop pixels, or ``out``
+        is refused.
+    """
+    with torch_threads(config.threads):
+        return _pretrain(catalog, out, config, progress=progress, overwrite=overwrite)
+
+
+def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, progress: bool,
+              overwrite: bool) -> TrainResult:  # fmt: skip
+    from kgml_grid import outputs
+    from kgml_grid.catalog import open_catalog
+
+    t0 = time.perf_counter()
+    if config.arch not in ("kgml", "gru"):
+        raise ValueError(f"--arch must be 'kgml' or 'gru', got {config.arch!r}")
+    _seed_all(config.seed)
+    device = resolve_device(config.device)
+    cat = open_catalog(catalog)
+    inputs = [
+        *outputs.catalog_inputs(cat),
+        *outputs.input_paths("the --init checkpoint", [config.init]),
+    ]
+    outputs.check_target(out, kind="model", inputs=inputs, overwrite=overwrite)
+    if "truth" not in {e.layer for e in cat.entries.values()}:
+        raise ValueError(
+            f"{cat.path}: pre-training needs a 'truth' layer (a synthetic world's catalog)"
+        )
+    setup = prepare_pretrain(cat, config, device)
+    model, norm, split = setup.model, setup.norm, setup.split
+    feats, mcfg, norm_stats = setup.features, setup.model_config, setup.norm_stats
+    train, val, train_items = setup.train, setup.val, setup.train_items
     history, best_epoch, stopped = fit(
         model, lambda b, s: grid_loss(model, b, norm, config, s), train, val,
         param_groups=[{"params": list(model.parameters()), "lr": config.lr}],
