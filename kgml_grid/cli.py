@@ -97,7 +97,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
         seed=a.seed, device=a.device, max_minutes=a.max_minutes, init=a.init,
-        w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
+        max_cpu_minutes=a.max_cpu_minutes, w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
         features=a.features, feature_dropout=a.feature_dropout,
         split=SplitSpec(max_train_pixels=a.max_train_pixels, holdout_years=a.holdout_years),
     )  # fmt: skip
@@ -294,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="last years of the cubes held out for validation (a 3-year world needs --holdout-years 1)",
     )
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    t.add_argument(
+        "--max-cpu-minutes",
+        type=float,
+        default=None,
+        help="CPU-time budget of this process (with one torch thread: the compute used, "
+        "whatever else shares the cores)",
+    )
     t.add_argument(
         "--init", default=None, help="continue training from this checkpoint (warm start)"
     )

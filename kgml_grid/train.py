@@ -16,7 +16,8 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ class TrainConfig:
     w_response: float = 0.1
     response_every: int = 4  # steps between response-penalty evaluations
     max_minutes: float | None = None  # wall-clock budget; training stops early and says so
+    # CPU-time budget (time.process_time of this process, one torch thread by default):
+    # unlike wall time it does not grow when other processes share the cores.
+    max_cpu_minutes: float | None = None
     split: SplitSpec = field(default_factory=SplitSpec)
     # Torch intra-op threads on CPU; None or 0: torch's choice. One by default: the GRU's
     # ops are too small to split (1.78 s/batch with 1 thread, 1.96 with 2, idle 2-core
@@ -88,6 +92,12 @@ class TrainConfig:
     # Share of training windows in which each addition is hidden (value and availability
     # flag 0), so that the model learns to run where a source lacks it (towers).
     feature_dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("max_minutes", "max_cpu_minutes"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"TrainConfig.{name} must be positive or None, got {v!r}")
 
 
 @dataclass
@@ -176,6 +186,43 @@ def _learning_curve(history: Sequence[Mapping[str, float]], path: Path, title: s
     return path
 
 
+class CPUBudget:
+    """CPU seconds of this process (``time.process_time``) since creation, minus paused spans.
+
+    With one torch thread this is the compute a run consumed, whatever else shares the
+    cores; :meth:`paused` leaves out work that is not training (snapshot evaluation).
+
+    Parameters
+    ----------
+    minutes : float, optional
+        The budget; None: unlimited (:meth:`spent` is always False).
+    """
+
+    def __init__(self, minutes: float | None = None) -> None:
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"max_cpu_minutes must be positive, got {minutes!r}")
+        self.minutes = minutes
+        self._t0 = time.process_time()
+        self._excluded = 0.0
+
+    def seconds(self) -> float:
+        """CPU seconds charged so far."""
+        return time.process_time() - self._t0 - self._excluded
+
+    def spent(self) -> bool:
+        """True once the budget is used up."""
+        return self.minutes is not None and self.seconds() > 60 * self.minutes
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the CPU time of the block out of the budget."""
+        t = time.process_time()
+        try:
+            yield
+        finally:
+            self._excluded += time.process_time() - t
+
+
 def fit(
     model: torch.nn.Module,
     loss_fn: Callable[[Mapping[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]],
@@ -191,8 +238,20 @@ def fit(
     progress: bool = True,
     desc: str = "training",
     grad_clip: float = 1.0,
+    max_cpu_minutes: float | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> tuple[list[dict[str, float]], int, str]:
-    """Generic loop: Adam, step decay, early stopping on ``val``; restores the best weights."""
+    """Generic loop: Adam, step decay, early stopping on ``val``; restores the best weights.
+
+    Parameters
+    ----------
+    max_minutes, max_cpu_minutes : float, optional
+        Wall-clock and CPU-time (:class:`CPUBudget`) budgets: once one is spent, the
+        epoch is cut short, validated, and training stops, saying which budget ended it.
+    on_step : callable ``(step, cpu_seconds)``, optional
+        Called after every optimiser step with the steps done and the CPU seconds spent
+        so far (e.g. to evaluate snapshots); its own CPU time is not charged to the budget.
+    """
     from tqdm.auto import tqdm
 
     opt = torch.optim.Adam(param_groups)
@@ -201,14 +260,20 @@ def fit(
     best, best_epoch, bad = math.inf, 0, 0
     best_state = copy.deepcopy(model.state_dict())
     t0 = time.perf_counter()
+    cpu = CPUBudget(max_cpu_minutes)
     stopped = f"ran all {epochs} epochs"
     step = 0
+
+    def out_of_time() -> bool:
+        wall = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
+        return wall or cpu.spent()
+
     bar = tqdm(total=epochs * len(train), desc=desc, disable=not progress, unit="batch")
     for epoch in range(epochs):
         model.train()
         tot, n = 0.0, 0
         for b in train:
-            if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
+            if out_of_time():
                 break  # out of time: validate what we have, then stop below
             loss, parts = loss_fn(b, step)
             opt.zero_grad(set_to_none=True)
@@ -220,13 +285,18 @@ def fit(
             n += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.3f}" for k, v in parts.items()})
+            if on_step is not None:
+                with cpu.paused():
+                    on_step(step, cpu.seconds())
+                model.train()
         sched.step()
         model.eval()
         with torch.no_grad():
             vl = [loss_fn(b, 1)[0].item() for b in val]
         v = float(np.mean(vl)) if vl else tot / max(n, 1)
         history.append({"epoch": epoch + 1, "train": tot / n if n else float("nan"), "val": v,
-                        "seconds": time.perf_counter() - t0})  # fmt: skip
+                        "seconds": time.perf_counter() - t0, "cpu_seconds": cpu.seconds(),
+                        "steps": step})  # fmt: skip
         bar.set_description(f"{desc} epoch {epoch + 1}/{epochs} val {v:.4f}")
         if v < best - 1e-5:
             best, best_epoch, bad = v, epoch, 0
@@ -240,6 +310,12 @@ def fit(
                 break
         if max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes:
             stopped = f"time budget of {max_minutes:g} min reached after epoch {epoch + 1}"
+            break
+        if cpu.spent():
+            stopped = (
+                f"CPU-time budget of {max_cpu_minutes:g} CPU-min reached after epoch {epoch + 1} "
+                f"(step {step}, {cpu.seconds() / 60:.2f} CPU-min)"
+            )
             break
     bar.close()
     model.load_state_dict(best_state)
@@ -386,7 +462,7 @@ def _pretrain(catalog: str | Path, out: str | Path, config: TrainConfig, *, prog
         param_groups=[{"params": list(model.parameters()), "lr": config.lr}],
         epochs=config.epochs, patience=config.patience, lr_step=config.lr_step,
         lr_gamma=config.lr_gamma, max_minutes=config.max_minutes, progress=progress,
-        desc=f"pre-training {config.arch}",
+        desc=f"pre-training {config.arch}", max_cpu_minutes=config.max_cpu_minutes,
     )  # fmt: skip
     out = outputs.prepare_target(out, kind="model", inputs=inputs, overwrite=overwrite)
     prov = {
@@ -790,7 +866,9 @@ def load_for_eval(model_dir: str | Path, device: str = "cpu") -> Checkpoint:
 
 
 __all__ = [
+    "CPUBudget",
     "FinetuneConfig",
+    "PretrainSetup",
     "Split",
     "TrainConfig",
     "TrainResult",
@@ -801,6 +879,7 @@ __all__ = [
     "load_towers",
     "mask_low_quality",
     "predict",
+    "prepare_pretrain",
     "pretrain",
     "site_years",
     "tower_split",
