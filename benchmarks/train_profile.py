@@ -37,7 +37,10 @@ from kgml_grid import train as T
 from kgml_grid.catalog import open_catalog
 from kgml_grid.checkpoint import torch_threads
 
-MODULES = {"kgml": ("basis", "ra", "rh", "gpp", "nee", "yield_head"), "gru": ("gru", "head", "yield_head")}
+MODULES = {
+    "kgml": ("basis", "ra", "rh", "gpp", "nee", "yield_head"),
+    "gru": ("gru", "head", "yield_head"),
+}
 
 
 def machine() -> dict[str, Any]:
@@ -64,37 +67,64 @@ class Timer:
         return out
 
 
-def hook_modules(model: torch.nn.Module, names: tuple[str, ...], timer: Timer) -> None:
-    """Forward and backward CPU time of each named child module."""
+def hook_modules(
+    model: torch.nn.Module, names: tuple[str, ...], timer: Timer, captured: dict[str, Any]
+) -> None:
+    """Forward CPU time of each named child module, in place; keeps its first inputs."""
     for name in names:
         mod = getattr(model, name)
         start: dict[str, float] = {}
 
-        def pre(_m: Any, _i: Any, name: str = name, start: dict[str, float] = start) -> None:
+        def pre(_m: Any, inp: Any, name: str = name, start: dict[str, float] = start) -> None:
+            if name not in captured and timer.prefix == "":
+                captured[name] = tuple(t.detach() if torch.is_tensor(t) else t for t in inp)
             start["f"] = time.process_time()
 
-        def post(_m: Any, _i: Any, _o: Any, name: str = name, start: dict[str, float] = start) -> None:
+        def post(
+            _m: Any, _i: Any, _o: Any, name: str = name, start: dict[str, float] = start
+        ) -> None:
             timer.add(f"forward {name}", time.process_time() - start["f"])
-
-        def bpre(_m: Any, _g: Any, name: str = name, start: dict[str, float] = start) -> None:
-            start["b"] = time.process_time()
-
-        def bpost(_m: Any, _gi: Any, _go: Any, name: str = name, start: dict[str, float] = start) -> None:
-            if "b" in start:
-                timer.add(f"backward {name}", time.process_time() - start.pop("b"))
 
         mod.register_forward_pre_hook(pre)
         mod.register_forward_hook(post)
-        mod.register_full_backward_pre_hook(bpre)
-        mod.register_full_backward_hook(bpost)
 
 
-def profile(catalog: str, arch: str, steps: int, batch_size: int, response_every: int) -> dict[str, Any]:
+def isolated_backward(
+    model: torch.nn.Module, captured: dict[str, Any], repeats: int = 3
+) -> dict[str, float]:
+    """Backward CPU seconds of each module alone on the inputs it saw in training.
+
+    Autograd runs a module's backward inside one ``loss.backward()``, so it is timed
+    here module by module: forward + backward of the module on its own, minus its forward.
+    """
+    out: dict[str, float] = {}
+    model.train()
+    for name, inp in captured.items():
+        mod = getattr(model, name)
+        fwd = bwd = 0.0
+        for _ in range(repeats):
+            t = time.process_time()
+            res = mod(*inp)
+            y = res[0] if isinstance(res, tuple) else res
+            t1 = time.process_time()
+            y.float().nan_to_num().sum().backward()
+            bwd += time.process_time() - t1
+            fwd += t1 - t
+        model.zero_grad(set_to_none=True)
+        out[f"backward {name} (isolated)"] = bwd / repeats
+        out[f"forward {name} (isolated)"] = fwd / repeats
+    return out
+
+
+def profile(
+    catalog: str, arch: str, steps: int, batch_size: int, response_every: int
+) -> dict[str, Any]:
     cfg = replace(T.TrainConfig(), arch=arch, batch_size=batch_size, response_every=response_every)
     setup = T.prepare_pretrain(open_catalog(catalog), cfg, torch.device("cpu"))
     model, norm = setup.model, setup.norm
     timer = Timer()
-    hook_modules(model, MODULES[arch], timer)
+    captured: dict[str, Any] = {}
+    hook_modules(model, MODULES[arch], timer, captured)
     real_resp = losses.response_penalty
 
     def timed_resp(*a: Any, **k: Any) -> torch.Tensor:
@@ -117,10 +147,12 @@ def profile(catalog: str, arch: str, steps: int, batch_size: int, response_every
         t0 = time.process_time()
         b = timer.timed("data assembly (Batches)", lambda: next(it))
         loss, _ = timer.timed("grid_loss (forward + loss terms + response)",
-                              lambda: T.grid_loss(model, b, norm, cfg, step))  # fmt: skip
+                              lambda b=b, step=step: T.grid_loss(model, b, norm, cfg, step))  # fmt: skip
         opt.zero_grad(set_to_none=True)
         timer.timed("backward (total)", loss.backward)
-        timer.timed("clip_grad_norm", lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        timer.timed(
+            "clip_grad_norm", lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        )
         timer.timed("optimizer (Adam)", opt.step)
         per_step.append(time.process_time() - t0)
     cpu = time.process_time() - t_all
@@ -135,6 +167,7 @@ def profile(catalog: str, arch: str, steps: int, batch_size: int, response_every
     t = time.process_time()
     copy.deepcopy(model.state_dict())
     copy_s = time.process_time() - t
+    iso = isolated_backward(model, captured)
     sec = dict(timer.sec)
     fwd = sum(v for k, v in sec.items() if k.startswith("forward "))
     resp_total = sec.get("response penalty (total, forwards incl.)", 0.0)
@@ -147,7 +180,7 @@ def profile(catalog: str, arch: str, steps: int, batch_size: int, response_every
             "train_batches_per_epoch": len(setup.train), "val_batches": len(setup.val),
             "cpu_s_per_step_mean": cpu / steps, "wall_s_per_step_mean": wall / steps,
             "cpu_s_per_step": per_step, "cpu_s_per_step_by_part": per,
-            "validation_pass_cpu_s": val_s, "deepcopy_state_cpu_s": copy_s,
+            "isolated_module_cpu_s": iso, "validation_pass_cpu_s": val_s, "deepcopy_state_cpu_s": copy_s,
             "config": T._jsonable(asdict(cfg))}  # fmt: skip
 
 
@@ -167,9 +200,13 @@ def to_md(res: dict[str, Any]) -> str:
         tot = r["cpu_s_per_step_mean"]
         for k, v in sorted(r["cpu_s_per_step_by_part"].items(), key=lambda kv: -kv[1]):
             lines.append(f"| {k} | {v:.4f} | {100 * v / tot:.1f} % |")
+        lines += ["", "Each module alone (forward, then backward of the sum of its output) on the "
+                  "inputs it saw in training:", "", "| module part | CPU s |", "| --- | --- |"]  # fmt: skip
+        for k, v in sorted(r["isolated_module_cpu_s"].items()):
+            lines.append(f"| {k} | {v:.4f} |")
         lines.append("")
-    lines.append("Forward/backward rows are exclusive per module (hooks); 'grid_loss' and "
-                 "'backward (total)' contain them. Response-penalty rows average over all "
+    lines.append("Forward rows are per module (hooks); 'grid_loss' contains them. "
+                 " Response-penalty rows average over all "
                  "steps (it runs every k-th).")  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -70,6 +70,10 @@ class TrainConfig:
     device: str = "auto"
     flux_weights: tuple[float, float, float, float] = (1.0, 1.0, 2.0, 1.0)  # ra, rh, nee, gpp
     w_mass_balance: float = 2.0
+    # Weight of the imbalance against the *true* GPP relative to the true Reco
+    # (losses.relative_balance_penalty); 0: off (checkpoints before issue 16).
+    w_balance_true: float = 0.0
+    balance_floor: float = 0.1  # gC m-2 d-1 added to the true Reco in that penalty
     # Imbalance (fraction of Reco) left unpenalised. With a free band the residual
     # settles at its edge (1 % gave a median of 1.1 %), so pre-training uses none.
     mb_tol: float = 0.0
@@ -77,6 +81,7 @@ class TrainConfig:
     w_yield: float = 0.2
     w_response: float = 0.1
     response_every: int = 4  # steps between response-penalty evaluations
+    response_windows: int = 4  # windows of the batch the response penalty is evaluated on
     max_minutes: float | None = None  # wall-clock budget; training stops early and says so
     # CPU-time budget (time.process_time of this process, one torch thread by default):
     # unlike wall time it does not grow when other processes share the cores.
@@ -157,15 +162,46 @@ def grid_loss(
         + cfg.w_yield * (l_yield + 0.01 * l_yb)
     )
     parts = {"flux": l_flux.item(), "mass_balance": l_mb.item(), "yield": l_yield.item()}
+    if cfg.w_balance_true > 0:
+        y = b["y_phys"]
+        l_bt = losses.relative_balance_penalty(
+            y[..., I_GPP], reco, nee, y[..., I_RA] + y[..., I_RH], floor=cfg.balance_floor,
+            mask=loss_mask,
+        )  # fmt: skip
+        total = total + cfg.w_balance_true * l_bt
+        parts["balance_true"] = l_bt.item()
     if cfg.w_response > 0 and step % cfg.response_every == 0:
-        sub = b["x"][:4]
+        sub = b["x"][: cfg.response_windows]
+        # fn(x) is the batch's own Rh (another dropout draw than a fresh pass, as two
+        # fresh passes would be); the bumped inputs only need the modules Rh depends on
         l_resp = losses.response_penalty(
-            lambda x: model(x)[0]["daily"][..., I_RH], sub,
-            [FEATURE_INDEX["soc"], FEATURE_INDEX["gpp_sat"]], delta=0.5, mask=loss_mask[:4],
+            rh_response(model), sub, [FEATURE_INDEX["soc"], FEATURE_INDEX["gpp_sat"]],
+            delta=0.5, mask=loss_mask[:cfg.response_windows],
+            base=pred[:cfg.response_windows, :, I_RH],
         )  # fmt: skip
         total = total + cfg.w_response * l_resp
         parts["response"] = l_resp.item()
     return total, parts
+
+
+def rh_response(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> Rh`` (standardised, ``[B, T]``) of ``model`` from a zero state.
+
+    For :class:`~kgml_grid.model.KGMLModel` only the basis and Rh modules run (Rh does
+    not depend on Ra, NEE, GPP or yield), so a response-penalty evaluation costs about
+    half a forward pass; other models run whole.
+    """
+    from kgml_grid.model import KGMLModel
+
+    if not isinstance(model, KGMLModel):
+        return lambda x: model(x)[0]["daily"][..., I_RH]
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        basis_out, _ = model.basis(x)
+        rh, _ = model.rh(torch.cat([model.basis_drop(basis_out), x], dim=-1), None)
+        return rh[..., 0]
+
+    return fn
 
 
 def _learning_curve(history: Sequence[Mapping[str, float]], path: Path, title: str) -> Path:
@@ -881,6 +917,7 @@ __all__ = [
     "predict",
     "prepare_pretrain",
     "pretrain",
+    "rh_response",
     "site_years",
     "tower_split",
 ]

@@ -235,3 +235,21 @@ def test_season_sum():
         torch.tensor([-1.0, -2.0, -3.0, -4.0]), torch.tensor([True, False, True, True])
     )
     torch.testing.assert_close(got, torch.tensor([-1.0, NAN, -5.0, -4.0]), equal_nan=True)
+
+
+def test_response_penalty_with_a_given_base_equals_recomputing_it():
+    torch.manual_seed(0)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ w) * x[..., 0]
+
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, True, True], [False, True, True, True, True]])
+    old = response_penalty(fn, x, [0, 2], delta=0.5, mask=mask)
+    (g_old,) = torch.autograd.grad(old, w)
+    new = response_penalty(fn, x, [0, 2], delta=0.5, mask=mask, base=fn(x))
+    (g_new,) = torch.autograd.grad(new, w)
+    assert old.item() > 0  # the case is not trivially monotone
+    assert new.item() == pytest.approx(old.item(), abs=1e-12)
+    torch.testing.assert_close(g_new, g_old, rtol=0, atol=1e-12)
