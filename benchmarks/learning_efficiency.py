@@ -96,6 +96,13 @@ def run(a: argparse.Namespace) -> None:
         cfg = replace(cfg, split=replace(cfg.split, spinup_days=spin))
     load0 = list(os.getloadavg())
     w0 = time.perf_counter()
+    head = {"arch": a.arch, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "train_config": T._jsonable(asdict(cfg)), "load_before": load0, "machine": machine()}  # fmt: skip
+
+    def write(body: dict[str, Any]) -> None:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({**head, **body}, indent=1))
+
     with torch_threads(cfg.threads):
         cat = open_catalog(a.catalog)
         setup = T.prepare_pretrain(cat, cfg, torch.device("cpu"))
@@ -114,6 +121,7 @@ def run(a: argparse.Namespace) -> None:
                           "eval_wall_s": time.perf_counter() - t, "load": list(os.getloadavg()),
                           **flat(report)})  # fmt: skip
             print(json.dumps(snaps[-1]), flush=True)
+            write({"complete": False, "snapshots": snaps})  # kept if the run is cut short
 
         history, best, stopped = T.fit(
             setup.model, lambda b, s: T.grid_loss(setup.model, b, setup.norm, cfg, s),
@@ -122,14 +130,11 @@ def run(a: argparse.Namespace) -> None:
             epochs=cfg.epochs, patience=cfg.patience, lr_step=cfg.lr_step, lr_gamma=cfg.lr_gamma,
             max_cpu_minutes=cfg.max_cpu_minutes, progress=False, on_step=on_step,
         )  # fmt: skip
-    res = {"arch": a.arch, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "train_config": T._jsonable(asdict(cfg)), "overrides": over | ({"spinup_days": spin} if spin else {}),
+    write({"complete": True, "overrides": over | ({"spinup_days": spin} if spin else {}),
            "train_windows": len(setup.train_items), "batches_per_epoch": len(setup.train),
            "test_pixels": int(test.n), "snapshots": snaps, "history": history,
            "stopped": stopped, "best_epoch": best + 1, "wall_s": time.perf_counter() - w0,
-           "load_before": load0, "load_after": list(os.getloadavg()), "machine": machine()}  # fmt: skip
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=1))
+           "load_after": list(os.getloadavg())})  # fmt: skip
     print(f"{a.out}: {stopped}")
 
 
@@ -149,8 +154,9 @@ def merge(a: argparse.Namespace) -> None:
     for r in runs:
         lines += [f"## {r['arch']}", "", f"Command: `{r['command']}`", "",
                   f"Machine: {r['machine']['lscpu'][7] if len(r['machine']['lscpu']) > 7 else ''}; "
-                  f"load before {r['load_before']}, after {r['load_after']}; wall {r['wall_s'] / 60:.1f} min; "
-                  f"{r['batches_per_epoch']} batches/epoch; stopped: {r['stopped']}", "",
+                  f"load before {r['load_before']}, after {r.get('load_after')}; wall "
+                  f"{r.get('wall_s', float('nan')) / 60:.1f} min; {r.get('batches_per_epoch')} "
+                  f"batches/epoch; stopped: {r.get('stopped', 'run cut short (incomplete)')}", "",
                   "| CPU-min | steps | epochs | Ra R2 | Rh R2 | NEE R2 | GPP R2 | residual vs own GPP | vs true GPP |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for s in r["snapshots"]:

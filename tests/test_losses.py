@@ -13,6 +13,7 @@ from kgml_grid.losses import (
     masked_mean,
     masked_mse,
     mass_balance_penalty,
+    relative_balance_penalty,
     response_drift_penalty,
     response_penalty,
     season_sum,
@@ -253,3 +254,19 @@ def test_response_penalty_with_a_given_base_equals_recomputing_it():
     assert old.item() > 0  # the case is not trivially monotone
     assert new.item() == pytest.approx(old.item(), abs=1e-12)
     torch.testing.assert_close(g_new, g_old, rtol=0, atol=1e-12)
+
+
+def test_relative_balance_penalty_hand_values():
+    gpp = _t(0.0, 5.0, 1.0, NAN)
+    reco = _t(1.0, 4.0, 2.0, 1.0, grad=True)
+    nee = _t(1.5, -1.0, 0.0, 0.0, grad=True)
+    scale = _t(0.9, 3.9, 2.0, 1.0)
+    # |gpp - reco + nee| = 0.5, 0, 1 (NaN GPP left out); / (scale + 0.1) = 0.5, 0, 1/2.1
+    loss = relative_balance_penalty(gpp, reco, nee, scale, floor=0.1)
+    _check_scalar(loss, (0.5 + 0 + 1 / 2.1) / 3)
+    loss.backward()
+    assert torch.isfinite(reco.grad).all() and reco.grad[3] == 0
+    masked = relative_balance_penalty(gpp, reco, nee, scale, mask=torch.tensor([1, 0, 0, 0]).bool())
+    _check_scalar(masked, 0.5)
+    with pytest.raises(ValueError, match=r"floor must be positive, got 0"):
+        relative_balance_penalty(gpp, reco, nee, scale, floor=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import time
 
@@ -346,3 +347,33 @@ def test_cheap_response_penalty_equals_the_full_model_path(arch):
             assert gn is None or not gn.any()
         else:
             torch.testing.assert_close(gn, go, rtol=1e-9, atol=1e-12)
+
+
+def test_balance_against_true_gpp_adds_its_weighted_penalty():
+    from kgml_grid import losses
+    from kgml_grid.checkpoint import Normalizer
+    from kgml_grid.model import ModelConfig, build_model
+    from kgml_grid.train import I_GPP, I_NEE, I_RA, I_RH, grid_loss
+
+    torch.manual_seed(1)
+    nf = len(schema.FEATURES)
+    model = build_model(ModelConfig(arch="kgml", n_features=nf, hidden=8)).double().eval()
+    stats = {k: (0.5, 2.0) for k in (*schema.FEATURES, "ra", "rh", "nee", "gpp", "yield")}
+    norm = Normalizer(stats, features=schema.FEATURES)
+    b, t = 3, 30
+    y_phys = torch.rand(b, t, 4, dtype=torch.float64) * 3
+    loss = torch.ones(b, t, dtype=torch.bool)
+    loss[:, :10] = False  # spin-up
+    batch = {"x": torch.randn(b, t, nf, dtype=torch.float64), "y": norm.normalize_outputs(y_phys),
+             "y_phys": y_phys, "loss": loss, "year_end": torch.zeros(b, t, dtype=torch.bool),
+             "yield": torch.full((b, t), math.nan, dtype=torch.float64)}  # fmt: skip
+    off, p_off = grid_loss(model, batch, norm, TrainConfig(w_response=0), 0)
+    on, p_on = grid_loss(model, batch, norm, TrainConfig(w_response=0, w_balance_true=0.7), 0)
+    phys = norm.denormalize_outputs(model(batch["x"])[0]["daily"])
+    ref = losses.relative_balance_penalty(
+        y_phys[..., I_GPP], phys[..., I_RA] + phys[..., I_RH], phys[..., I_NEE],
+        y_phys[..., I_RA] + y_phys[..., I_RH], floor=0.1, mask=loss,
+    )  # fmt: skip
+    assert "balance_true" not in p_off and p_on["balance_true"] == pytest.approx(ref.item())
+    assert ref.item() > 0
+    assert (on - off).item() == pytest.approx(0.7 * ref.item(), rel=1e-9)
