@@ -281,7 +281,7 @@ def test_fit_on_step_sees_every_step_and_is_not_charged(tiny_world):
 
         def on_step(step: int, cpu_s: float) -> None:
             seen.append((step, cpu_s))
-            _burn(0.2)  # snapshot work: must not count
+            _burn(1.5)  # snapshot work: must not count (a step of this small model costs less)
 
         hist, _, stopped = fit(
             setup.model, lambda b, s: grid_loss(setup.model, b, setup.norm, cfg, s),
@@ -290,8 +290,10 @@ def test_fit_on_step_sees_every_step_and_is_not_charged(tiny_world):
         )  # fmt: skip
     assert [s for s, _ in seen] == list(range(1, len(setup.train) + 1))
     cpu = [c for _, c in seen]
-    assert cpu == sorted(cpu)
-    assert hist[0]["cpu_seconds"] < 0.2 * len(seen), "on_step's CPU time was charged"
+    steps = np.diff(cpu)  # what one training step was charged
+    assert len(steps) >= 2 and (steps > 0).all()
+    assert (steps < 1.5).all(), f"on_step's CPU time was charged: {steps}"
+    assert hist[0]["cpu_seconds"] > cpu[-1]  # the validation pass is charged
     assert stopped == "ran all 1 epochs"
 
 
@@ -329,15 +331,15 @@ def test_cheap_response_penalty_equals_the_full_model_path(arch):
     batch = {"x": torch.randn(b, t, nf, dtype=torch.float64),
              "y": torch.randn(b, t, 4, dtype=torch.float64), "loss": torch.ones(b, t, dtype=torch.bool),
              "year_end": ye, "yield": torch.randn(b, t, dtype=torch.float64)}  # fmt: skip
-    cfg = TrainConfig(w_response=1.0, response_every=1, w_mass_balance=0, w_nonneg=0, w_yield=0,
-                      flux_weights=(0.0, 0.0, 0.0, 0.0))  # fmt: skip
-    x4 = batch["x"][:4]
+    cfg = TrainConfig(w_response=1.0, response_every=1, w_mass_balance=0, w_nonneg=0, w_yield=0, w_balance_true=0,
+                      flux_weights=(0.0, 0.0, 0.0, 0.0), response_windows=3)  # fmt: skip
+    x4 = batch["x"][:3]  # response_windows=3 below
     torch.testing.assert_close(rh_response(model)(x4), model(x4)[0]["daily"][..., I_RH])
     total, parts = grid_loss(model, batch, norm, cfg, 0)
     new_grads = torch.autograd.grad(total, list(model.parameters()), allow_unused=True)
     old = losses.response_penalty(
         lambda x: model(x)[0]["daily"][..., I_RH], x4,
-        [FEATURE_INDEX["soc"], FEATURE_INDEX["gpp_sat"]], delta=0.5, mask=batch["loss"][:4],
+        [FEATURE_INDEX["soc"], FEATURE_INDEX["gpp_sat"]], delta=0.5, mask=batch["loss"][:3],
     )  # fmt: skip
     old_grads = torch.autograd.grad(old, list(model.parameters()), allow_unused=True)
     assert parts["response"] == pytest.approx(old.item(), rel=1e-10, abs=1e-12)
@@ -367,12 +369,13 @@ def test_balance_against_true_gpp_adds_its_weighted_penalty():
     batch = {"x": torch.randn(b, t, nf, dtype=torch.float64), "y": norm.normalize_outputs(y_phys),
              "y_phys": y_phys, "loss": loss, "year_end": torch.zeros(b, t, dtype=torch.bool),
              "yield": torch.full((b, t), math.nan, dtype=torch.float64)}  # fmt: skip
-    off, p_off = grid_loss(model, batch, norm, TrainConfig(w_response=0), 0)
-    on, p_on = grid_loss(model, batch, norm, TrainConfig(w_response=0, w_balance_true=0.7), 0)
+    off, p_off = grid_loss(model, batch, norm, TrainConfig(w_response=0, w_balance_true=0), 0)
+    cfg = TrainConfig(w_response=0, w_balance_true=0.7, balance_floor=0.3)
+    on, p_on = grid_loss(model, batch, norm, cfg, 0)
     phys = norm.denormalize_outputs(model(batch["x"])[0]["daily"])
     ref = losses.relative_balance_penalty(
         y_phys[..., I_GPP], phys[..., I_RA] + phys[..., I_RH], phys[..., I_NEE],
-        y_phys[..., I_RA] + y_phys[..., I_RH], floor=0.1, mask=loss,
+        y_phys[..., I_RA] + y_phys[..., I_RH], floor=0.3, mask=loss,
     )  # fmt: skip
     assert "balance_true" not in p_off and p_on["balance_true"] == pytest.approx(ref.item())
     assert ref.item() > 0
