@@ -2,8 +2,10 @@
 
 Pre-training (:func:`pretrain`) reads samples from the cubes through the catalog
 (:mod:`kgml_grid.samples`), minimises the weighted MSE of Ra, Rh, NEE and GPP plus the
-mass-balance, non-negativity, yield and response penalties, with Adam, step decay and
-early stopping on held-out years. Fine-tuning (:func:`finetune`) starts from a
+mass-balance, non-negativity, yield and response penalties (plus, on a synthetic world,
+the imbalance against the true GPP relative to the true Reco), with Adam, step decay and
+early stopping on held-out years; budgets in wall time (``max_minutes``) or CPU time
+(``max_cpu_minutes``, :class:`CPUBudget`), the latter unaffected by other processes. Fine-tuning (:func:`finetune`) starts from a
 checkpoint and fits towers where only NEE, Reco (and the partitioned GPP) are
 observed: outside the growing season observed Reco is matched by Rh alone, inside it
 by Ra + Rh; modules are unfrozen in stages with per-module learning rates (Rh lowest),
