@@ -138,6 +138,30 @@ def run(a: argparse.Namespace) -> None:
     print(f"{a.out}: {stopped}")
 
 
+#: Issue 16's acceptance at 12 CPU-minutes: (key, bound, at least?)
+TARGETS = (("r2_ra", 0.96, True), ("r2_rh", 0.93, True), ("r2_nee", 0.94, True),
+           ("mb_vs_own_gpp", 0.02, False), ("mb_vs_true_gpp", 0.10, False))  # fmt: skip
+
+
+def acceptance(runs: list[dict[str, Any]], mark: float = 12.0) -> list[str]:
+    """Issue 16's targets against each run's snapshot at ``mark`` CPU-minutes (MD lines)."""
+    lines = [f"## Issue 16 acceptance at {mark:g} CPU-minutes (snapshot of the run above)", "",
+             "| model | " + " | ".join(k for k, _, _ in TARGETS) + " |",
+             "| --- |" + " --- |" * len(TARGETS)]  # fmt: skip
+    for r in runs:
+        snap = next((s for s in r["snapshots"] if s["cpu_minutes_mark"] == mark), None)
+        if snap is None:
+            lines.append(f"| {r['arch']} | " + " | ".join("not reached" for _ in TARGETS) + " |")
+            continue
+        cells = []
+        for key, bound, at_least in TARGETS:
+            ok = snap[key] >= bound if at_least else snap[key] <= bound
+            cells.append(f"{snap[key]:.3f} ({'>=' if at_least else '<='} {bound:g}: "
+                         f"{'met' if ok else 'missed'})")  # fmt: skip
+        lines.append(f"| {r['arch']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def merge(a: argparse.Namespace) -> None:
     runs = [json.loads(Path(p).read_text()) for p in a.parts]
     out = Path(a.out)
@@ -166,6 +190,7 @@ def merge(a: argparse.Namespace) -> None:
                 f"{100 * s['mb_vs_own_gpp']:.1f} % | {100 * s['mb_vs_true_gpp']:.1f} % |"
             )
         lines.append("")
+    lines += acceptance(runs)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     from kgml_grid.plots import _plt
 
