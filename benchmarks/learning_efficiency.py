@@ -143,6 +143,13 @@ TARGETS = (("r2_ra", 0.96, True), ("r2_rh", 0.93, True), ("r2_nee", 0.94, True),
            ("mb_vs_own_gpp", 0.02, False), ("mb_vs_true_gpp", 0.10, False))  # fmt: skip
 
 
+def label(r: dict[str, Any]) -> str:
+    """Architecture and the ``--set`` overrides of a run, e.g. ``gru (patience=1000)``."""
+    words = r["command"].split()
+    sets = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--set"]
+    return r["arch"] + (f" ({', '.join(sets)})" if sets else "")
+
+
 def acceptance(runs: list[dict[str, Any]], mark: float = 12.0) -> list[str]:
     """Issue 16's targets against each run's snapshot at ``mark`` CPU-minutes (MD lines)."""
     lines = [f"## Issue 16 acceptance at {mark:g} CPU-minutes (snapshot of the run above)", "",
@@ -151,14 +158,14 @@ def acceptance(runs: list[dict[str, Any]], mark: float = 12.0) -> list[str]:
     for r in runs:
         snap = next((s for s in r["snapshots"] if s["cpu_minutes_mark"] == mark), None)
         if snap is None:
-            lines.append(f"| {r['arch']} | " + " | ".join("not reached" for _ in TARGETS) + " |")
+            lines.append(f"| {label(r)} | " + " | ".join("not reached" for _ in TARGETS) + " |")
             continue
         cells = []
         for key, bound, at_least in TARGETS:
             ok = snap[key] >= bound if at_least else snap[key] <= bound
             cells.append(f"{snap[key]:.3f} ({'>=' if at_least else '<='} {bound:g}: "
                          f"{'met' if ok else 'missed'})")  # fmt: skip
-        lines.append(f"| {r['arch']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(r)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -176,7 +183,7 @@ def merge(a: argparse.Namespace) -> None:
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     lines = [f"# Learning efficiency: {res['what']}", "", f"Protocol: {res['protocol']}.", ""]
     for r in runs:
-        lines += [f"## {r['arch']}", "", f"Command: `{r['command']}`", "",
+        lines += [f"## {label(r)}", "", f"Command: `{r['command']}`", "",
                   f"Machine: {r['machine']['lscpu'][7] if len(r['machine']['lscpu']) > 7 else ''}; "
                   f"load before {r['load_before']}, after {r.get('load_after')}; wall "
                   f"{r.get('wall_s', float('nan')) / 60:.1f} min; {r.get('batches_per_epoch')} "
@@ -196,16 +203,16 @@ def merge(a: argparse.Namespace) -> None:
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for r, ls in zip(runs, ("-", "--"), strict=False):
+    for r in runs:
+        ls = "-" if r["arch"] == "kgml" else "--"
         m = [s["cpu_minutes_mark"] for s in r["snapshots"]]
         for v, c in (("ra", "C0"), ("rh", "C1"), ("nee", "C2")):
             axes[0].plot(m, [s[f"r2_{v}"] for s in r["snapshots"]], "o" + ls, color=c,
-                         label=f"{r['arch']} {v}")  # fmt: skip
+                         label=f"{label(r)} {v}")  # fmt: skip
         axes[1].plot(m, [100 * s["mb_vs_true_gpp"] for s in r["snapshots"]], "o" + ls,
-                     color="C3", label=f"{r['arch']} vs true GPP")  # fmt: skip
-        if r["arch"] == "kgml":
-            axes[1].plot(m, [100 * s["mb_vs_own_gpp"] for s in r["snapshots"]], "s" + ls,
-                         color="C4", label="kgml vs own GPP head")  # fmt: skip
+                     color="C3", label=f"{label(r)} vs true GPP")  # fmt: skip
+        axes[1].plot(m, [100 * s["mb_vs_own_gpp"] for s in r["snapshots"]], "s" + ls,
+                     color="C4", label=f"{label(r)} vs own GPP output")  # fmt: skip
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("CPU-minutes of pre-training (one thread)")
