@@ -94,10 +94,13 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from kgml_grid.samples import SplitSpec
     from kgml_grid.train import TrainConfig, pretrain
 
+    base = TrainConfig()  # options left out take TrainConfig's defaults (one source)
     cfg = TrainConfig(
-        arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, hidden=a.hidden,
+        arch=a.arch, epochs=a.epochs, hidden=a.hidden,
+        batch_size=base.batch_size if a.batch_size is None else a.batch_size,
+        lr=base.lr if a.lr is None else a.lr,
         seed=a.seed, device=a.device, max_minutes=a.max_minutes, init=a.init,
-        w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
+        max_cpu_minutes=a.max_cpu_minutes, w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
         features=a.features, feature_dropout=a.feature_dropout,
         split=SplitSpec(max_train_pixels=a.max_train_pixels, holdout_years=a.holdout_years),
     )  # fmt: skip
@@ -278,8 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--epochs", type=int, default=30, help="maximum passes over the training windows"
     )
-    t.add_argument("--batch-size", type=int, default=64, help="windows per optimiser step")
-    t.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="windows per optimiser step (default: TrainConfig's, 32)")  # fmt: skip
+    t.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: TrainConfig's)")  # fmt: skip
     t.add_argument("--hidden", type=int, default=64, help="GRU hidden size")
     t.add_argument(
         "--max-train-pixels",
@@ -294,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="last years of the cubes held out for validation (a 3-year world needs --holdout-years 1)",
     )
     t.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    t.add_argument(
+        "--max-cpu-minutes",
+        type=float,
+        default=None,
+        help="CPU-time budget of this process (with one torch thread: the compute used, "
+        "whatever else shares the cores)",
+    )
     t.add_argument(
         "--init", default=None, help="continue training from this checkpoint (warm start)"
     )

@@ -13,6 +13,7 @@ from kgml_grid.losses import (
     masked_mean,
     masked_mse,
     mass_balance_penalty,
+    relative_balance_penalty,
     response_drift_penalty,
     response_penalty,
     season_sum,
@@ -235,3 +236,37 @@ def test_season_sum():
         torch.tensor([-1.0, -2.0, -3.0, -4.0]), torch.tensor([True, False, True, True])
     )
     torch.testing.assert_close(got, torch.tensor([-1.0, NAN, -5.0, -4.0]), equal_nan=True)
+
+
+def test_response_penalty_with_a_given_base_equals_recomputing_it():
+    torch.manual_seed(0)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ w) * x[..., 0]
+
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, True, True], [False, True, True, True, True]])
+    old = response_penalty(fn, x, [0, 2], delta=0.5, mask=mask)
+    (g_old,) = torch.autograd.grad(old, w)
+    new = response_penalty(fn, x, [0, 2], delta=0.5, mask=mask, base=fn(x))
+    (g_new,) = torch.autograd.grad(new, w)
+    assert old.item() > 0  # the case is not trivially monotone
+    assert new.item() == pytest.approx(old.item(), abs=1e-12)
+    torch.testing.assert_close(g_new, g_old, rtol=0, atol=1e-12)
+
+
+def test_relative_balance_penalty_hand_values():
+    gpp = _t(0.0, 5.0, 1.0, NAN)
+    reco = _t(1.0, 4.0, 2.0, 1.0, grad=True)
+    nee = _t(1.5, -1.0, 0.0, 0.0, grad=True)
+    scale = _t(0.9, 3.9, 2.0, 1.0)
+    # |gpp - reco + nee| = 0.5, 0, 1 (NaN GPP left out); / (scale + 0.1) = 0.5, 0, 1/2.1
+    loss = relative_balance_penalty(gpp, reco, nee, scale, floor=0.1)
+    _check_scalar(loss, (0.5 + 0 + 1 / 2.1) / 3)
+    loss.backward()
+    assert torch.isfinite(reco.grad).all() and reco.grad[3] == 0
+    masked = relative_balance_penalty(gpp, reco, nee, scale, mask=torch.tensor([1, 0, 0, 0]).bool())
+    _check_scalar(masked, 0.5)
+    with pytest.raises(ValueError, match=r"floor must be positive, got 0"):
+        relative_balance_penalty(gpp, reco, nee, scale, floor=0)

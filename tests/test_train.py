@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import re
+import time
 
 import numpy as np
 import pandas as pd
@@ -18,7 +21,7 @@ from kgml_grid import schema
 from kgml_grid.checkpoint import load_checkpoint, torch_threads
 from kgml_grid.evaluate import evaluate, format_report, metrics
 from kgml_grid.samples import SplitSpec, compute_norm, make_split, windows
-from kgml_grid.train import FinetuneConfig, TrainConfig, finetune, pretrain
+from kgml_grid.train import CPUBudget, FinetuneConfig, TrainConfig, finetune, pretrain
 
 SMALL = dict(epochs=2, batch_size=16, hidden=8, patience=5, threads=1,
              split=SplitSpec(holdout_years=1, max_train_pixels=24, max_test_pixels=12))  # fmt: skip
@@ -226,3 +229,154 @@ def test_warm_start_continues_from_checkpoint(pretrained, tiny_world, tmp_path):
     res = pretrain(tiny_world.catalog, tmp_path / "m", cfg, progress=False)
     # the first epoch starts where the pre-trained model ended, not from scratch
     assert res.history[0]["train"] < pretrained.history[0]["train"]
+
+
+def _burn(seconds: float) -> None:
+    t = time.process_time()
+    while time.process_time() - t < seconds:
+        pass
+
+
+def test_cpu_budget_charges_cpu_time_and_leaves_paused_spans_out():
+    budget = CPUBudget(0.001)  # 0.06 CPU-s
+    with budget.paused():
+        _burn(0.1)
+    assert budget.seconds() < 0.05 and not budget.spent()
+    _burn(0.07)
+    assert budget.seconds() >= 0.07 and budget.spent()
+    assert not CPUBudget(None).spent()
+
+
+@pytest.mark.parametrize("field", ["max_cpu_minutes", "max_minutes"])
+def test_train_config_refuses_non_positive_budgets(field):
+    with pytest.raises(ValueError, match=rf"TrainConfig.{field} must be positive or None, got 0"):
+        TrainConfig(**{field: 0})
+    with pytest.raises(ValueError, match=r"max_cpu_minutes must be positive, got -1"):
+        CPUBudget(-1)
+
+
+def test_pretrain_stops_on_its_cpu_budget_and_says_so(tiny_world, tmp_path):
+    cfg = TrainConfig(**{**SMALL, "epochs": 50, "max_cpu_minutes": 0.002})  # 0.12 CPU-s
+    res = pretrain(tiny_world.catalog, tmp_path / "m", cfg, progress=False)
+    assert len(res.history) == 1, "the first step alone spends the budget"
+    assert re.fullmatch(
+        r"CPU-time budget of 0.002 CPU-min reached after epoch 1 \(step 1, [0-9.]+ CPU-min\)",
+        res.stopped,
+    )
+    h = res.history[0]
+    assert h["steps"] == 1 and h["cpu_seconds"] > 0.12
+    ck = load_checkpoint(res.model_dir)
+    assert ck.provenance["train_config"]["max_cpu_minutes"] == 0.002
+    assert ck.provenance["stopped"] == res.stopped
+
+
+def test_fit_on_step_sees_every_step_and_is_not_charged(tiny_world):
+    from kgml_grid.catalog import open_catalog
+    from kgml_grid.train import fit, grid_loss, prepare_pretrain
+
+    cfg = TrainConfig(**{**SMALL, "epochs": 1})
+    with torch_threads(1):
+        setup = prepare_pretrain(open_catalog(tiny_world.catalog), cfg, torch.device("cpu"))
+        seen: list[tuple[int, float]] = []
+
+        def on_step(step: int, cpu_s: float) -> None:
+            seen.append((step, cpu_s))
+            _burn(1.5)  # snapshot work: must not count (a step of this small model costs less)
+
+        hist, _, stopped = fit(
+            setup.model, lambda b, s: grid_loss(setup.model, b, setup.norm, cfg, s),
+            setup.train, setup.val, param_groups=[{"params": list(setup.model.parameters())}],
+            epochs=1, patience=5, lr_step=10, lr_gamma=0.5, progress=False, on_step=on_step,
+        )  # fmt: skip
+    assert [s for s, _ in seen] == list(range(1, len(setup.train) + 1))
+    cpu = [c for _, c in seen]
+    steps = np.diff(cpu)  # what one training step was charged
+    assert len(steps) >= 2 and (steps > 0).all()
+    assert (steps < 1.5).all(), f"on_step's CPU time was charged: {steps}"
+    assert hist[0]["cpu_seconds"] > cpu[-1]  # the validation pass is charged
+    assert stopped == "ran all 1 epochs"
+
+
+def test_train_cli_passes_the_cpu_budget(tiny_world, tmp_path):
+    from kgml_grid.cli import main
+
+    out = tmp_path / "m"
+    rc = main(["train", "--catalog", str(tiny_world.catalog), "--out", str(out), "--hidden", "8",
+               "--epochs", "3", "--max-cpu-minutes", "0.002", "--max-train-pixels", "24",
+               "--holdout-years", "1", "--quiet"])  # fmt: skip
+    assert rc == 0
+    prov = load_checkpoint(out).provenance
+    assert prov["train_config"]["max_cpu_minutes"] == 0.002
+    assert prov["stopped"].startswith("CPU-time budget of 0.002 CPU-min reached after epoch 1")
+
+
+@pytest.mark.parametrize("arch", ["kgml", "gru"])
+def test_cheap_response_penalty_equals_the_full_model_path(arch):
+    """grid_loss's response term (own Rh as base, basis + Rh only for the bumped inputs)
+    equals the former one (three full forward passes) in value and gradient."""
+    from kgml_grid import losses
+    from kgml_grid.checkpoint import Normalizer
+    from kgml_grid.features import FEATURE_INDEX
+    from kgml_grid.model import ModelConfig, build_model
+    from kgml_grid.train import I_RH, grid_loss, rh_response
+
+    torch.manual_seed(0)
+    nf = len(schema.FEATURES)
+    model = build_model(ModelConfig(arch=arch, n_features=nf, hidden=8)).double().eval()
+    stats = {k: (0.0, 1.0) for k in (*schema.FEATURES, "ra", "rh", "nee", "gpp", "yield")}
+    norm = Normalizer(stats, features=schema.FEATURES)
+    b, t = 5, 40
+    ye = torch.zeros(b, t, dtype=torch.bool)
+    ye[:, -1] = True
+    batch = {"x": torch.randn(b, t, nf, dtype=torch.float64),
+             "y": torch.randn(b, t, 4, dtype=torch.float64), "loss": torch.ones(b, t, dtype=torch.bool),
+             "year_end": ye, "yield": torch.randn(b, t, dtype=torch.float64)}  # fmt: skip
+    cfg = TrainConfig(w_response=1.0, response_every=1, w_mass_balance=0, w_nonneg=0, w_yield=0, w_balance_true=0,
+                      flux_weights=(0.0, 0.0, 0.0, 0.0), response_windows=3)  # fmt: skip
+    x4 = batch["x"][:3]  # response_windows=3 below
+    torch.testing.assert_close(rh_response(model)(x4), model(x4)[0]["daily"][..., I_RH])
+    total, parts = grid_loss(model, batch, norm, cfg, 0)
+    new_grads = torch.autograd.grad(total, list(model.parameters()), allow_unused=True)
+    old = losses.response_penalty(
+        lambda x: model(x)[0]["daily"][..., I_RH], x4,
+        [FEATURE_INDEX["soc"], FEATURE_INDEX["gpp_sat"]], delta=0.5, mask=batch["loss"][:3],
+    )  # fmt: skip
+    old_grads = torch.autograd.grad(old, list(model.parameters()), allow_unused=True)
+    assert parts["response"] == pytest.approx(old.item(), rel=1e-10, abs=1e-12)
+    assert old.item() > 0  # a random model is not monotone: the check can fail
+    for gn, go in zip(new_grads, old_grads, strict=True):
+        if go is None:
+            assert gn is None or not gn.any()
+        else:
+            torch.testing.assert_close(gn, go, rtol=1e-9, atol=1e-12)
+
+
+def test_balance_against_true_gpp_adds_its_weighted_penalty():
+    from kgml_grid import losses
+    from kgml_grid.checkpoint import Normalizer
+    from kgml_grid.model import ModelConfig, build_model
+    from kgml_grid.train import I_GPP, I_NEE, I_RA, I_RH, grid_loss
+
+    torch.manual_seed(1)
+    nf = len(schema.FEATURES)
+    model = build_model(ModelConfig(arch="kgml", n_features=nf, hidden=8)).double().eval()
+    stats = {k: (0.5, 2.0) for k in (*schema.FEATURES, "ra", "rh", "nee", "gpp", "yield")}
+    norm = Normalizer(stats, features=schema.FEATURES)
+    b, t = 3, 30
+    y_phys = torch.rand(b, t, 4, dtype=torch.float64) * 3
+    loss = torch.ones(b, t, dtype=torch.bool)
+    loss[:, :10] = False  # spin-up
+    batch = {"x": torch.randn(b, t, nf, dtype=torch.float64), "y": norm.normalize_outputs(y_phys),
+             "y_phys": y_phys, "loss": loss, "year_end": torch.zeros(b, t, dtype=torch.bool),
+             "yield": torch.full((b, t), math.nan, dtype=torch.float64)}  # fmt: skip
+    off, p_off = grid_loss(model, batch, norm, TrainConfig(w_response=0, w_balance_true=0), 0)
+    cfg = TrainConfig(w_response=0, w_balance_true=0.7, balance_floor=0.3)
+    on, p_on = grid_loss(model, batch, norm, cfg, 0)
+    phys = norm.denormalize_outputs(model(batch["x"])[0]["daily"])
+    ref = losses.relative_balance_penalty(
+        y_phys[..., I_GPP], phys[..., I_RA] + phys[..., I_RH], phys[..., I_NEE],
+        y_phys[..., I_RA] + y_phys[..., I_RH], floor=0.3, mask=loss,
+    )  # fmt: skip
+    assert "balance_true" not in p_off and p_on["balance_true"] == pytest.approx(ref.item())
+    assert ref.item() > 0
+    assert (on - off).item() == pytest.approx(0.7 * ref.item(), rel=1e-9)
