@@ -99,6 +99,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         arch=a.arch, epochs=a.epochs, hidden=a.hidden,
         batch_size=base.batch_size if a.batch_size is None else a.batch_size,
         lr=base.lr if a.lr is None else a.lr,
+        w_balance_true=base.w_balance_true if a.w_balance_true is None else a.w_balance_true,
         seed=a.seed, device=a.device, max_minutes=a.max_minutes, init=a.init,
         max_cpu_minutes=a.max_cpu_minutes, w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
         features=a.features, feature_dropout=a.feature_dropout,
@@ -319,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--mb-tol", type=float, default=0.0,
                    help="imbalance left unpenalised, as a fraction of Reco")  # fmt: skip
+    t.add_argument("--w-balance-true", type=float, default=None,
+                   help="weight of the imbalance against the true GPP, relative to the true Reco "
+                        "(default: TrainConfig's)")  # fmt: skip
     t.add_argument(
         "--threads", type=int, default=1, help="torch threads on CPU (0: torch's choice)"
     )
