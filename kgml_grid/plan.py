@@ -565,9 +565,7 @@ class Plan:
         budget = MEMORY_FRACTION * limit_b
         if self.memory_per_task <= budget:
             return
-        per_day = max(self.memory.get("per_day", 1), 1)
-        fixed = self.memory_per_task - per_day * max(self.time_chunks)
-        fit = int((budget - fixed) // per_day)
+        fit = self._longest_time_chunk_within(budget)
         hint = (
             f"try --chunks time={fit}"
             if fit >= 1
@@ -578,6 +576,30 @@ class Plan:
             f"{format_bytes(self.memory_per_task)} per task, more than {MEMORY_FRACTION:.0%} of "
             f"{what} ({format_bytes(limit_b)}); {hint}"
         )
+
+    def memory_for(self, days: int) -> dict[str, int]:
+        """:func:`memory_estimate` of this plan's largest task with a time chunk of
+        ``days`` (the batch re-sized for it unless the plan's batch was given)."""
+        derived = self.batch_pixels == batch_pixels_for(max(self.time_chunks), self.model)
+        bp = batch_pixels_for(days, self.model) if derived else self.batch_pixels
+        return _task_memory(self.model, days, (self.y_chunks[0], self.x_chunks[0]),
+                            self.max_crop_pixels, self.grid, self.weather_grid, bp)  # fmt: skip
+
+    @property
+    def max_crop_pixels(self) -> int:
+        """Crop pixels of the tile with the most (what the memory estimate is for)."""
+        return int(self.crop_counts.max()) if self.crop_counts.size else 0
+
+    def _longest_time_chunk_within(self, budget: float) -> int:
+        """The longest time chunk (days, <= the plan's) whose task fits ``budget``; 0 if none."""
+        lo, hi = 0, max(self.time_chunks)
+        while lo < hi:  # the estimate grows with the days: bisect
+            mid = (lo + hi + 1) // 2
+            if self.memory_for(mid)["total"] <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     # ---- printing ------------------------------------------------------------------------------
     def __str__(self) -> str:
@@ -657,6 +679,15 @@ def _activation_per_pixel_day(model: Mapping[str, Any], n_features: int) -> int:
     return 4 * floats
 
 
+#: Resident memory of the model's activations per byte of tensors one batch allocates
+#: (:func:`_activation_per_pixel_day`): torch's intermediate tensors plus the heap the
+#: CPU allocator keeps after freeing them (measured: 1.2-1.5, ``kgml_grid.bench.taskmem``).
+ACTIVATION_RESIDENT = 1.3
+
+#: The phases of a task, in order, as :func:`memory_estimate` counts them.
+PHASES = ("read", "normalise", "model", "outputs", "write")
+
+
 def memory_estimate(
     *,
     days: int,
@@ -666,30 +697,93 @@ def memory_estimate(
     model: Mapping[str, Any],
     batch_pixels: int,
 ) -> dict[str, int]:
-    """Peak memory of one task, by part (bytes), and ``per_day`` (the time-linear part).
+    """Peak memory of one task (bytes): the largest of its phases, and its parts.
 
-    Inputs: satellite GPP block, weather block, the five daily series gathered per
-    crop pixel and their gap-filled copies; features: ``[n, T, F]`` float32 twice
-    (assembled and normalised); model: activations of one batch; outputs: the model's
-    outputs per crop pixel and the five NaN-filled output blocks.
+    A task (:func:`kgml_grid.execute.compute_block` then ``write_block``) holds, with
+    ``n`` crop pixels, ``px`` tile pixels, ``T`` days, ``F`` features, ``W`` weather
+    cells, all float32 unless said (what is alive at once in each phase):
+
+    - ``read``: the raw blocks (satellite ``[T, px]`` per satellite series, weather
+      ``[T, W]`` x 4, soil ``[px]`` x 9, crop ``[Y, px]`` int8), the daily series
+      gathered per crop pixel (``[T, n]`` each), the features ``[n, T, F]`` and the
+      gap-filled copy of the series that :func:`~kgml_grid.features.assemble` makes;
+    - ``normalise``: features, ``x - mean`` and the normalised features (``3 n T F``);
+    - ``model``: normalised features, the model's outputs ``[n, T, 4]`` and one batch's
+      activations (``batch_pixels x T`` pixel-days, :data:`ACTIVATION_RESIDENT` times
+      the tensors: the batch bounds the model's memory, not the tile);
+    - ``outputs``: normalised features (alive until the task returns), outputs,
+      denormalised outputs and the four clamped variables ``[n, T]``, the five daily
+      output blocks ``[T, ny, nx]`` (NaN outside crop) and one transposed variable,
+      with the batch's activations still resident;
+    - ``write``: the five output blocks and one encoded copy of a block.
+
+    Everything but soil, crop and the activations grows with the tile (``px``, ``n``)
+    and with ``T``; no phase holds more than one batch of model activations. Checked
+    against the measured peak RSS of real tasks at several tile sizes
+    (``tests/test_scale_plan.py``, :mod:`kgml_grid.bench.taskmem`).
+
+    Returns
+    -------
+    dict
+        ``total`` (the peak), ``phase`` (index into :data:`PHASES` of the peak phase),
+        each phase's bytes (``phase_read``, ``phase_normalise``, ``phase_model``,
+        ``phase_outputs``, ``phase_write``),
+        the peak phase's parts ``inputs``, ``features``, ``model``, ``outputs`` (sum to
+        ``total``) and ``per_day`` (bytes per day of the time chunk, the part of the
+        peak that grows with ``T``).
     """
     f = int(model.get("n_features", len(schema.FEATURES)))
-    n_sat = (
-        1 + (f - len(schema.FEATURES)) // 2
-    )  # gpp_sat, plus one series per addition (value + flag)
-    px = tile[0] * tile[1]
-    n = crop_pixels
+    n_sat = 1 + (f - len(schema.FEATURES)) // 2  # gpp_sat, plus one series per addition
+    T = max(int(days), 0)
+    px = int(tile[0]) * int(tile[1])
+    n = int(crop_pixels)
     n_daily = 4 + n_sat  # daily series gathered per crop pixel
-    per_day = {
-        "inputs": 4 * (n_sat * px + 4 * weather_cells + 2 * n_daily * n),
-        "features": 2 * 4 * n * f,
-        "model": batch_pixels * _activation_per_pixel_day(model, f) + 4 * batch_pixels * f,
-        "outputs": 4 * (2 * 5 * n + len(DAILY_VARS) * px),
+    n_years = T // 365 + 2
+    nv = len(DAILY_VARS)
+    bp = max(1, min(int(batch_pixels), max(n, 1)))
+    act = int(ACTIVATION_RESIDENT * (bp * _activation_per_pixel_day(model, f) + 4 * bp * f) * T)
+    raw = 4 * T * (n_sat * px + 4 * weather_cells) + 4 * 9 * px + n_years * px
+    feats = 4 * n * T * f
+    out_model = 4 * n * T * 4
+    blocks = 4 * nv * T * px
+    # each phase as (inputs, features, model, outputs)
+    parts = {
+        "read": (raw + 2 * 4 * n_daily * n * T, feats, 0, 0),
+        "normalise": (0, 3 * feats, 0, 0),
+        "model": (0, feats, act, out_model),
+        "outputs": (0, feats, act, 2 * out_model + 4 * 4 * n * T + blocks + 4 * n * T),
+        "write": (0, 0, 0, blocks + 4 * T * px),
     }
-    out = {k: v * days for k, v in per_day.items()}
-    out["per_day"] = sum(per_day.values())
-    out["total"] = sum(out[k] for k in per_day)
+    totals = {k: sum(v) for k, v in parts.items()}
+    peak = max(PHASES, key=lambda k: totals[k])
+    fixed = 4 * 9 * px + n_years * px + (act if parts[peak][2] else 0)
+    out: dict[str, int] = dict(
+        zip(("inputs", "features", "model", "outputs"), parts[peak], strict=True)
+    )
+    out.update({f"phase_{k}": v for k, v in totals.items()})
+    out["phase"] = PHASES.index(peak)
+    out["total"] = totals[peak]
+    out["per_day"] = max(0, (totals[peak] - fixed) // max(T, 1))
     return out
+
+
+def _task_memory(
+    model: Mapping[str, Any],
+    days: int,
+    tile: tuple[int, int],
+    max_crop: int,
+    grid: GridSpec,
+    weather_grid: GridSpec,
+    batch_pixels: int,
+) -> dict[str, int]:
+    """:func:`memory_estimate` of the task of the tile with ``max_crop`` crop pixels (all
+    of a tile's pixels when no tile has crop), its weather window in the weather grid's
+    own units (:func:`~kgml_grid.grid.cells_spanned`)."""
+    wrows, wcols = cells_spanned(grid, weather_grid, tile)
+    return memory_estimate(
+        days=days, tile=tile, crop_pixels=max_crop or tile[0] * tile[1],
+        weather_cells=wrows * wcols, model=model, batch_pixels=min(batch_pixels, max(max_crop, 1)),
+    )  # fmt: skip
 
 
 def batch_pixels_for(
@@ -928,14 +1022,8 @@ def make_plan(
     bp = batch_pixels or batch_pixels_for(tmax, cfg)
     if bp < 1:
         raise PlanError(f"batch_pixels must be >= 1, got {bp}")
-    # weather cells one tile reads, in the weather grid's own units (degrees for lat/lon)
-    wrows, wcols = cells_spanned(grid, wgrid, (ys[0], xs[0]))
-    wcells = wrows * wcols
     max_crop = int(crop_counts.max()) if crop_counts.size else 0
-    memory = memory_estimate(
-        days=tmax, tile=(ys[0], xs[0]), crop_pixels=max_crop or ys[0] * xs[0],
-        weather_cells=wcells, model=cfg, batch_pixels=min(bp, max(max_crop, 1)),
-    )  # fmt: skip
+    memory = _task_memory(cfg, tmax, (ys[0], xs[0]), max_crop, grid, wgrid, bp)
     plan = Plan(
         catalog=str(cat.path),
         entries=entries,
@@ -1008,6 +1096,53 @@ def _check_cube_units(
                 )
 
 
+#: Bytes of the crop layer read at once by the crop-tile detection (int8 years x rows x
+#: columns; the any-year mask is as many bools over one year).
+_CROP_READ_BYTES = 2**27
+
+
+def _stored_chunks(arr: Any) -> set[tuple[int, ...]] | None:
+    """Chunk-grid coordinates of the chunks ``arr`` has in its store (one listing of the
+    store, no chunk read), or None when that cannot be told (sharded arrays, stores
+    without listing, unknown key encodings): then every chunk is read."""
+    try:
+        from zarr.core.sync import sync
+
+        if getattr(arr, "shards", None) is not None:
+            return None
+        store, prefix = arr.store_path.store, arr.store_path.path
+        enc = arr.metadata.chunk_key_encoding
+        sep, lead = str(enc.separator), ("c" + str(enc.separator) if enc.name == "default" else "")
+        if enc.name not in ("default", "v2"):
+            return None
+
+        async def keys() -> list[str]:
+            return [k async for k in store.list_prefix(prefix)]
+
+        out = set()
+        for k in sync(keys()):
+            rel = k[len(prefix) :].lstrip("/") if prefix else k
+            if rel.endswith("zarr.json"):
+                continue
+            if lead and not rel.startswith(lead):
+                continue
+            out.add(tuple(int(v) for v in rel[len(lead) :].split(sep)))
+        return out
+    except Exception:  # listing is an optimisation only: fall back to reading everything
+        return None
+
+
+def _runs(values: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted integers as ``(first, last + 1)`` runs of consecutive values."""
+    out: list[tuple[int, int]] = []
+    for v in sorted(values):
+        if out and v == out[-1][1]:
+            out[-1] = (out[-1][0], v + 1)
+        else:
+            out.append((v, v + 1))
+    return out
+
+
 def _crop_counts(
     path: str,
     year_index: Sequence[int],
@@ -1017,19 +1152,72 @@ def _crop_counts(
 ) -> np.ndarray:
     """Crop pixels (crop type > 0 in any year of the run) per tile, ``[n_ty, n_tx]``.
 
-    Reads the crop layer directly (no Dask: Zarr fetches a strip's chunks
-    concurrently), one row of tiles at a time, so memory stays bounded on huge grids.
+    Reads the crop layer with Zarr directly (no Dask, no xarray decoding), one band of
+    the cube's own chunk rows at a time, the run's years of the band in one read when
+    they fit :data:`_CROP_READ_BYTES` (else in groups of years): client memory is
+    bounded by that (~85 MB on CONUS x 18 years), never the cube, whatever the tile
+    size. Chunks never written hold the fill value (no crop, for a fill value <= 0):
+    one listing of the store (:func:`_stored_chunks`) finds the written ones, and only
+    runs of those are read, so a continent whose crop lies in a third of its chunks
+    costs a third of the reads.
     """
-    iy0, _, ix0, ix1 = window
-    crop = xr.open_zarr(path, consolidated=False, chunks=None)["crop_type"]
-    years = slice(min(year_index), max(year_index) + 1)
-    keep = np.asarray(year_index) - years.start
+    import zarr
+
+    iy0, iy1, ix0, ix1 = window
+    arr = zarr.open_group(str(path), mode="r")["crop_type"]
+    dims = tuple(arr.metadata.dimension_names or ("year", "y", "x"))
+    axes = tuple(dims.index(d) for d in ("year", "y", "x"))
+    cs = dict(zip(dims, (int(c) for c in arr.chunks), strict=True))
+    ncol = ix1 - ix0
+    band = cs["y"]
+    if band * ncol > _CROP_READ_BYTES:  # very tall chunks: bound memory, re-read chunks
+        band = max(1, _CROP_READ_BYTES // ncol)
+    years = sorted({int(i) for i in year_index})
+    per_read = max(1, _CROP_READ_BYTES // (band * ncol))
+    groups: list[list[int]] = []  # consecutive years, at most per_read: one read each
+    for y in years:
+        if groups and y == groups[-1][-1] + 1 and len(groups[-1]) < per_read:
+            groups[-1].append(y)
+        else:
+            groups.append([y])
+    stored = _stored_chunks(arr)
+    fill = arr.fill_value
+    if stored is not None and fill is not None and not (float(fill) <= 0):
+        stored = None  # unwritten chunks would be crop: read them
+    by_row: dict[tuple[int, int], set[int]] = {}  # (year chunk, y chunk) -> written x chunks
+    iyr, iy, ix = (dims.index(d) for d in ("year", "y", "x"))
+    for c in stored or ():
+        if len(c) == 3:
+            by_row.setdefault((c[iyr], c[iy]), set()).add(c[ix])
+    y_edges = np.concatenate([[0], np.cumsum(ys)]).astype(int)
+    x_starts = np.concatenate([[0], np.cumsum(xs)[:-1]]).astype(int)
     counts = np.zeros((len(ys), len(xs)), dtype="int64")
-    xb = _bounds(xs)
-    for i, (a, b) in enumerate(_bounds(ys)):
-        strip = np.asarray(
-            crop.isel(year=years, y=slice(iy0 + a, iy0 + b), x=slice(ix0, ix1)).values
-        )
-        col_sums = (strip[keep] > 0).any(axis=0).sum(axis=0)
-        counts[i] = [int(col_sums[c0:c1].sum()) for c0, c1 in xb]
+    r0 = iy0 - iy0 % band  # bands aligned to the cube's chunk rows
+    while r0 < iy1:
+        a, b = max(r0, iy0), min(r0 + band, iy1)
+        crop = np.zeros((b - a, ncol), dtype=bool)
+        for g in groups:
+            if stored is None:
+                col_runs = [(ix0, ix1)]
+            else:  # the runs of written chunks over these years and rows
+                cxs = set().union(*(by_row.get((cyr, cy), ()) for cyr in
+                                    range(g[0] // cs["year"], g[-1] // cs["year"] + 1)
+                                    for cy in range(a // cs["y"], (b - 1) // cs["y"] + 1)))  # fmt: skip
+                col_runs = [
+                    (max(ix0, c0 * cs["x"]), min(ix1, c1 * cs["x"])) for c0, c1 in _runs(cxs)
+                ]
+                col_runs = [(c0, c1) for c0, c1 in col_runs if c0 < c1]
+            for c0, c1 in col_runs:
+                sel = {"year": slice(g[0], g[-1] + 1), "y": slice(a, b), "x": slice(c0, c1)}
+                part = np.transpose(np.asarray(arr[tuple(sel[d] for d in dims)]), axes)
+                crop[:, c0 - ix0 : c1 - ix0] |= (part > 0).any(axis=0)
+        per_col = np.add.reduceat(crop, x_starts, axis=1, dtype="int64")  # [rows, n_tx]
+        # the band's rows by tile row (a band may hold several tile rows, or part of one)
+        lo, hi = a - iy0, b - iy0
+        t0 = int(np.searchsorted(y_edges, lo, side="right")) - 1
+        t1 = int(np.searchsorted(y_edges, hi, side="left"))
+        for t in range(t0, t1):
+            s0, s1 = max(y_edges[t], lo) - lo, min(y_edges[t + 1], hi) - lo
+            counts[t] += per_col[s0:s1].sum(axis=0)
+        r0 += band
     return counts
