@@ -58,6 +58,7 @@ __all__ = [
     "DAILY_VARS",
     "YEARLY_VARS",
     "BlockKey",
+    "Blocks",
     "Plan",
     "PlanError",
     "TileSpec",
@@ -73,6 +74,8 @@ DAILY_VARS: tuple[str, ...] = (*schema.DAILY_OUTPUTS, "gpp")
 YEARLY_VARS: tuple[str, ...] = schema.YEARLY_OUTPUTS
 #: Pixels per model batch at most (fewer when a long time chunk needs the memory).
 MAX_BATCH_PIXELS = 4096
+#: Skipped tiles listed by :meth:`Plan.to_dict` at most (all are counted).
+SKIPPED_LISTED = 1024
 #: Memory allowed for the model's activations of one batch (bytes), by default.
 ACTIVATION_BUDGET = 128 * 2**20
 #: A task may use at most this fraction of a worker's memory limit.
@@ -124,6 +127,71 @@ class BlockKey:
 
     def __str__(self) -> str:
         return f"block(time chunk {self.chunk}, tile y{self.ty} x{self.tx})"
+
+
+class Blocks(Sequence[BlockKey]):
+    """The blocks of a plan as a lazy sequence: time chunk by time chunk, crop tiles
+    row-major within each (the order :attr:`Plan.blocks` always had).
+
+    Holds the crop-tile mask and the number of time chunks only; a :class:`BlockKey` is
+    made when asked for (``blocks[i]``, iteration), ``len`` and ``in`` are arithmetic.
+    Compares equal to any sequence of the same keys in the same order.
+    """
+
+    def __init__(self, crop: np.ndarray, n_time_chunks: int) -> None:
+        self._crop = np.asarray(crop, dtype=bool)
+        self._flat = np.flatnonzero(self._crop)  # crop tiles, row-major (one int each)
+        self._nx = int(self._crop.shape[1]) if self._crop.ndim == 2 else 1
+        self._nt = int(n_time_chunks)
+
+    def __len__(self) -> int:
+        return self._flat.size * self._nt
+
+    def _key(self, i: int) -> BlockKey:
+        c, j = divmod(i, self._flat.size)
+        ty, tx = divmod(int(self._flat[j]), self._nx)
+        return BlockKey(c, ty, tx)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._key(k) for k in range(*i.indices(len(self)))]
+        n = len(self)
+        k = int(i) + n if int(i) < 0 else int(i)
+        if not 0 <= k < n:
+            raise IndexError(f"block index {i} out of range ({n} blocks)")
+        return self._key(k)
+
+    def __iter__(self) -> Iterator[BlockKey]:
+        for c in range(self._nt):
+            for f in self._flat:
+                ty, tx = divmod(int(f), self._nx)
+                yield BlockKey(c, ty, tx)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, BlockKey):
+            return False
+        ny, nx = self._crop.shape
+        return (0 <= key.chunk < self._nt and 0 <= key.ty < ny and 0 <= key.tx < nx
+                and bool(self._crop[key.ty, key.tx]))  # fmt: skip
+
+    def tile_major(self) -> Iterator[BlockKey]:
+        """The same blocks tile by tile (row-major), each tile's time chunks in order."""
+        for f in self._flat:
+            ty, tx = divmod(int(f), self._nx)
+            for c in range(self._nt):
+                yield BlockKey(c, ty, tx)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Blocks):
+            return self._nt == other._nt and np.array_equal(self._crop, other._crop)
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Blocks: {len(self)} ({self._flat.size} crop tiles x {self._nt} time chunks)>"
 
 
 @dataclass(frozen=True)
@@ -357,38 +425,56 @@ class Plan:
 
     @property
     def crop_tiles(self) -> list[tuple[int, int]]:
-        """Tiles with at least one crop pixel: the ones that run."""
-        return [t for t in self.tiles if self.crop_counts[t] > 0]
+        """Tiles with at least one crop pixel: the ones that run (row-major)."""
+        return [(int(i), int(j)) for i, j in np.argwhere(self.crop_counts > 0)]
 
     @property
     def skipped_tiles(self) -> list[tuple[int, int]]:
-        """Tiles without any crop pixel: no task, output stays NaN."""
-        return [t for t in self.tiles if self.crop_counts[t] == 0]
+        """Tiles without any crop pixel: no task, output stays NaN (row-major)."""
+        return [(int(i), int(j)) for i, j in np.argwhere(self.crop_counts == 0)]
+
+    @property
+    def n_crop_tiles(self) -> int:
+        """Tiles with crop, counted without listing them."""
+        return int(np.count_nonzero(self.crop_counts))
+
+    @property
+    def n_skipped_tiles(self) -> int:
+        return self.n_tiles - self.n_crop_tiles
 
     @property
     def n_crop_pixels(self) -> int:
         return int(self.crop_counts.sum())
 
     @property
-    def blocks(self) -> list[BlockKey]:
-        """Every block that runs, time chunk by time chunk, tiles row-major."""
-        tiles = self.crop_tiles
-        return [BlockKey(c, ty, tx) for c in range(self.n_time_chunks) for ty, tx in tiles]
+    def blocks(self) -> Blocks:
+        """Every block that runs, time chunk by time chunk, tiles row-major: a lazy
+        sequence (:class:`Blocks`: ``len``, indexing, ``in``, iteration), so that a plan
+        of millions of blocks holds none of them as objects."""
+        return Blocks(self.crop_counts > 0, self.n_time_chunks)
 
     @property
     def n_blocks(self) -> int:
-        return len(self.crop_tiles) * self.n_time_chunks
+        return self.n_crop_tiles * self.n_time_chunks
 
     def n_tasks_for(self, done: set[BlockKey] | frozenset[BlockKey] = frozenset()) -> int:
         """Dask tasks of a run that skips ``done`` blocks: one per remaining block plus
-        one small data task per tile with remaining blocks (its weather index)."""
-        todo = [b for b in self.blocks if b not in done]
-        return len(todo) + len({b.tile for b in todo})
+        one small data task per tile with remaining blocks (its weather index).
+
+        Arithmetic on the plan's counts and on ``done`` (never enumerates the blocks)."""
+        blocks = self.blocks
+        per_tile: dict[tuple[int, int], int] = {}
+        for b in done:
+            if b in blocks:
+                per_tile[b.tile] = per_tile.get(b.tile, 0) + 1
+        n_done = sum(per_tile.values())
+        finished = sum(1 for n in per_tile.values() if n == self.n_time_chunks)
+        return (self.n_blocks - n_done) + (self.n_crop_tiles - finished)
 
     @property
     def n_tasks(self) -> int:
         """Dask tasks of a full run (blocks plus one data task per crop tile)."""
-        return self.n_tasks_for()
+        return self.n_blocks + self.n_crop_tiles
 
     @property
     def memory_per_task(self) -> int:
@@ -463,8 +549,12 @@ class Plan:
             "chunks": {"time": list(self.time_chunks), "y": self.tile_y, "x": self.tile_x},
             "tiles": {
                 "total": self.n_tiles,
-                "crop": len(self.crop_tiles),
-                "skipped": [list(t) for t in self.skipped_tiles],
+                "crop": self.n_crop_tiles,
+                "skipped_total": self.n_skipped_tiles,
+                # listed up to a bound: a continent has hundreds of thousands
+                "skipped": [
+                    [int(a), int(b)] for a, b in np.argwhere(self.crop_counts == 0)[:SKIPPED_LISTED]
+                ],
             },
             "blocks": self.n_blocks,
             "tasks": self.n_tasks,
@@ -614,7 +704,8 @@ class Plan:
         else:
             tdesc = f"time={min(tc)}..{max(tc)} days"
         m = self.memory
-        skipped = self.skipped_tiles
+        skipped = [(int(a), int(b)) for a, b in np.argwhere(self.crop_counts == 0)[:9]]
+        n_skipped = self.n_skipped_tiles
         cfg = self.model
         lines = [
             "upscaling plan",
@@ -627,16 +718,16 @@ class Plan:
             f"years {self.years[0]}-{self.years[-1]})",
             f"  chunks      y={self.tile_y}, x={self.tile_x}, {tdesc} -> "
             f"{len(self.y_chunks)} x {len(self.x_chunks)} tiles x {self.n_time_chunks} time chunks",
-            f"  tiles       {len(self.crop_tiles)} with crop ({self.n_crop_pixels} crop pixels), "
-            f"{len(skipped)} skipped (no crop pixel)"
+            f"  tiles       {self.n_crop_tiles} with crop ({self.n_crop_pixels} crop pixels), "
+            f"{n_skipped} skipped (no crop pixel)"
             + (
                 f": {', '.join(f'y{a}x{b}' for a, b in skipped[:8])}{' ...' if len(skipped) > 8 else ''}"
                 if skipped
                 else ""
             ),
-            f"  blocks      {self.n_blocks} ({len(self.crop_tiles)} tiles x {self.n_time_chunks} "
+            f"  blocks      {self.n_blocks} ({self.n_crop_tiles} tiles x {self.n_time_chunks} "
             f"time chunks)",
-            f"  tasks       {self.n_tasks} ({self.n_blocks} blocks + {len(self.crop_tiles)} tile "
+            f"  tasks       {self.n_tasks} ({self.n_blocks} blocks + {self.n_crop_tiles} tile "
             "weather indexes)",
             f"  memory      ~{format_bytes(self.memory_per_task)} per task (inputs "
             f"{format_bytes(m.get('inputs', 0))}, features {format_bytes(m.get('features', 0))}, "
