@@ -1305,7 +1305,7 @@ def upscale(
     device = check_device_spec(device)
     n_workers = check_n_workers(n_workers)
     plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs,
-                     chunks=chunks, batch_pixels=batch_pixels)  # fmt: skip
+                     chunks=chunks, batch_pixels=batch_pixels, device=device)  # fmt: skip
     out = Path(out).resolve()
     if dry_run:
         outputs.check_not_input(out, run_inputs(plan), error=PlanError)

@@ -362,6 +362,7 @@ class Plan:
     crop_counts: np.ndarray = field(repr=False)  # [n_ty, n_tx] crop pixels per tile
     batch_pixels: int = MAX_BATCH_PIXELS
     memory: Mapping[str, int] = field(default_factory=dict)
+    sizing: tuple[str, ...] = ()  # why these chunks (``--chunks auto``)
 
     # ---- dimensions --------------------------------------------------------------------
     @property
@@ -737,6 +738,9 @@ class Plan:
             f"Zarr chunks {self.output_chunks}",
             f"  yield       {self._yield_comment()}",
         ]
+        if self.sizing:
+            lines.append(f"  sizing      {self.sizing[0]}")
+            lines.extend(f"              {r}" for r in self.sizing[1:])
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -878,13 +882,18 @@ def _task_memory(
 
 
 def batch_pixels_for(
-    days: int, model: Mapping[str, Any], *, budget: int = ACTIVATION_BUDGET
+    days: int,
+    model: Mapping[str, Any],
+    *,
+    budget: int = ACTIVATION_BUDGET,
+    cap: int = MAX_BATCH_PIXELS,
 ) -> int:
-    """Pixels per model batch so that one batch's activations stay within ``budget``."""
+    """Pixels per model batch (at most ``cap``) so that one batch's activations stay
+    within ``budget``."""
     per = _activation_per_pixel_day(
         model, int(model.get("n_features", len(schema.FEATURES)))
     ) * max(days, 1)
-    return int(max(1, min(MAX_BATCH_PIXELS, budget // per)))
+    return int(max(1, min(cap, budget // per)))
 
 
 # --------------------------------------------------------------------------------------
@@ -982,6 +991,7 @@ def make_plan(
     chunks: str | Mapping[str, Any] | None = None,
     batch_pixels: int | None = None,
     memory_limit: int | str | None = None,
+    device: str = "cpu",
 ) -> Plan:
     """Plan an upscaling run; check everything checkable; compute nothing.
 
@@ -1000,7 +1010,11 @@ def make_plan(
     chunks : str or mapping, optional
         ``"y=N,x=N,time=N"`` (``-1``: whole dimension); default the satellite cube's
         spatial chunks and one time chunk per calendar year. ``time`` may be a tuple of
-        uneven lengths from Python.
+        uneven lengths from Python. ``"auto"``: the shape recommended for ``device``
+        (:func:`kgml_grid.sizing.recommend_shape`; its reasons in ``print(plan)``).
+    device : str
+        ``cpu`` or ``cuda`` (``cuda:N``): the device ``chunks="auto"`` sizes blocks for
+        (``auto``: cuda when this process sees a GPU).
     batch_pixels : int, optional
         Pixels per model batch; default as many as fit :data:`ACTIVATION_BUDGET`.
     memory_limit : int or str, optional
@@ -1016,7 +1030,8 @@ def make_plan(
     from kgml_grid.catalog import Catalog, CatalogError, open_catalog
     from kgml_grid.checkpoint import load_checkpoint
 
-    parsed_chunks = parse_chunks(chunks)
+    auto = isinstance(chunks, str) and chunks.strip().lower() == "auto"
+    parsed_chunks = {} if auto else parse_chunks(chunks)
     # --- checkpoint -------------------------------------------------------------------
     model_path = Path(model).resolve()
     try:
@@ -1104,17 +1119,43 @@ def make_plan(
         time_chunks = tspec
     else:
         time_chunks = _regular(n_days, int(tspec))
-    # --- crop tiles (reads the crop layer: int8 per pixel and year) -------------------------
-    ys, xs = _regular(grid.ny, tile_y), _regular(grid.nx, tile_x)
-    crop_counts = _crop_counts(paths["crop"], [crop_year_index[y] for y in years], window, ys, xs)
-    # --- memory ---------------------------------------------------------------------------
     cfg = ckpt.config.to_dict()
+    year_idx = [crop_year_index[y] for y in years]
+    sizing: tuple[str, ...] = ()
+    choice = None
+    if auto:  # --- chunks sized for the device: crop counted per unit cell, then pooled
+        from kgml_grid import sizing as _sizing
+
+        unit = _sizing.UNIT
+        unit_counts = _crop_counts(paths["crop"], year_idx, window,
+                                   _regular(grid.ny, unit), _regular(grid.nx, unit))  # fmt: skip
+        dev = _resolve_device(device)
+        limit_b = parse_bytes(memory_limit) if memory_limit is not None else 0
+        try:
+            choice = _sizing.recommend_shape(
+                dev, unit_counts, model=cfg, grid=grid, weather_grid=wgrid, days=n_days,
+                task_memory=int(MEMORY_FRACTION * limit_b) if limit_b > 0 else None,
+            )  # fmt: skip
+        except ValueError as e:
+            raise PlanError(f"--chunks auto: {e}") from None
+        tile_y, tile_x = min(choice.tile, grid.ny), min(choice.tile, grid.nx)
+        if choice.time < 365:
+            time_chunks = _regular(n_days, choice.time)
+        crop_counts = _sizing.pool_counts(unit_counts, choice.tile // unit)
+        sizing = (f"--chunks auto for --device {dev}: {choice.chunks}", *choice.reasons)
+    ys, xs = _regular(grid.ny, tile_y), _regular(grid.nx, tile_x)
+    if choice is None:  # --- crop tiles (reads the crop layer: int8 per pixel and year)
+        crop_counts = _crop_counts(paths["crop"], year_idx, window, ys, xs)
+    # --- memory ---------------------------------------------------------------------------
     tmax = max(time_chunks)
-    bp = batch_pixels or batch_pixels_for(tmax, cfg)
+    bp = batch_pixels or (choice.batch_pixels if choice else batch_pixels_for(tmax, cfg))
     if bp < 1:
         raise PlanError(f"batch_pixels must be >= 1, got {bp}")
     max_crop = int(crop_counts.max()) if crop_counts.size else 0
     memory = _task_memory(cfg, tmax, (ys[0], xs[0]), max_crop, grid, wgrid, bp)
+    if choice is not None and "device" in choice.memory:  # the batch's activations on the GPU
+        memory = {**memory, "device": memory["model"], "model": 0,
+                  "total": memory["total"] - memory["model"]}  # fmt: skip
     plan = Plan(
         catalog=str(cat.path),
         entries=entries,
@@ -1138,9 +1179,22 @@ def make_plan(
         crop_counts=crop_counts,
         batch_pixels=int(bp),
         memory=memory,
+        sizing=sizing,
     )
     plan.check_memory(memory_limit, what="memory_limit")
     return plan
+
+
+def _resolve_device(device: str) -> str:
+    """``cpu`` or ``cuda`` for sizing; ``auto`` is cuda when this process sees a GPU."""
+    d = str(device or "cpu").lower()
+    if d == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d == "cpu" or d.startswith("cuda"):
+        return "cuda" if d.startswith("cuda") else "cpu"
+    raise PlanError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
 def _cube_chunks(ds: xr.Dataset) -> dict[str, int]:
