@@ -730,10 +730,13 @@ class Plan:
             f"time chunks)",
             f"  tasks       {self.n_tasks} ({self.n_blocks} blocks + {self.n_crop_tiles} tile "
             "weather indexes)",
-            f"  memory      ~{format_bytes(self.memory_per_task)} per task (inputs "
+            f"  memory      ~{format_bytes(self.memory_per_task)} per task, at its peak while "
+            f"{_PHASE_WORDS[PHASES[int(m.get('phase', 0))]]} (inputs "
             f"{format_bytes(m.get('inputs', 0))}, features {format_bytes(m.get('features', 0))}, "
             f"model {format_bytes(m.get('model', 0))} in batches of {self.batch_pixels} pixels, "
-            f"outputs {format_bytes(m.get('outputs', 0))})",
+            f"outputs {format_bytes(m.get('outputs', 0))}"
+            + (f"; {format_bytes(m['device'])} of activations on the GPU" if "device" in m else "")
+            + ")",
             f"  outputs     {', '.join(DAILY_VARS)} daily (time, y, x); yield yearly (year, y, x); "
             f"Zarr chunks {self.output_chunks}",
             f"  yield       {self._yield_comment()}",
@@ -781,6 +784,9 @@ ACTIVATION_RESIDENT = 1.3
 
 #: The phases of a task, in order, as :func:`memory_estimate` counts them.
 PHASES = ("read", "normalise", "model", "outputs", "write")
+_PHASE_WORDS = {"read": "reading and assembling", "normalise": "normalising the features",
+                "model": "running the model", "outputs": "building the output blocks",
+                "write": "writing"}  # fmt: skip
 
 
 def memory_estimate(
