@@ -781,6 +781,9 @@ def _activation_per_pixel_day(model: Mapping[str, Any], n_features: int) -> int:
 #: (:func:`_activation_per_pixel_day`): torch's intermediate tensors plus the heap the
 #: CPU allocator keeps after freeing them (measured: 1.2-1.5, ``kgml_grid.bench.taskmem``).
 ACTIVATION_RESIDENT = 1.3
+#: The part of those activations still resident after the model loop, while the output
+#: blocks are built (freed tensors the heap has not returned; measured 0.3-1: half).
+ACTIVATION_AFTER = 0.5
 
 #: The phases of a task, in order, as :func:`memory_estimate` counts them.
 PHASES = ("read", "normalise", "model", "outputs", "write")
@@ -815,7 +818,7 @@ def memory_estimate(
     - ``outputs``: normalised features (alive until the task returns), outputs,
       denormalised outputs and the four clamped variables ``[n, T]``, the five daily
       output blocks ``[T, ny, nx]`` (NaN outside crop) and one transposed variable,
-      with the batch's activations still resident;
+      with :data:`ACTIVATION_AFTER` of the batch's activations still resident;
     - ``write``: the five output blocks and one encoded copy of a block.
 
     Everything but soil, crop and the activations grows with the tile (``px``, ``n``)
@@ -852,12 +855,17 @@ def memory_estimate(
         "read": (raw + 2 * 4 * n_daily * n * T, feats, 0, 0),
         "normalise": (0, 3 * feats, 0, 0),
         "model": (0, feats, act, out_model),
-        "outputs": (0, feats, act, 2 * out_model + 4 * 4 * n * T + blocks + 4 * n * T),
+        "outputs": (
+            0,
+            feats,
+            int(ACTIVATION_AFTER * act),
+            2 * out_model + 4 * 4 * n * T + blocks + 4 * n * T,
+        ),
         "write": (0, 0, 0, blocks + 4 * T * px),
     }
     totals = {k: sum(v) for k, v in parts.items()}
     peak = max(PHASES, key=lambda k: totals[k])
-    fixed = 4 * 9 * px + n_years * px + (act if parts[peak][2] else 0)
+    fixed = 4 * 9 * px + n_years * px + parts[peak][2]
     out: dict[str, int] = dict(
         zip(("inputs", "features", "model", "outputs"), parts[peak], strict=True)
     )

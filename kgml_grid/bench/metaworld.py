@@ -205,6 +205,8 @@ def _chunk_crop(
     block_density = min(1.0, math.sqrt(density) * 1.6)
     p_block = min(1.0, density / block_density)
     blocks = rng.random((nby, nbx)) < p_block
+    if not blocks.any():  # a crop chunk holds crop (so that it is written)
+        blocks[rng.integers(nby), rng.integers(nbx)] = True
     on = np.repeat(np.repeat(blocks, fp, axis=0), fp, axis=1)[: shape[0], : shape[1]]
     return on & (rng.random(shape, dtype=np.float32) < block_density)
 
