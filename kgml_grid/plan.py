@@ -674,7 +674,8 @@ class Plan:
         derived = self.batch_pixels == batch_pixels_for(max(self.time_chunks), self.model)
         bp = batch_pixels_for(days, self.model) if derived else self.batch_pixels
         return _task_memory(self.model, days, (self.y_chunks[0], self.x_chunks[0]),
-                            self.max_crop_pixels, self.grid, self.weather_grid, bp)  # fmt: skip
+                            self.max_crop_pixels, self.grid, self.weather_grid, bp,
+                            activations_on_device="device" in self.memory)  # fmt: skip
 
     @property
     def max_crop_pixels(self) -> int:
@@ -800,6 +801,7 @@ def memory_estimate(
     weather_cells: int,
     model: Mapping[str, Any],
     batch_pixels: int,
+    activations_on_device: bool = False,
 ) -> dict[str, int]:
     """Peak memory of one task (bytes): the largest of its phases, and its parts.
 
@@ -820,6 +822,9 @@ def memory_estimate(
       output blocks ``[T, ny, nx]`` (NaN outside crop) and one transposed variable,
       with :data:`ACTIVATION_AFTER` of the batch's activations still resident;
     - ``write``: the five output blocks and one encoded copy of a block.
+
+    With ``activations_on_device`` (a GPU) the batch's activations are device memory:
+    they are left out of the host phases and given as ``device``.
 
     Everything but soil, crop and the activations grows with the tile (``px``, ``n``)
     and with ``T``; no phase holds more than one batch of model activations. Checked
@@ -846,6 +851,9 @@ def memory_estimate(
     nv = len(DAILY_VARS)
     bp = max(1, min(int(batch_pixels), max(n, 1)))
     act = int(ACTIVATION_RESIDENT * (bp * _activation_per_pixel_day(model, f) + 4 * bp * f) * T)
+    device = act if activations_on_device else 0
+    if activations_on_device:
+        act = 0
     raw = 4 * T * (n_sat * px + 4 * weather_cells) + 4 * 9 * px + n_years * px
     feats = 4 * n * T * f
     out_model = 4 * n * T * 4
@@ -872,6 +880,8 @@ def memory_estimate(
     out.update({f"phase_{k}": v for k, v in totals.items()})
     out["phase"] = PHASES.index(peak)
     out["total"] = totals[peak]
+    if activations_on_device:
+        out["device"] = device
     out["per_day"] = max(0, (totals[peak] - fixed) // max(T, 1))
     return out
 
@@ -884,6 +894,7 @@ def _task_memory(
     grid: GridSpec,
     weather_grid: GridSpec,
     batch_pixels: int,
+    activations_on_device: bool = False,
 ) -> dict[str, int]:
     """:func:`memory_estimate` of the task of the tile with ``max_crop`` crop pixels (all
     of a tile's pixels when no tile has crop), its weather window in the weather grid's
@@ -892,6 +903,7 @@ def _task_memory(
     return memory_estimate(
         days=days, tile=tile, crop_pixels=max_crop or tile[0] * tile[1],
         weather_cells=wrows * wcols, model=model, batch_pixels=min(batch_pixels, max(max_crop, 1)),
+        activations_on_device=activations_on_device,
     )  # fmt: skip
 
 
@@ -1166,10 +1178,8 @@ def make_plan(
     if bp < 1:
         raise PlanError(f"batch_pixels must be >= 1, got {bp}")
     max_crop = int(crop_counts.max()) if crop_counts.size else 0
-    memory = _task_memory(cfg, tmax, (ys[0], xs[0]), max_crop, grid, wgrid, bp)
-    if choice is not None and "device" in choice.memory:  # the batch's activations on the GPU
-        memory = {**memory, "device": memory["model"], "model": 0,
-                  "total": memory["total"] - memory["model"]}  # fmt: skip
+    on_gpu = choice is not None and "device" in choice.memory  # the batch's activations
+    memory = _task_memory(cfg, tmax, (ys[0], xs[0]), max_crop, grid, wgrid, bp, on_gpu)
     plan = Plan(
         catalog=str(cat.path),
         entries=entries,
@@ -1278,7 +1288,7 @@ def _stored_chunks(arr: Any) -> set[tuple[int, ...]] | None:
         async def keys() -> list[str]:
             return [k async for k in store.list_prefix(prefix)]
 
-        out = set()
+        out: set[tuple[int, ...]] = set()
         for k in sync(keys()):
             rel = k[len(prefix) :].lstrip("/") if prefix else k
             if rel.endswith("zarr.json"):

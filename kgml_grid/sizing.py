@@ -135,12 +135,8 @@ def _estimate(profile: DeviceProfile, model: Mapping[str, Any], days: int, tile:
 
     bp = min(profile.max_batch_pixels,
              max(1, batch_pixels_for(days, model, budget=profile.batch_budget, cap=profile.max_batch_pixels)))  # fmt: skip
-    mem = _task_memory(model, days, tile, max_crop, weather[0], weather[1], bp)
-    if profile.activations_on_device:  # the batch lives on the GPU: host holds the rest
-        mem = dict(mem)
-        mem["device"] = mem["model"]
-        mem["total"] = mem["total"] - mem["model"]
-        mem["model"] = 0
+    mem = _task_memory(model, days, tile, max_crop, weather[0], weather[1], bp,
+                       activations_on_device=profile.activations_on_device)  # fmt: skip
     return mem, bp
 
 
