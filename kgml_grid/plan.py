@@ -42,7 +42,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1301,7 +1301,7 @@ def _stored_chunks(arr: Any) -> set[tuple[int, ...]] | None:
         return None
 
 
-def _runs(values: Sequence[int]) -> list[tuple[int, int]]:
+def _runs(values: Iterable[int]) -> list[tuple[int, int]]:
     """Sorted integers as ``(first, last + 1)`` runs of consecutive values."""
     out: list[tuple[int, int]] = []
     for v in sorted(values):
@@ -1333,8 +1333,8 @@ def _crop_counts(
     import zarr
 
     iy0, iy1, ix0, ix1 = window
-    arr = zarr.open_group(str(path), mode="r")["crop_type"]
-    dims = tuple(arr.metadata.dimension_names or ("year", "y", "x"))
+    arr = zarr.open_array(str(path), path="crop_type", mode="r")
+    dims = tuple(getattr(arr.metadata, "dimension_names", None) or ("year", "y", "x"))
     axes = tuple(dims.index(d) for d in ("year", "y", "x"))
     cs = dict(zip(dims, (int(c) for c in arr.chunks), strict=True))
     ncol = ix1 - ix0
