@@ -783,8 +783,10 @@ def _activation_per_pixel_day(model: Mapping[str, Any], n_features: int) -> int:
 #: CPU allocator keeps after freeing them (measured: 1.2-1.5, ``kgml_grid.bench.taskmem``).
 ACTIVATION_RESIDENT = 1.3
 #: The part of those activations still resident after the model loop, while the output
-#: blocks are built (freed tensors the heap has not returned; measured 0.3-1: half).
-ACTIVATION_AFTER = 0.5
+#: blocks are built (freed tensors the heap has not returned). Measured: all of it for
+#: year-long chunks (tasks of 32-256 px tiles: peaks vary +-20 % run to run), about a
+#: third for 120-day chunks; counted whole.
+ACTIVATION_AFTER = 1.0
 
 #: The phases of a task, in order, as :func:`memory_estimate` counts them.
 PHASES = ("read", "normalise", "model", "outputs", "write")

@@ -10,9 +10,10 @@ the kernel: ``VmHWM`` of ``/proc/self/status`` is reset (``clear_refs``) after t
 warm-up and read after the task; the figure is that high-water mark above the
 resident memory just before the task.
 
-:func:`measure_in_subprocess` does that in a fresh interpreter (one torch thread, the
-decoded-chunk cache off: the cache is a per-worker budget, not a per-task cost,
-:mod:`kgml_grid.blockio`) and returns its JSON, with the plan's estimate next to it.
+:func:`measure_in_subprocess` does that in a fresh interpreter with the environment Dask's
+nanny gives a worker (``distributed.nanny.pre-spawn-environ``: one thread,
+``MALLOC_TRIM_THRESHOLD_``) and the decoded-chunk cache off (the cache is a per-worker
+budget, not a per-task cost, :mod:`kgml_grid.blockio`) and returns its JSON, with the plan's estimate next to it.
 Linux only (``/proc``).
 
 Command line (what the subprocess runs)::
@@ -126,7 +127,12 @@ def measure_in_subprocess(
     RuntimeError
         When the subprocess fails, with its last output lines.
     """
-    env = dict(os.environ, KGML_CHUNK_CACHE="0", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    import dask
+
+    # the environment Dask's nanny gives each worker (glibc returns freed heap above 64 KiB)
+    worker_env = {k: str(v) for k, v in
+                  (dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}).items()}  # fmt: skip
+    env = dict(os.environ, **worker_env, KGML_CHUNK_CACHE="0")
     cmd = [sys.executable, "-m", "kgml_grid.bench.taskmem", str(catalog), str(model),
            "--chunks", chunks, "--work", str(work), *(extra or [])]  # fmt: skip
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
