@@ -21,7 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from kgml_grid import schema
-from kgml_grid.grid import GridSpec, _same_crs, coarse_index, spec_from_coords
+from kgml_grid.grid import GridSpec, _same_crs, check_covers, spec_from_coords
 
 COMPLETE_ATTR = "kgml_complete"
 
@@ -328,7 +328,7 @@ def validate_alignment(
     if "weather" in layers:
         w = grid_of(layers["weather"], source=sources.get("weather", "weather"), layer="weather")
         try:
-            coarse_index(ref, w, name=f"{sources.get('weather', 'weather')} (layer 'weather')")
+            check_covers(ref, w, name=f"{sources.get('weather', 'weather')} (layer 'weather')")
         except ValueError as e:
             raise CubeError(str(e)) from None
     timed = [n for n in layers if "time" in layers[n].dims]

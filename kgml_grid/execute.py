@@ -1487,8 +1487,8 @@ def upscale(
     n_workers = check_n_workers(n_workers)
     _schedule.window_for(1, max_tasks, 1)  # refuses max_tasks < 1 before planning
     plan = make_plan(catalog, model, start=start, end=end, bbox=bbox, bbox_crs=bbox_crs,
-                     chunks=chunks, batch_pixels=batch_pixels, frequency=frequency,
-                     variables=variables)  # fmt: skip
+                     chunks=chunks, batch_pixels=batch_pixels, device=device,
+                     frequency=frequency, variables=variables)  # fmt: skip
     out = Path(out).resolve()
     if dry_run:
         outputs.check_not_input(out, run_inputs(plan), error=PlanError)

@@ -162,6 +162,56 @@ def coarse_index(
     return row, col
 
 
+def check_covers(fine: GridSpec, coarse: GridSpec, *, name: str = "weather") -> None:
+    """Refuse a coarse grid that does not hold every fine pixel centre, in bounded memory.
+
+    Same test and message as :func:`coarse_index`, without its per-pixel arrays: only the
+    outer ring of fine pixel centres is transformed (the image of the fine rectangle is
+    bounded by the image of its edges, and the coarse grid is a rectangle in its own
+    CRS, so a ring inside means every centre inside). Only when the ring is not inside
+    are the pixels counted, strip by strip, to name the first one outside. On a CONUS
+    grid (2e8 pixels) this takes milliseconds where :func:`coarse_index` takes minutes
+    and gigabytes.
+
+    Raises
+    ------
+    ValueError
+        If any fine pixel falls outside the coarse grid (first pixel, row-major, and count).
+    """
+    rows = np.concatenate([np.zeros(fine.nx, int), np.full(fine.nx, fine.ny - 1),
+                           np.arange(fine.ny), np.arange(fine.ny)])  # fmt: skip
+    cols = np.concatenate([np.arange(fine.nx), np.arange(fine.nx),
+                           np.zeros(fine.ny, int), np.full(fine.ny, fine.nx - 1)])  # fmt: skip
+    if not _outside(fine, coarse, fine.y[rows], fine.x[cols]).any():
+        return
+    first: tuple[int, int] | None = None
+    n_bad = 0
+    step = max(1, 2_000_000 // fine.nx)  # rows per strip: ~2e6 pixels
+    for r0 in range(0, fine.ny, step):
+        yy, xx = np.meshgrid(fine.y[r0 : r0 + step], fine.x, indexing="ij")
+        bad = _outside(fine, coarse, yy, xx)
+        n_bad += int(bad.sum())
+        if first is None and bad.any():
+            r, c = np.argwhere(bad)[0]
+            first = (r0 + int(r), int(c))
+    assert first is not None  # the ring found one
+    raise ValueError(
+        f"{name} grid does not cover the target grid: fine pixel (y={fine.y[first[0]]:.6g}, "
+        f"x={fine.x[first[1]]:.6g}) falls outside {name} bounds {coarse.bounds} "
+        f"({n_bad} pixels outside)"
+    )
+
+
+def _outside(fine: GridSpec, coarse: GridSpec, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Which fine-CRS points ``(yy, xx)`` fall outside the coarse grid's cells."""
+    if not _same_crs(fine.crs, coarse.crs):
+        xx, yy = _transformer(fine.crs, coarse.crs).transform(xx, yy)
+    col = np.floor((np.asarray(xx) - coarse.x0) / coarse.res)
+    row = np.floor((coarse.y0 - np.asarray(yy)) / coarse.res)
+    # NaN/inf (outside the transform's area of use) compare False: count them as outside
+    return ~((row >= 0) & (row < coarse.ny) & (col >= 0) & (col < coarse.nx))
+
+
 def cells_spanned(
     fine: GridSpec, coarse: GridSpec, tile: tuple[int, int], *, samples: int = 3
 ) -> tuple[int, int]:

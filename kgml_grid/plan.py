@@ -42,7 +42,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +58,7 @@ __all__ = [
     "DAILY_VARS",
     "YEARLY_VARS",
     "BlockKey",
+    "Blocks",
     "Plan",
     "PlanError",
     "TileSpec",
@@ -73,6 +74,8 @@ DAILY_VARS: tuple[str, ...] = (*schema.DAILY_OUTPUTS, "gpp")
 YEARLY_VARS: tuple[str, ...] = schema.YEARLY_OUTPUTS
 #: Pixels per model batch at most (fewer when a long time chunk needs the memory).
 MAX_BATCH_PIXELS = 4096
+#: Skipped tiles listed by :meth:`Plan.to_dict` at most (all are counted).
+SKIPPED_LISTED = 1024
 #: Memory allowed for the model's activations of one batch (bytes), by default.
 ACTIVATION_BUDGET = 128 * 2**20
 #: A task may use at most this fraction of a worker's memory limit.
@@ -124,6 +127,71 @@ class BlockKey:
 
     def __str__(self) -> str:
         return f"block(time chunk {self.chunk}, tile y{self.ty} x{self.tx})"
+
+
+class Blocks(Sequence[BlockKey]):
+    """The blocks of a plan as a lazy sequence: time chunk by time chunk, crop tiles
+    row-major within each (the order :attr:`Plan.blocks` always had).
+
+    Holds the crop-tile mask and the number of time chunks only; a :class:`BlockKey` is
+    made when asked for (``blocks[i]``, iteration), ``len`` and ``in`` are arithmetic.
+    Compares equal to any sequence of the same keys in the same order.
+    """
+
+    def __init__(self, crop: np.ndarray, n_time_chunks: int) -> None:
+        self._crop = np.asarray(crop, dtype=bool)
+        self._flat = np.flatnonzero(self._crop)  # crop tiles, row-major (one int each)
+        self._nx = int(self._crop.shape[1]) if self._crop.ndim == 2 else 1
+        self._nt = int(n_time_chunks)
+
+    def __len__(self) -> int:
+        return self._flat.size * self._nt
+
+    def _key(self, i: int) -> BlockKey:
+        c, j = divmod(i, self._flat.size)
+        ty, tx = divmod(int(self._flat[j]), self._nx)
+        return BlockKey(c, ty, tx)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self._key(k) for k in range(*i.indices(len(self)))]
+        n = len(self)
+        k = int(i) + n if int(i) < 0 else int(i)
+        if not 0 <= k < n:
+            raise IndexError(f"block index {i} out of range ({n} blocks)")
+        return self._key(k)
+
+    def __iter__(self) -> Iterator[BlockKey]:
+        for c in range(self._nt):
+            for f in self._flat:
+                ty, tx = divmod(int(f), self._nx)
+                yield BlockKey(c, ty, tx)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, BlockKey):
+            return False
+        ny, nx = self._crop.shape
+        return (0 <= key.chunk < self._nt and 0 <= key.ty < ny and 0 <= key.tx < nx
+                and bool(self._crop[key.ty, key.tx]))  # fmt: skip
+
+    def tile_major(self) -> Iterator[BlockKey]:
+        """The same blocks tile by tile (row-major), each tile's time chunks in order."""
+        for f in self._flat:
+            ty, tx = divmod(int(f), self._nx)
+            for c in range(self._nt):
+                yield BlockKey(c, ty, tx)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Blocks):
+            return self._nt == other._nt and np.array_equal(self._crop, other._crop)
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Blocks: {len(self)} ({self._flat.size} crop tiles x {self._nt} time chunks)>"
 
 
 @dataclass(frozen=True)
@@ -313,6 +381,8 @@ class Plan:
                                variables=self.variables, frequency=self.frequency,
                                n_workers=n_workers)  # fmt: skip
 
+    sizing: tuple[str, ...] = ()  # why these chunks (``--chunks auto``)
+
     # ---- dimensions --------------------------------------------------------------------
     @property
     def time(self) -> pd.DatetimeIndex:
@@ -375,40 +445,56 @@ class Plan:
 
     @property
     def crop_tiles(self) -> list[tuple[int, int]]:
-        """Tiles with at least one crop pixel: the ones that run."""
-        return [t for t in self.tiles if self.crop_counts[t] > 0]
+        """Tiles with at least one crop pixel: the ones that run (row-major)."""
+        return [(int(i), int(j)) for i, j in np.argwhere(self.crop_counts > 0)]
 
     @property
     def skipped_tiles(self) -> list[tuple[int, int]]:
-        """Tiles without any crop pixel: no task, output stays NaN."""
-        return [t for t in self.tiles if self.crop_counts[t] == 0]
+        """Tiles without any crop pixel: no task, output stays NaN (row-major)."""
+        return [(int(i), int(j)) for i, j in np.argwhere(self.crop_counts == 0)]
+
+    @property
+    def n_crop_tiles(self) -> int:
+        """Tiles with crop, counted without listing them."""
+        return int(np.count_nonzero(self.crop_counts))
+
+    @property
+    def n_skipped_tiles(self) -> int:
+        return self.n_tiles - self.n_crop_tiles
 
     @property
     def n_crop_pixels(self) -> int:
         return int(self.crop_counts.sum())
 
     @property
-    def blocks(self) -> list[BlockKey]:
-        """Every block that runs, time chunk by time chunk, tiles row-major."""
-        tiles = self.crop_tiles
-        return [BlockKey(c, ty, tx) for c in range(self.n_time_chunks) for ty, tx in tiles]
+    def blocks(self) -> Blocks:
+        """Every block that runs, time chunk by time chunk, tiles row-major: a lazy
+        sequence (:class:`Blocks`: ``len``, indexing, ``in``, iteration), so that a plan
+        of millions of blocks holds none of them as objects."""
+        return Blocks(self.crop_counts > 0, self.n_time_chunks)
 
     @property
     def n_blocks(self) -> int:
-        return len(self.crop_tiles) * self.n_time_chunks
+        return self.n_crop_tiles * self.n_time_chunks
 
     def n_tasks_for(self, done: set[BlockKey] | frozenset[BlockKey] = frozenset()) -> int:
         """Dask tasks of a run that skips ``done`` blocks: one per remaining block plus
-        one small data task per tile with remaining blocks (its weather index)."""
-        if not done:  # arithmetic: the plan's id and the store's attributes need it at any size
-            return self.n_blocks + int((self.crop_counts > 0).sum())
-        todo = [b for b in self.blocks if b not in done]
-        return len(todo) + len({b.tile for b in todo})
+        one small data task per tile with remaining blocks (its weather index).
+
+        Arithmetic on the plan's counts and on ``done`` (never enumerates the blocks)."""
+        blocks = self.blocks
+        per_tile: dict[tuple[int, int], int] = {}
+        for b in done:
+            if b in blocks:
+                per_tile[b.tile] = per_tile.get(b.tile, 0) + 1
+        n_done = sum(per_tile.values())
+        finished = sum(1 for n in per_tile.values() if n == self.n_time_chunks)
+        return (self.n_blocks - n_done) + (self.n_crop_tiles - finished)
 
     @property
     def n_tasks(self) -> int:
         """Dask tasks of a full run (blocks plus one data task per crop tile)."""
-        return self.n_tasks_for()
+        return self.n_blocks + self.n_crop_tiles
 
     @property
     def memory_per_task(self) -> int:
@@ -483,8 +569,12 @@ class Plan:
             "chunks": {"time": list(self.time_chunks), "y": self.tile_y, "x": self.tile_x},
             "tiles": {
                 "total": self.n_tiles,
-                "crop": len(self.crop_tiles),
-                "skipped": [list(t) for t in self.skipped_tiles],
+                "crop": self.n_crop_tiles,
+                "skipped_total": self.n_skipped_tiles,
+                # listed up to a bound: a continent has hundreds of thousands
+                "skipped": [
+                    [int(a), int(b)] for a, b in np.argwhere(self.crop_counts == 0)[:SKIPPED_LISTED]
+                ],
             },
             "blocks": self.n_blocks,
             "tasks": self.n_tasks,
@@ -625,9 +715,7 @@ class Plan:
         budget = MEMORY_FRACTION * limit_b
         if self.memory_per_task <= budget:
             return
-        per_day = max(self.memory.get("per_day", 1), 1)
-        fixed = self.memory_per_task - per_day * max(self.time_chunks)
-        fit = int((budget - fixed) // per_day)
+        fit = self._longest_time_chunk_within(budget)
         hint = (
             f"try --chunks time={fit}"
             if fit >= 1
@@ -638,6 +726,31 @@ class Plan:
             f"{format_bytes(self.memory_per_task)} per task, more than {MEMORY_FRACTION:.0%} of "
             f"{what} ({format_bytes(limit_b)}); {hint}"
         )
+
+    def memory_for(self, days: int) -> dict[str, int]:
+        """:func:`memory_estimate` of this plan's largest task with a time chunk of
+        ``days`` (the batch re-sized for it unless the plan's batch was given)."""
+        derived = self.batch_pixels == batch_pixels_for(max(self.time_chunks), self.model)
+        bp = batch_pixels_for(days, self.model) if derived else self.batch_pixels
+        return _task_memory(self.model, days, (self.y_chunks[0], self.x_chunks[0]),
+                            self.max_crop_pixels, self.grid, self.weather_grid, bp,
+                            activations_on_device="device" in self.memory)  # fmt: skip
+
+    @property
+    def max_crop_pixels(self) -> int:
+        """Crop pixels of the tile with the most (what the memory estimate is for)."""
+        return int(self.crop_counts.max()) if self.crop_counts.size else 0
+
+    def _longest_time_chunk_within(self, budget: float) -> int:
+        """The longest time chunk (days, <= the plan's) whose task fits ``budget``; 0 if none."""
+        lo, hi = 0, max(self.time_chunks)
+        while lo < hi:  # the estimate grows with the days: bisect
+            mid = (lo + hi + 1) // 2
+            if self.memory_for(mid)["total"] <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     # ---- printing ------------------------------------------------------------------------------
     def __str__(self) -> str:
@@ -652,7 +765,8 @@ class Plan:
         else:
             tdesc = f"time={min(tc)}..{max(tc)} days"
         m = self.memory
-        skipped = self.skipped_tiles
+        skipped = [(int(a), int(b)) for a, b in np.argwhere(self.crop_counts == 0)[:9]]
+        n_skipped = self.n_skipped_tiles
         cfg = self.model
         lines = [
             "upscaling plan",
@@ -665,24 +779,30 @@ class Plan:
             f"years {self.years[0]}-{self.years[-1]})",
             f"  chunks      y={self.tile_y}, x={self.tile_x}, {tdesc} -> "
             f"{len(self.y_chunks)} x {len(self.x_chunks)} tiles x {self.n_time_chunks} time chunks",
-            f"  tiles       {len(self.crop_tiles)} with crop ({self.n_crop_pixels} crop pixels), "
-            f"{len(skipped)} skipped (no crop pixel)"
+            f"  tiles       {self.n_crop_tiles} with crop ({self.n_crop_pixels} crop pixels), "
+            f"{n_skipped} skipped (no crop pixel)"
             + (
                 f": {', '.join(f'y{a}x{b}' for a, b in skipped[:8])}{' ...' if len(skipped) > 8 else ''}"
                 if skipped
                 else ""
             ),
-            f"  blocks      {self.n_blocks} ({len(self.crop_tiles)} tiles x {self.n_time_chunks} "
+            f"  blocks      {self.n_blocks} ({self.n_crop_tiles} tiles x {self.n_time_chunks} "
             f"time chunks)",
-            f"  tasks       {self.n_tasks} ({self.n_blocks} blocks + {len(self.crop_tiles)} tile "
+            f"  tasks       {self.n_tasks} ({self.n_blocks} blocks + {self.n_crop_tiles} tile "
             "weather indexes)",
-            f"  memory      ~{format_bytes(self.memory_per_task)} per task (inputs "
+            f"  memory      ~{format_bytes(self.memory_per_task)} per task, at its peak while "
+            f"{_PHASE_WORDS[PHASES[int(m.get('phase', 0))]]} (inputs "
             f"{format_bytes(m.get('inputs', 0))}, features {format_bytes(m.get('features', 0))}, "
             f"model {format_bytes(m.get('model', 0))} in batches of {self.batch_pixels} pixels, "
-            f"outputs {format_bytes(m.get('outputs', 0))})",
+            f"outputs {format_bytes(m.get('outputs', 0))}"
+            + (f"; {format_bytes(m['device'])} of activations on the GPU" if "device" in m else "")
+            + ")",
             f"  outputs     {self._output_line()}",
             f"  yield       {self._yield_comment()}",
         ]
+        if self.sizing:
+            lines.append(f"  sizing      {self.sizing[0]}")
+            lines.extend(f"              {r}" for r in self.sizing[1:])
         return "\n".join(lines)
 
     def _output_line(self) -> str:
@@ -727,6 +847,23 @@ def _activation_per_pixel_day(model: Mapping[str, Any], n_features: int) -> int:
     return 4 * floats
 
 
+#: Resident memory of the model's activations per byte of tensors one batch allocates
+#: (:func:`_activation_per_pixel_day`): torch's intermediate tensors plus the heap the
+#: CPU allocator keeps after freeing them (measured: 1.2-1.5, ``kgml_grid.bench.taskmem``).
+ACTIVATION_RESIDENT = 1.3
+#: The part of those activations still resident after the model loop, while the output
+#: blocks are built (freed tensors the heap has not returned). Measured: all of it for
+#: year-long chunks (tasks of 32-256 px tiles: peaks vary +-20 % run to run), about a
+#: third for 120-day chunks; counted whole.
+ACTIVATION_AFTER = 1.0
+
+#: The phases of a task, in order, as :func:`memory_estimate` counts them.
+PHASES = ("read", "normalise", "model", "outputs", "write")
+_PHASE_WORDS = {"read": "reading and assembling", "normalise": "normalising the features",
+                "model": "running the model", "outputs": "building the output blocks",
+                "write": "writing"}  # fmt: skip
+
+
 def memory_estimate(
     *,
     days: int,
@@ -735,41 +872,125 @@ def memory_estimate(
     weather_cells: int,
     model: Mapping[str, Any],
     batch_pixels: int,
+    activations_on_device: bool = False,
 ) -> dict[str, int]:
-    """Peak memory of one task, by part (bytes), and ``per_day`` (the time-linear part).
+    """Peak memory of one task (bytes): the largest of its phases, and its parts.
 
-    Inputs: satellite GPP block, weather block, the five daily series gathered per
-    crop pixel and their gap-filled copies; features: ``[n, T, F]`` float32 twice
-    (assembled and normalised); model: activations of one batch; outputs: the model's
-    outputs per crop pixel and the five NaN-filled output blocks.
+    A task (:func:`kgml_grid.execute.compute_block` then ``write_block``) holds, with
+    ``n`` crop pixels, ``px`` tile pixels, ``T`` days, ``F`` features, ``W`` weather
+    cells, all float32 unless said (what is alive at once in each phase):
+
+    - ``read``: the raw blocks (satellite ``[T, px]`` per satellite series, weather
+      ``[T, W]`` x 4, soil ``[px]`` x 9, crop ``[Y, px]`` int8), the daily series
+      gathered per crop pixel (``[T, n]`` each), the features ``[n, T, F]`` and the
+      gap-filled copy of the series that :func:`~kgml_grid.features.assemble` makes;
+    - ``normalise``: features, ``x - mean`` and the normalised features (``3 n T F``);
+    - ``model``: normalised features, the model's outputs ``[n, T, 4]`` and one batch's
+      activations (``batch_pixels x T`` pixel-days, :data:`ACTIVATION_RESIDENT` times
+      the tensors: the batch bounds the model's memory, not the tile);
+    - ``outputs``: normalised features (alive until the task returns), outputs,
+      denormalised outputs and the four clamped variables ``[n, T]``, the five daily
+      output blocks ``[T, ny, nx]`` (NaN outside crop) and one transposed variable,
+      with :data:`ACTIVATION_AFTER` of the batch's activations still resident;
+    - ``write``: the five output blocks and one encoded copy of a block.
+
+    With ``activations_on_device`` (a GPU) the batch's activations are device memory:
+    they are left out of the host phases and given as ``device``.
+
+    Everything but soil, crop and the activations grows with the tile (``px``, ``n``)
+    and with ``T``; no phase holds more than one batch of model activations. Checked
+    against the measured peak RSS of real tasks at several tile sizes
+    (``tests/test_scale_plan.py``, :mod:`kgml_grid.bench.taskmem`).
+
+    Returns
+    -------
+    dict
+        ``total`` (the peak), ``phase`` (index into :data:`PHASES` of the peak phase),
+        each phase's bytes (``phase_read``, ``phase_normalise``, ``phase_model``,
+        ``phase_outputs``, ``phase_write``),
+        the peak phase's parts ``inputs``, ``features``, ``model``, ``outputs`` (sum to
+        ``total``) and ``per_day`` (bytes per day of the time chunk, the part of the
+        peak that grows with ``T``).
     """
     f = int(model.get("n_features", len(schema.FEATURES)))
-    n_sat = (
-        1 + (f - len(schema.FEATURES)) // 2
-    )  # gpp_sat, plus one series per addition (value + flag)
-    px = tile[0] * tile[1]
-    n = crop_pixels
+    n_sat = 1 + (f - len(schema.FEATURES)) // 2  # gpp_sat, plus one series per addition
+    T = max(int(days), 0)
+    px = int(tile[0]) * int(tile[1])
+    n = int(crop_pixels)
     n_daily = 4 + n_sat  # daily series gathered per crop pixel
-    per_day = {
-        "inputs": 4 * (n_sat * px + 4 * weather_cells + 2 * n_daily * n),
-        "features": 2 * 4 * n * f,
-        "model": batch_pixels * _activation_per_pixel_day(model, f) + 4 * batch_pixels * f,
-        "outputs": 4 * (2 * 5 * n + len(DAILY_VARS) * px),
+    n_years = T // 365 + 2
+    nv = len(DAILY_VARS)
+    bp = max(1, min(int(batch_pixels), max(n, 1)))
+    act = int(ACTIVATION_RESIDENT * (bp * _activation_per_pixel_day(model, f) + 4 * bp * f) * T)
+    device = act if activations_on_device else 0
+    if activations_on_device:
+        act = 0
+    raw = 4 * T * (n_sat * px + 4 * weather_cells) + 4 * 9 * px + n_years * px
+    feats = 4 * n * T * f
+    out_model = 4 * n * T * 4
+    blocks = 4 * nv * T * px
+    # each phase as (inputs, features, model, outputs)
+    parts = {
+        "read": (raw + 2 * 4 * n_daily * n * T, feats, 0, 0),
+        "normalise": (0, 3 * feats, 0, 0),
+        "model": (0, feats, act, out_model),
+        "outputs": (
+            0,
+            feats,
+            int(ACTIVATION_AFTER * act),
+            2 * out_model + 4 * 4 * n * T + blocks + 4 * n * T,
+        ),
+        "write": (0, 0, 0, blocks + 4 * T * px),
     }
-    out = {k: v * days for k, v in per_day.items()}
-    out["per_day"] = sum(per_day.values())
-    out["total"] = sum(out[k] for k in per_day)
+    totals = {k: sum(v) for k, v in parts.items()}
+    peak = max(PHASES, key=lambda k: totals[k])
+    fixed = 4 * 9 * px + n_years * px + parts[peak][2]
+    out: dict[str, int] = dict(
+        zip(("inputs", "features", "model", "outputs"), parts[peak], strict=True)
+    )
+    out.update({f"phase_{k}": v for k, v in totals.items()})
+    out["phase"] = PHASES.index(peak)
+    out["total"] = totals[peak]
+    if activations_on_device:
+        out["device"] = device
+    out["per_day"] = max(0, (totals[peak] - fixed) // max(T, 1))
     return out
 
 
+def _task_memory(
+    model: Mapping[str, Any],
+    days: int,
+    tile: tuple[int, int],
+    max_crop: int,
+    grid: GridSpec,
+    weather_grid: GridSpec,
+    batch_pixels: int,
+    activations_on_device: bool = False,
+) -> dict[str, int]:
+    """:func:`memory_estimate` of the task of the tile with ``max_crop`` crop pixels (all
+    of a tile's pixels when no tile has crop), its weather window in the weather grid's
+    own units (:func:`~kgml_grid.grid.cells_spanned`)."""
+    wrows, wcols = cells_spanned(grid, weather_grid, tile)
+    return memory_estimate(
+        days=days, tile=tile, crop_pixels=max_crop or tile[0] * tile[1],
+        weather_cells=wrows * wcols, model=model, batch_pixels=min(batch_pixels, max(max_crop, 1)),
+        activations_on_device=activations_on_device,
+    )  # fmt: skip
+
+
 def batch_pixels_for(
-    days: int, model: Mapping[str, Any], *, budget: int = ACTIVATION_BUDGET
+    days: int,
+    model: Mapping[str, Any],
+    *,
+    budget: int = ACTIVATION_BUDGET,
+    cap: int = MAX_BATCH_PIXELS,
 ) -> int:
-    """Pixels per model batch so that one batch's activations stay within ``budget``."""
+    """Pixels per model batch (at most ``cap``) so that one batch's activations stay
+    within ``budget``."""
     per = _activation_per_pixel_day(
         model, int(model.get("n_features", len(schema.FEATURES)))
     ) * max(days, 1)
-    return int(max(1, min(MAX_BATCH_PIXELS, budget // per)))
+    return int(max(1, min(cap, budget // per)))
 
 
 # --------------------------------------------------------------------------------------
@@ -869,6 +1090,7 @@ def make_plan(
     memory_limit: int | str | None = None,
     frequency: str = "daily",
     variables: str | Sequence[str] | None = None,
+    device: str = "cpu",
 ) -> Plan:
     """Plan an upscaling run; check everything checkable; compute nothing.
 
@@ -887,7 +1109,11 @@ def make_plan(
     chunks : str or mapping, optional
         ``"y=N,x=N,time=N"`` (``-1``: whole dimension); default the satellite cube's
         spatial chunks and one time chunk per calendar year. ``time`` may be a tuple of
-        uneven lengths from Python.
+        uneven lengths from Python. ``"auto"``: the shape recommended for ``device``
+        (:func:`kgml_grid.sizing.recommend_shape`; its reasons in ``print(plan)``).
+    device : str
+        ``cpu`` or ``cuda`` (``cuda:N``): the device ``chunks="auto"`` sizes blocks for
+        (``auto``: cuda when this process sees a GPU).
     batch_pixels : int, optional
         Pixels per model batch; default as many as fit :data:`ACTIVATION_BUDGET`.
     memory_limit : int or str, optional
@@ -908,7 +1134,8 @@ def make_plan(
     from kgml_grid.catalog import Catalog, CatalogError, open_catalog
     from kgml_grid.checkpoint import load_checkpoint
 
-    parsed_chunks = parse_chunks(chunks)
+    auto = isinstance(chunks, str) and chunks.strip().lower() == "auto"
+    parsed_chunks = {} if auto else parse_chunks(chunks)
     try:
         frequency = outstore.check_frequency(frequency)
         out_vars = outstore.check_variables(variables)
@@ -1001,28 +1228,46 @@ def make_plan(
         time_chunks = tspec
     else:
         time_chunks = _regular(n_days, int(tspec))
+    cfg = ckpt.config.to_dict()
+    year_idx = [crop_year_index[y] for y in years]
+    sizing: tuple[str, ...] = ()
+    choice = None
+    if auto:  # --- chunks sized for the device: crop counted per unit cell, then pooled
+        from kgml_grid import sizing as _sizing
+
+        unit = _sizing.UNIT
+        unit_counts = _crop_counts(paths["crop"], year_idx, window,
+                                   _regular(grid.ny, unit), _regular(grid.nx, unit))  # fmt: skip
+        dev = _resolve_device(device)
+        limit_b = parse_bytes(memory_limit) if memory_limit is not None else 0
+        try:
+            choice = _sizing.recommend_shape(
+                dev, unit_counts, model=cfg, grid=grid, weather_grid=wgrid, days=n_days,
+                task_memory=int(MEMORY_FRACTION * limit_b) if limit_b > 0 else None,
+            )  # fmt: skip
+        except ValueError as e:
+            raise PlanError(f"--chunks auto: {e}") from None
+        tile_y, tile_x = min(choice.tile, grid.ny), min(choice.tile, grid.nx)
+        if choice.time < 365:
+            time_chunks = _regular(n_days, choice.time)
+        crop_counts = _sizing.pool_counts(unit_counts, choice.tile // unit)
+        sizing = (f"--chunks auto for --device {dev}: {choice.chunks}", *choice.reasons)
+    ys, xs = _regular(grid.ny, tile_y), _regular(grid.nx, tile_x)
+    if choice is None:  # --- crop tiles (reads the crop layer: int8 per pixel and year)
+        crop_counts = _crop_counts(paths["crop"], year_idx, window, ys, xs)
     try:
         outstore.check_alignment(_bounds(time_chunks), outstore.period_edges(t_start, n_days, frequency),
                                  t_start, frequency)  # fmt: skip
     except ValueError as e:
         raise PlanError(str(e)) from None
-    # --- crop tiles (reads the crop layer: int8 per pixel and year) -------------------------
-    ys, xs = _regular(grid.ny, tile_y), _regular(grid.nx, tile_x)
-    crop_counts = _crop_counts(paths["crop"], [crop_year_index[y] for y in years], window, ys, xs)
     # --- memory ---------------------------------------------------------------------------
-    cfg = ckpt.config.to_dict()
     tmax = max(time_chunks)
-    bp = batch_pixels or batch_pixels_for(tmax, cfg)
+    bp = batch_pixels or (choice.batch_pixels if choice else batch_pixels_for(tmax, cfg))
     if bp < 1:
         raise PlanError(f"batch_pixels must be >= 1, got {bp}")
-    # weather cells one tile reads, in the weather grid's own units (degrees for lat/lon)
-    wrows, wcols = cells_spanned(grid, wgrid, (ys[0], xs[0]))
-    wcells = wrows * wcols
     max_crop = int(crop_counts.max()) if crop_counts.size else 0
-    memory = memory_estimate(
-        days=tmax, tile=(ys[0], xs[0]), crop_pixels=max_crop or ys[0] * xs[0],
-        weather_cells=wcells, model=cfg, batch_pixels=min(bp, max(max_crop, 1)),
-    )  # fmt: skip
+    on_gpu = choice is not None and "device" in choice.memory  # the batch's activations
+    memory = _task_memory(cfg, tmax, (ys[0], xs[0]), max_crop, grid, wgrid, bp, on_gpu)
     plan = Plan(
         catalog=str(cat.path),
         entries=entries,
@@ -1048,9 +1293,22 @@ def make_plan(
         memory=memory,
         frequency=frequency,
         variables=out_vars,
+        sizing=sizing,
     )
     plan.check_memory(memory_limit, what="memory_limit")
     return plan
+
+
+def _resolve_device(device: str) -> str:
+    """``cpu`` or ``cuda`` for sizing; ``auto`` is cuda when this process sees a GPU."""
+    d = str(device or "cpu").lower()
+    if d == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d == "cpu" or d.startswith("cuda"):
+        return "cuda" if d.startswith("cuda") else "cpu"
+    raise PlanError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
 
 
 def _cube_chunks(ds: xr.Dataset) -> dict[str, int]:
@@ -1097,6 +1355,53 @@ def _check_cube_units(
                 )
 
 
+#: Bytes of the crop layer read at once by the crop-tile detection (int8 years x rows x
+#: columns; the any-year mask is as many bools over one year).
+_CROP_READ_BYTES = 2**27
+
+
+def _stored_chunks(arr: Any) -> set[tuple[int, ...]] | None:
+    """Chunk-grid coordinates of the chunks ``arr`` has in its store (one listing of the
+    store, no chunk read), or None when that cannot be told (sharded arrays, stores
+    without listing, unknown key encodings): then every chunk is read."""
+    try:
+        from zarr.core.sync import sync
+
+        if getattr(arr, "shards", None) is not None:
+            return None
+        store, prefix = arr.store_path.store, arr.store_path.path
+        enc = arr.metadata.chunk_key_encoding
+        sep, lead = str(enc.separator), ("c" + str(enc.separator) if enc.name == "default" else "")
+        if enc.name not in ("default", "v2"):
+            return None
+
+        async def keys() -> list[str]:
+            return [k async for k in store.list_prefix(prefix)]
+
+        out: set[tuple[int, ...]] = set()
+        for k in sync(keys()):
+            rel = k[len(prefix) :].lstrip("/") if prefix else k
+            if rel.endswith("zarr.json"):
+                continue
+            if lead and not rel.startswith(lead):
+                continue
+            out.add(tuple(int(v) for v in rel[len(lead) :].split(sep)))
+        return out
+    except Exception:  # listing is an optimisation only: fall back to reading everything
+        return None
+
+
+def _runs(values: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted integers as ``(first, last + 1)`` runs of consecutive values."""
+    out: list[tuple[int, int]] = []
+    for v in sorted(values):
+        if out and v == out[-1][1]:
+            out[-1] = (out[-1][0], v + 1)
+        else:
+            out.append((v, v + 1))
+    return out
+
+
 def _crop_counts(
     path: str,
     year_index: Sequence[int],
@@ -1106,19 +1411,72 @@ def _crop_counts(
 ) -> np.ndarray:
     """Crop pixels (crop type > 0 in any year of the run) per tile, ``[n_ty, n_tx]``.
 
-    Reads the crop layer directly (no Dask: Zarr fetches a strip's chunks
-    concurrently), one row of tiles at a time, so memory stays bounded on huge grids.
+    Reads the crop layer with Zarr directly (no Dask, no xarray decoding), one band of
+    the cube's own chunk rows at a time, the run's years of the band in one read when
+    they fit :data:`_CROP_READ_BYTES` (else in groups of years): client memory is
+    bounded by that (~85 MB on CONUS x 18 years), never the cube, whatever the tile
+    size. Chunks never written hold the fill value (no crop, for a fill value <= 0):
+    one listing of the store (:func:`_stored_chunks`) finds the written ones, and only
+    runs of those are read, so a continent whose crop lies in a third of its chunks
+    costs a third of the reads.
     """
-    iy0, _, ix0, ix1 = window
-    crop = xr.open_zarr(path, consolidated=False, chunks=None)["crop_type"]
-    years = slice(min(year_index), max(year_index) + 1)
-    keep = np.asarray(year_index) - years.start
+    import zarr
+
+    iy0, iy1, ix0, ix1 = window
+    arr = zarr.open_array(str(path), path="crop_type", mode="r")
+    dims = tuple(getattr(arr.metadata, "dimension_names", None) or ("year", "y", "x"))
+    axes = tuple(dims.index(d) for d in ("year", "y", "x"))
+    cs = dict(zip(dims, (int(c) for c in arr.chunks), strict=True))
+    ncol = ix1 - ix0
+    band = cs["y"]
+    if band * ncol > _CROP_READ_BYTES:  # very tall chunks: bound memory, re-read chunks
+        band = max(1, _CROP_READ_BYTES // ncol)
+    years = sorted({int(i) for i in year_index})
+    per_read = max(1, _CROP_READ_BYTES // (band * ncol))
+    groups: list[list[int]] = []  # consecutive years, at most per_read: one read each
+    for y in years:
+        if groups and y == groups[-1][-1] + 1 and len(groups[-1]) < per_read:
+            groups[-1].append(y)
+        else:
+            groups.append([y])
+    stored = _stored_chunks(arr)
+    fill = arr.fill_value
+    if stored is not None and fill is not None and not (float(fill) <= 0):
+        stored = None  # unwritten chunks would be crop: read them
+    by_row: dict[tuple[int, int], set[int]] = {}  # (year chunk, y chunk) -> written x chunks
+    iyr, iy, ix = (dims.index(d) for d in ("year", "y", "x"))
+    for c in stored or ():
+        if len(c) == 3:
+            by_row.setdefault((c[iyr], c[iy]), set()).add(c[ix])
+    y_edges = np.concatenate([[0], np.cumsum(ys)]).astype(int)
+    x_starts = np.concatenate([[0], np.cumsum(xs)[:-1]]).astype(int)
     counts = np.zeros((len(ys), len(xs)), dtype="int64")
-    xb = _bounds(xs)
-    for i, (a, b) in enumerate(_bounds(ys)):
-        strip = np.asarray(
-            crop.isel(year=years, y=slice(iy0 + a, iy0 + b), x=slice(ix0, ix1)).values
-        )
-        col_sums = (strip[keep] > 0).any(axis=0).sum(axis=0)
-        counts[i] = [int(col_sums[c0:c1].sum()) for c0, c1 in xb]
+    r0 = iy0 - iy0 % band  # bands aligned to the cube's chunk rows
+    while r0 < iy1:
+        a, b = max(r0, iy0), min(r0 + band, iy1)
+        crop = np.zeros((b - a, ncol), dtype=bool)
+        for g in groups:
+            if stored is None:
+                col_runs = [(ix0, ix1)]
+            else:  # the runs of written chunks over these years and rows
+                cxs = set().union(*(by_row.get((cyr, cy), ()) for cyr in
+                                    range(g[0] // cs["year"], g[-1] // cs["year"] + 1)
+                                    for cy in range(a // cs["y"], (b - 1) // cs["y"] + 1)))  # fmt: skip
+                col_runs = [
+                    (max(ix0, c0 * cs["x"]), min(ix1, c1 * cs["x"])) for c0, c1 in _runs(cxs)
+                ]
+                col_runs = [(c0, c1) for c0, c1 in col_runs if c0 < c1]
+            for c0, c1 in col_runs:
+                sel = {"year": slice(g[0], g[-1] + 1), "y": slice(a, b), "x": slice(c0, c1)}
+                part = np.transpose(np.asarray(arr[tuple(sel[d] for d in dims)]), axes)
+                crop[:, c0 - ix0 : c1 - ix0] |= (part > 0).any(axis=0)
+        per_col = np.add.reduceat(crop, x_starts, axis=1, dtype="int64")  # [rows, n_tx]
+        # the band's rows by tile row (a band may hold several tile rows, or part of one)
+        lo, hi = a - iy0, b - iy0
+        t0 = int(np.searchsorted(y_edges, lo, side="right")) - 1
+        t1 = int(np.searchsorted(y_edges, hi, side="left"))
+        for t in range(t0, t1):
+            s0, s1 = max(y_edges[t], lo) - lo, min(y_edges[t + 1], hi) - lo
+            counts[t] += per_col[s0:s1].sum(axis=0)
+        r0 += band
     return counts

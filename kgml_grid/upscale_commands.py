@@ -119,9 +119,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="sub-domain in the grid's CRS (or --bbox-crs); must lie inside the grid "
                         "(write --bbox=W,S,E,N when W is negative)")  # fmt: skip
     u.add_argument("--bbox-crs", help="CRS of --bbox, e.g. EPSG:4326 for longitude/latitude")
-    u.add_argument("--chunks", metavar="y=N,x=N,time=N",
+    u.add_argument("--chunks", metavar="y=N,x=N,time=N|auto",
                    help="tile and time-chunk sizes; -1 = whole dimension (default: the cube's "
-                        "spatial chunks, one time chunk per calendar year)")  # fmt: skip
+                        "spatial chunks, one time chunk per calendar year); auto = the shape "
+                        "recommended for --device (the plan says why)")  # fmt: skip
     u.add_argument("--cluster", default="local",
                    help="'local' (default), tcp://HOST:PORT, a scheduler file, a cluster/*.yaml, "
                         "or 'serial' (no Dask)")  # fmt: skip

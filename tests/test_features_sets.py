@@ -341,9 +341,12 @@ def test_memory_estimate_counts_the_additions():
     kw = dict(days=365, tile=(16, 16), crop_pixels=200, weather_cells=9, batch_pixels=200)
     base = memory_estimate(model={"hidden": 64, "n_features": 18}, **kw)
     both = memory_estimate(model={"hidden": 64, "n_features": 22}, **kw)
-    assert both["features"] * 18 == base["features"] * 22  # [n, T, F] twice
-    # two more satellite blocks [T, 16, 16] and two more daily series per crop pixel (and their fills)
-    assert both["inputs"] - base["inputs"] == 4 * 365 * (2 * 256 + 2 * 2 * 200)
+    assert both["features"] * 18 == base["features"] * 22  # [n, T, F] in the peak phase
+    # two more satellite blocks [T, 16, 16] and two more daily series per crop pixel (and
+    # their fills), alive while the task reads
+    assert both["phase_read"] - base["phase_read"] == 4 * 365 * (2 * 256 + 2 * 2 * 200) + (
+        both["features"] - base["features"]
+    )
     assert both["model"] > base["model"]
     assert batch_pixels_for(365, {"hidden": 64, "n_features": 22}) <= batch_pixels_for(
         365, {"hidden": 64, "n_features": 18}

@@ -88,7 +88,9 @@ class MetaWorldSpec:
         Side of the square clusters ("field blocks") crop is placed in, pixels; inside
         a crop chunk, blocks are crop or not, so small tiles can be empty too.
     chunks : mapping
-        Zarr chunks of the cubes (``time``, ``y``, ``x``, ``year``).
+        Zarr chunks of the cubes (``time``, ``y``, ``x``, ``year``); default those of
+        ingested cubes (:data:`kgml_grid.ingest.target.DEFAULT_CHUNKS`, 256 x 256 px x
+        365 d, one year).
     seed : int
         Seed of the crop pattern.
     """
@@ -103,7 +105,7 @@ class MetaWorldSpec:
     crop_chunk_share: float = 0.45
     field_px: int = 32
     chunks: Mapping[str, int] = field(
-        default_factory=lambda: {"time": 365, "y": 512, "x": 512, "year": 1}
+        default_factory=lambda: {"time": 365, "y": 256, "x": 256, "year": 1}
     )
     seed: int = 0
 
@@ -144,10 +146,8 @@ class MetaWorldSpec:
 PRESETS: Mapping[str, MetaWorldSpec] = {
     "conus": MetaWorldSpec(shape=(11_500, 18_500)),
     # a large state (Iowa is ~1,300 x 2,200 px of 250 m)
-    "state": MetaWorldSpec(
-        shape=(2_048, 2_048), chunks={"time": 365, "y": 256, "x": 256, "year": 1}
-    ),
-    "mid": MetaWorldSpec(shape=(1_024, 1_024), chunks={"time": 365, "y": 256, "x": 256, "year": 1}),
+    "state": MetaWorldSpec(shape=(2_048, 2_048)),
+    "mid": MetaWorldSpec(shape=(1_024, 1_024)),
     "small": MetaWorldSpec(shape=(256, 256), chunks={"time": 365, "y": 64, "x": 64, "year": 1}),
 }
 
@@ -205,6 +205,8 @@ def _chunk_crop(
     block_density = min(1.0, math.sqrt(density) * 1.6)
     p_block = min(1.0, density / block_density)
     blocks = rng.random((nby, nbx)) < p_block
+    if not blocks.any():  # a crop chunk holds crop (so that it is written)
+        blocks[rng.integers(nby), rng.integers(nbx)] = True
     on = np.repeat(np.repeat(blocks, fp, axis=0), fp, axis=1)[: shape[0], : shape[1]]
     return on & (rng.random(shape, dtype=np.float32) < block_density)
 
