@@ -921,7 +921,12 @@ def memory_estimate(
     n_years = T // 365 + 2
     nv = len(DAILY_VARS)
     bp = max(1, min(int(batch_pixels), max(n, 1)))
-    act = int(ACTIVATION_RESIDENT * (bp * _activation_per_pixel_day(model, f) + 4 * bp * f) * T)
+    from kgml_grid.infer import time_block_for
+
+    # the model runs each batch in time blocks with its state carried (kgml_grid.infer):
+    # one call's activations span batch x time block pixel-days, not the whole chunk
+    tb = time_block_for(bp, max(T, 1), "cuda" if activations_on_device else "cpu") if T else 0
+    act = int(ACTIVATION_RESIDENT * (bp * _activation_per_pixel_day(model, f) + 4 * bp * f) * tb)
     device = act if activations_on_device else 0
     if activations_on_device:
         act = 0

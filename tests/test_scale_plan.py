@@ -238,11 +238,6 @@ def test_chunks_auto_counts_crop_exactly_and_says_why(mid, ckpt64, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "measured peaks of one task vary run to run with the heap the model's activations leave "
-    "resident; standalone runs (benchmarks/results/task_memory.json) give 0.83-1.21 of the "
-    "estimate, runs inside pytest measured up to ~120 MiB less (ratio up to 1.63) for small "
-    "tiles: not yet understood"))  # fmt: skip
 def test_memory_estimate_matches_measured_peak_rss_at_three_tile_sizes(small, ckpt64, tmp_path):
     """Each task in a fresh interpreter (one thread, no chunk cache), after a warm-up:
     the kernel's peak RSS above the resident set before the task, against the plan's
