@@ -46,13 +46,15 @@ given (without it no season ends inside the chunk).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
+
+from kgml_grid.fastgru import run_gru
 
 __all__ = [
     "DAILY_TARGETS",
@@ -65,6 +67,7 @@ __all__ = [
     "count_parameters",
     "detach_state",
     "module_groups",
+    "nee_balance_from",
     "state_from_numpy",
     "state_spec",
     "state_to_numpy",
@@ -103,6 +106,12 @@ class ModelConfig:
         Layers of the baseline GRU.
     yield_hidden : int
         Hidden size of the yield attention and MLP.
+    nee_balance : (float, float, float, float) or None
+        KGML only. When set, NEE is the carbon balance of the model's own fluxes plus the
+        NEE module's output as a correction: ``nee = c_ra ra + c_rh rh - c_gpp gpp + c0 +
+        head``, all standardised, so that ``NEE = Ra + Rh - GPP + correction`` in physical
+        units (:func:`nee_balance_from` gives the coefficients of a normalisation). None
+        (checkpoints before issue 16): NEE is the module's output alone.
     """
 
     arch: Literal["kgml", "gru"]
@@ -115,6 +124,7 @@ class ModelConfig:
     nee_layers: int = 1
     gru_layers: int = 2
     yield_hidden: int = 32
+    nee_balance: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in _ARCHS:
@@ -137,10 +147,31 @@ class ModelConfig:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", dropout)
+        if self.nee_balance is not None:
+            nb = tuple(float(v) for v in self.nee_balance)
+            if len(nb) != 4 or not all(math.isfinite(v) for v in nb):
+                raise ValueError(
+                    f"ModelConfig.nee_balance must be 4 finite numbers (c_ra, c_rh, c_gpp, c0), "
+                    f"got {self.nee_balance!r}"
+                )
+            if self.arch != "kgml":
+                raise ValueError(
+                    "ModelConfig.nee_balance is for arch='kgml' (the GRU baseline has no NEE module)"
+                )
+            object.__setattr__(self, "nee_balance", nb)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dictionary of the configuration."""
-        return asdict(self)
+        """Plain JSON-safe dictionary of the configuration.
+
+        ``nee_balance`` is left out when None, so that such checkpoints stay readable by
+        versions before it (and their hashes unchanged).
+        """
+        d = asdict(self)
+        if d["nee_balance"] is None:
+            del d["nee_balance"]
+        else:
+            d["nee_balance"] = list(d["nee_balance"])
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
@@ -195,7 +226,7 @@ class _GRUHead(nn.Module):
     def forward(
         self, inp: torch.Tensor, h0: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out, hn = self.gru(inp, h0)
+        out, hn = run_gru(self.gru, inp, h0)
         return self.head(self.drop(out)), hn
 
 
@@ -451,12 +482,15 @@ class KGMLModel(_StatefulModel):
         state, ye = self._check(x, state, year_end)
         if x.shape[1] == 0:
             return self._empty(x, state, ye)
-        basis_out, hb = self.basis(x, _h0(state, "basis"))
+        basis_out, hb = run_gru(self.basis, x, _h0(state, "basis"))
         bx = torch.cat([self.basis_drop(basis_out), x], dim=-1)
         ra, hra = self.ra(bx, _h0(state, "ra"))
         rh, hrh = self.rh(bx, _h0(state, "rh"))
         gpp = self.gpp(basis_out)
         nee, hnee = self.nee(torch.cat([ra, rh, gpp, x], dim=-1), _h0(state, "nee"))
+        if self.config.nee_balance is not None:
+            c_ra, c_rh, c_gpp, c0 = self.config.nee_balance
+            nee = nee + (c_ra * ra + c_rh * rh - c_gpp * gpp + c0)
         out = {"daily": torch.cat([ra, rh, nee, gpp], dim=-1)}
         new_state = {
             "basis": hb.transpose(0, 1),
@@ -500,7 +534,7 @@ class GRUBaseline(_StatefulModel):
         state, ye = self._check(x, state, year_end)
         if x.shape[1] == 0:
             return self._empty(x, state, ye)
-        h, hn = self.gru(x, _h0(state, "gru"))
+        h, hn = run_gru(self.gru, x, _h0(state, "gru"))
         out = {"daily": self.head(self.drop(h))}
         new_state = {"gru": hn.transpose(0, 1)}
         self._pool(h, ye, state, new_state, out)
@@ -510,6 +544,18 @@ class GRUBaseline(_StatefulModel):
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
+
+
+def nee_balance_from(
+    mean: Sequence[float], std: Sequence[float]
+) -> tuple[float, float, float, float]:
+    """Coefficients of :attr:`ModelConfig.nee_balance` for output statistics ``mean``,
+    ``std`` in :data:`DAILY_TARGETS` order (ra, rh, nee, gpp): standardised
+    ``c_ra ra + c_rh rh - c_gpp gpp + c0`` is the standardised ``Ra + Rh - GPP``."""
+    m = dict(zip(DAILY_TARGETS, (float(v) for v in mean), strict=True))
+    s = dict(zip(DAILY_TARGETS, (float(v) for v in std), strict=True))
+    return (s["ra"] / s["nee"], s["rh"] / s["nee"], s["gpp"] / s["nee"],
+            (m["ra"] + m["rh"] - m["gpp"] - m["nee"]) / s["nee"])  # fmt: skip
 
 
 def build_model(config: ModelConfig) -> KGMLModel | GRUBaseline:
