@@ -20,6 +20,7 @@ writes ``inference_profile.json`` and ``inference_profile.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import torch
 
+    from kgml_grid import fastgru
     from kgml_grid.bench.inputs import catalog_path, make_bench_checkpoint
     from kgml_grid.checkpoint import load_checkpoint
     from kgml_grid.infer import time_block_for
@@ -218,17 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         "what": "CPU seconds (process_time), 1 torch thread, eval + inference_mode, best of repeats; "
                 "FLOPs per pixel-day counted from the layers (multiply-add = 2)",
         "model": model.config.to_dict(),
+        "fused_gru": fastgru.status(),
         "flops_per_pixel_day": flops,
         "shapes": {},
     }  # fmt: skip
     for spec in a.shapes:
         b, d = (int(v) for v in spec.split("x"))
         row = {}
-        for mode, block in (
-            ("whole chunk (0acc850)", d),
-            ("time blocks", time_block_for(b, d, "cpu")),
+        tb = time_block_for(b, d, "cpu")
+        for mode, block, fused in (
+            ("whole chunk, nn.GRU (0acc850)", d, False),
+            ("time blocks, nn.GRU", tb, False),
+            ("time blocks, fused GRU", tb, True),
         ):
-            t = module_times(model, b, d, block, a.repeats)
+            with contextlib.nullcontext() if fused else fastgru.unfused():
+                t = module_times(model, b, d, block, a.repeats)
             pd_ = b * d
             total = t["whole forward (state carried)"]
             row[mode] = {
@@ -276,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Each part is timed on its own (best of the repeats), so the parts do not add up "
               "exactly to the whole; a remainder within a few per cent of the whole (either sign) "
               "is below the noise of this shared machine: the model is nearly all of a block's CPU time."]  # fmt: skip
-    lines += ["", f"Machine: {res['machine']['lscpu_head'][7:8]}, AVX-512 + AMX-BF16; load average "
+    flags = subprocess.run(
+        ["grep", "-m1", "^flags", "/proc/cpuinfo"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "?"
+    lines += ["", f"Fused GRU: {res['fused_gru']['reason']}.", "",
+              f"Machine: {res['machine']['lscpu_head'][7:8]}, {isa}; load average "
               f"{res['machine']['load_average_at_start']} -> {res['machine']['load_average_at_end']} "
               "(shared machine: CPU seconds)."]  # fmt: skip
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

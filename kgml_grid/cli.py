@@ -102,7 +102,6 @@ def _cmd_train(a: argparse.Namespace) -> int:
         w_balance_true=base.w_balance_true if a.w_balance_true is None else a.w_balance_true,
         seed=a.seed, device=a.device, max_minutes=a.max_minutes, init=a.init,
         max_cpu_minutes=a.max_cpu_minutes, w_mass_balance=a.w_mass_balance, mb_tol=a.mb_tol, threads=a.threads,
-        mb_scale=base.mb_scale if a.mb_scale is None else a.mb_scale,
         nee_balance=base.nee_balance if a.nee_balance is None else a.nee_balance,
         features=a.features, feature_dropout=a.feature_dropout,
         split=SplitSpec(max_train_pixels=a.max_train_pixels, holdout_years=a.holdout_years),
@@ -322,9 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--mb-tol", type=float, default=0.0,
                    help="imbalance left unpenalised, as a fraction of Reco")  # fmt: skip
-    t.add_argument("--mb-scale", choices=("absolute", "true_reco"), default=None,
-                   help="own-GPP mass-balance penalty in gC m-2 d-1, or relative to the true Reco "
-                        "(default: TrainConfig's)")  # fmt: skip
     t.add_argument("--nee-balance", action=argparse.BooleanOptionalAction, default=None,
                    help="KGML: NEE = Ra + Rh - GPP of the model plus the NEE module's correction "
                         "(default: TrainConfig's)")  # fmt: skip

@@ -32,6 +32,7 @@ directory each get their own build.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -41,13 +42,14 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["ENV_CACHE", "ENV_DISABLE", "load", "run_gru", "status", "will_fuse"]
+__all__ = ["ENV_CACHE", "ENV_DISABLE", "load", "run_gru", "status", "unfused", "will_fuse"]
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +91,14 @@ void kgml_gru_gates(const float *restrict gi, long gi_row, const float *restrict
 }
 """
 
-_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared")
+# -ffast-math at compile time only: linked with it, gcc < 13 adds crtfastmath.o, whose
+# constructor turns on flush-to-zero for the whole process (subnormals become 0 in numpy
+# and torch too)
+_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")
+_LINK = ("-shared",)
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
+_off = 0  # depth of unfused() blocks
 
 
 def _cpu_flags() -> str:
@@ -126,13 +133,16 @@ def _build(cc: str, target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         src = Path(tmp) / "gru_gates.c"
         src.write_text(_SOURCE)
-        lib = Path(tmp) / target.name
-        cmd = [cc, *_FLAGS, str(src), "-o", str(lib), "-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if res.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[-500:]}"
-            )
+        obj, lib = Path(tmp) / "gru_gates.o", Path(tmp) / target.name
+        for cmd in (
+            [cc, *_FLAGS, "-c", str(src), "-o", str(obj)],
+            [cc, *_LINK, str(obj), "-o", str(lib), "-lm"],
+        ):
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if res.returncode != 0:
+                raise RuntimeError(
+                    f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()[-500:]}"
+                )
         os.replace(lib, target)
 
 
@@ -154,7 +164,7 @@ def load() -> Any | None:
                     [cc, "--version"], capture_output=True, text=True, timeout=30
                 ).stdout
                 key = hashlib.sha256(
-                    "\0".join([_SOURCE, cc, ver, *_FLAGS, _cpu_flags()]).encode()
+                    "\0".join([_SOURCE, cc, ver, repr(_FLAGS), repr(_LINK), _cpu_flags()]).encode()
                 ).hexdigest()[:16]
                 path = _cache_dir() / f"gru_gates-{key}.so"
                 if not path.is_file():
@@ -185,10 +195,23 @@ def _reset_for_tests() -> None:
         _state.clear()
 
 
+@contextlib.contextmanager
+def unfused() -> Iterator[None]:
+    """Inside the block every GRU of this process runs through ``nn.GRU`` (benchmarks
+    compare the two paths in one process)."""
+    global _off
+    _off += 1
+    try:
+        yield
+    finally:
+        _off -= 1
+
+
 def will_fuse(gru: nn.GRU, x: torch.Tensor) -> bool:
     """True when :func:`run_gru` takes the fused path for ``gru`` on ``x``."""
     return (
-        x.device.type == "cpu"
+        not _off
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")

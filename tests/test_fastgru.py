@@ -100,16 +100,22 @@ def test_bad_h0_is_refused():
         fastgru.run_gru(gru, torch.randn(3, 5, 4), torch.zeros(1, 3, 8))
 
 
+def _first_gru(model: torch.nn.Module) -> torch.nn.GRU:
+    return next(m for m in model.modules() if isinstance(m, torch.nn.GRU))
+
+
 @pytest.mark.parametrize("arch", ["kgml", "gru"])
-def test_models_in_inference_equal_the_unfused_models(arch, monkeypatch):
+def test_models_in_inference_equal_the_unfused_models(arch):
     model = build_model(ModelConfig(arch=arch, n_features=9)).eval()
     x = torch.randn(6, 40, 9)
     ye = torch.zeros(40, dtype=torch.bool)
     ye[[17, 39]] = True
     with torch.inference_mode():
         out, state = model(x, year_end=ye)
-        monkeypatch.setattr(fastgru, "will_fuse", lambda gru, x: False)
-        ref, ref_state = model(x, year_end=ye)
+        assert fastgru.will_fuse(_first_gru(model), x)
+        with fastgru.unfused():
+            assert not fastgru.will_fuse(_first_gru(model), x)
+            ref, ref_state = model(x, year_end=ye)
     for k in ("daily", "yield"):
         torch.testing.assert_close(out[k], ref[k], rtol=0, atol=1e-5, equal_nan=True)
     for k in ref_state:
@@ -153,3 +159,17 @@ def test_the_kernel_is_built_once_per_cache(tmp_path):
     mtime = lib.stat().st_mtime_ns
     _status_in_subprocess(env)
     assert lib.stat().st_mtime_ns == mtime
+
+
+def test_loading_the_kernel_leaves_subnormal_floats_alone(tmp_path):
+    import os
+
+    # a library linked with -ffast-math would switch on flush-to-zero for the process
+    code = (
+        "import numpy as np; from kgml_grid import fastgru; assert fastgru.load() is not None; "
+        "x = np.float32(1e-40); print(repr(float(x * np.float32(2))))"
+    )
+    env = {**os.environ, fastgru.ENV_CACHE: str(tmp_path)}  # a fresh build
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)  # fmt: skip
+    assert float(res.stdout) == pytest.approx(2e-40, rel=1e-3, abs=0)  # not flushed to 0

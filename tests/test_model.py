@@ -21,6 +21,7 @@ from kgml_grid.model import (
     count_parameters,
     detach_state,
     module_groups,
+    nee_balance_from,
     state_from_numpy,
     state_spec,
     state_to_numpy,
@@ -267,6 +268,44 @@ def test_config_round_trip_and_refusals():
         KGMLModel(ModelConfig(arch="gru", n_features=3))
     with pytest.raises(ValueError, match="GRUBaseline needs arch='gru'"):
         GRUBaseline(ModelConfig(arch="kgml", n_features=3))
+
+
+def test_nee_balance_config_round_trip_and_refusals():
+    plain = ModelConfig(arch="kgml", n_features=18)
+    assert "nee_balance" not in plain.to_dict()  # readable by versions before it
+    cfg = ModelConfig(arch="kgml", n_features=18, nee_balance=[1.5, 0.5, 2, -0.25])
+    assert cfg.nee_balance == (1.5, 0.5, 2.0, -0.25)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(
+        ValueError, match=r"nee_balance must be 4 finite numbers .* got \[1, 2, nan, 0\]"
+    ):
+        ModelConfig(arch="kgml", n_features=3, nee_balance=[1, 2, math.nan, 0])
+    with pytest.raises(ValueError, match="nee_balance is for arch='kgml'"):
+        ModelConfig(arch="gru", n_features=3, nee_balance=(1, 1, 1, 0))
+
+
+def test_nee_balance_closes_the_balance_of_the_models_own_fluxes():
+    mean = np.array([2.0, 1.0, -1.5, 4.5])  # ra, rh, nee, gpp (DAILY_TARGETS)
+    std = np.array([1.2, 0.4, 2.5, 3.0])
+    cfg = ModelConfig(arch="kgml", n_features=5, nee_balance=nee_balance_from(mean, std))
+    model = KGMLModel(cfg).eval()
+    x = torch.randn(3, 20, 5)
+    with torch.no_grad():
+        out, _ = model(x)
+        phys = out["daily"].double() * torch.from_numpy(std) + torch.from_numpy(mean)
+        ra, rh, nee, gpp = phys.unbind(-1)
+        corr = model.nee(torch.cat([out["daily"][..., :2], out["daily"][..., 3:], x], -1), None)[0]
+        # NEE = Ra + Rh - GPP + the NEE module's output, in physical units
+        torch.testing.assert_close(
+            nee, ra + rh - gpp + std[2] * corr[..., 0].double(), atol=1e-5, rtol=0
+        )
+        model.nee.head.weight.zero_()
+        model.nee.head.bias.zero_()
+        out, _ = model(x)
+        ra, rh, nee, gpp = (
+            out["daily"].double() * torch.from_numpy(std) + torch.from_numpy(mean)
+        ).unbind(-1)
+        torch.testing.assert_close(nee, ra + rh - gpp, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
