@@ -19,6 +19,8 @@ blocks gives the same outputs as in one call (to float32 rounding; yield include
   on every call) and streams them through memory; short blocks reuse the same small
   buffers from cache. Measured 1.5x more pixel-days/s at the engine's batch sizes
   (``benchmarks/results/inference_speed.md``).
+  Each GRU layer runs through :func:`kgml_grid.fastgru.run_gru` (a day's gate arithmetic
+  in one compiled pass; ``nn.GRU`` where no C compiler is found).
 * **CUDA**: large batches (:data:`CUDA_BATCH_PIXELS`; the GRU is op-overhead bound at
   small ones), time blocks only as long as the activation budget needs, the inputs
   staged through **pinned host buffers** and copied on a **side stream** so that the

@@ -41,6 +41,10 @@ key            shape              meaning
 
 The yield accumulators are updated on every call, whether or not ``year_end`` is
 given (without it no season ends inside the chunk).
+
+On the CPU without autograd (inference, validation) the GRUs run through
+:func:`kgml_grid.fastgru.run_gru` (the gate arithmetic of a day fused into one pass;
+the same outputs to float32 rounding), elsewhere through ``nn.GRU``.
 """
 
 from __future__ import annotations
@@ -427,6 +431,9 @@ class KGMLModel(_StatefulModel):
     * Rh: GRU (``rh_layers``) over ``[basis, x]`` -> dropout -> linear -> rh;
     * GPP: linear head on the basis output (a denoised estimate of the input GPP);
     * NEE: GRU (``nee_layers``) over ``[ra, rh, gpp, x]`` -> dropout -> linear -> nee;
+      with ``config.nee_balance``, that output is a correction added to the model's own
+      ``ra + rh - gpp`` (standardised coefficients, so NEE = Reco - GPP + correction in
+      physical units);
     * yield: attention over the season's basis outputs -> MLP (:class:`YieldHead`).
 
     Dropout is applied to the basis output before it feeds Ra and Rh.

@@ -213,9 +213,13 @@ def machine_description(device: str = "cpu") -> dict[str, Any]:
     import xarray
     import zarr
 
+    from kgml_grid import fastgru
+
     return {
         "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "gpu": None, "device": device,
         "python": platform.python_version(), "torch": torch.__version__, "dask": dask.__version__,
         "distributed": distributed.__version__, "xarray": xarray.__version__, "zarr": zarr.__version__,
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        # the GRU path of CPU inference in this environment (kgml_grid.fastgru)
+        "fused_gru": fastgru.status() if device == "cpu" else None,
     }  # fmt: skip
