@@ -244,6 +244,10 @@ def run_gru(
     """
     if not will_fuse(gru, x) or x.ndim != 3 or x.shape[1 if gru.batch_first else 0] == 0:
         return gru(x, h0)
+    # -ffast-math drops NaN semantics (the clamps turn NaN into a number): non-finite
+    # inputs go through nn.GRU, which propagates them as the engine's NaN checks expect
+    if not bool(torch.isfinite(x).all()) or (h0 is not None and not bool(torch.isfinite(h0).all())):
+        return gru(x, h0)
     return _fused(gru, x, h0)
 
 

@@ -173,3 +173,19 @@ def test_loading_the_kernel_leaves_subnormal_floats_alone(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, timeout=120, check=True)  # fmt: skip
     assert float(res.stdout) == pytest.approx(2e-40, rel=1e-3, abs=0)  # not flushed to 0
+
+
+def test_nan_inputs_propagate_as_in_nn_gru():
+    gru = _gru(4, 8, 2)
+    x = torch.randn(3, 6, 4)
+    x[1, 2, 0] = float("nan")
+    h0 = torch.zeros(2, 3, 8)
+    h0_nan = h0.clone()
+    h0_nan[0, 2, 1] = float("nan")
+    with torch.inference_mode():
+        for xi, hi in ((x, h0), (x.nan_to_num(), h0_nan)):
+            want, want_h = gru(xi, hi)
+            got, got_h = fastgru.run_gru(gru, xi, hi)
+            torch.testing.assert_close(got, want, rtol=0, atol=2e-6, equal_nan=True)
+            torch.testing.assert_close(got_h, want_h, rtol=0, atol=2e-6, equal_nan=True)
+            assert torch.isnan(got).any()
