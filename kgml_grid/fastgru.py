@@ -190,11 +190,6 @@ def status() -> dict[str, Any]:
     return {"fused_gru": fn is not None, "reason": _state["reason"], "library": _state["path"]}
 
 
-def _reset_for_tests() -> None:
-    with _lock:
-        _state.clear()
-
-
 @contextlib.contextmanager
 def unfused() -> Iterator[None]:
     """Inside the block every GRU of this process runs through ``nn.GRU`` (benchmarks
