@@ -553,14 +553,12 @@ class GRUBaseline(_StatefulModel):
 # --------------------------------------------------------------------------------------
 
 
-def nee_balance_from(
-    mean: Sequence[float], std: Sequence[float]
-) -> tuple[float, float, float, float]:
-    """Coefficients of :attr:`ModelConfig.nee_balance` for output statistics ``mean``,
-    ``std`` in :data:`DAILY_TARGETS` order (ra, rh, nee, gpp): standardised
-    ``c_ra ra + c_rh rh - c_gpp gpp + c0`` is the standardised ``Ra + Rh - GPP``."""
-    m = dict(zip(DAILY_TARGETS, (float(v) for v in mean), strict=True))
-    s = dict(zip(DAILY_TARGETS, (float(v) for v in std), strict=True))
+def nee_balance_from(norm: Mapping[str, Sequence[float]]) -> tuple[float, float, float, float]:
+    """Coefficients of :attr:`ModelConfig.nee_balance` for output statistics ``norm``
+    (``name -> (mean, std)`` for ra, rh, nee and gpp, as a checkpoint's ``norm``):
+    standardised ``c_ra ra + c_rh rh - c_gpp gpp + c0`` is the standardised ``Ra + Rh - GPP``."""
+    m = {v: float(norm[v][0]) for v in DAILY_TARGETS}
+    s = {v: float(norm[v][1]) for v in DAILY_TARGETS}
     return (s["ra"] / s["nee"], s["rh"] / s["nee"], s["gpp"] / s["nee"],
             (m["ra"] + m["rh"] - m["gpp"] - m["nee"]) / s["nee"])  # fmt: skip
 

@@ -436,7 +436,7 @@ def prepare_pretrain(cat: Any, config: TrainConfig, device: torch.device) -> Pre
         )
     nee_balance = None
     if config.nee_balance and config.arch == "kgml":
-        nee_balance = nee_balance_from(*zip(*(norm.norm[v] for v in DAILY_TARGETS), strict=True))
+        nee_balance = nee_balance_from(norm.norm)
     mcfg = ModelConfig(arch=config.arch, n_features=len(feats), hidden=config.hidden,  # type: ignore[arg-type]
                        dropout=config.dropout, nee_balance=nee_balance)  # fmt: skip
     model = build_model(mcfg).to(device)

@@ -287,7 +287,13 @@ def test_nee_balance_config_round_trip_and_refusals():
 def test_nee_balance_closes_the_balance_of_the_models_own_fluxes():
     mean = np.array([2.0, 1.0, -1.5, 4.5])  # ra, rh, nee, gpp (DAILY_TARGETS)
     std = np.array([1.2, 0.4, 2.5, 3.0])
-    cfg = ModelConfig(arch="kgml", n_features=5, nee_balance=nee_balance_from(mean, std))
+    cfg = ModelConfig(
+        arch="kgml",
+        n_features=5,
+        nee_balance=nee_balance_from(
+            dict(zip(DAILY_TARGETS, zip(mean, std, strict=True), strict=True))
+        ),
+    )
     model = KGMLModel(cfg).eval()
     x = torch.randn(3, 20, 5)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from kgml_grid import features as F
 from kgml_grid import schema
 from kgml_grid.checkpoint import load_checkpoint, torch_threads
 from kgml_grid.evaluate import evaluate, format_report, metrics
-from kgml_grid.model import DAILY_TARGETS, nee_balance_from
+from kgml_grid.model import nee_balance_from
 from kgml_grid.samples import SplitSpec, compute_norm, make_split, windows
 from kgml_grid.train import CPUBudget, FinetuneConfig, TrainConfig, finetune, pretrain
 
@@ -132,7 +132,7 @@ def test_pretrain_writes_checkpoint_curve_and_split(pretrained, layers):
     ck = load_checkpoint(pretrained.model_dir, check_schema=True)
     assert ck.features == schema.FEATURES
     # NEE closes the balance of the model's own fluxes (TrainConfig.nee_balance default)
-    want = nee_balance_from(*zip(*(ck.norm[v] for v in DAILY_TARGETS), strict=True))
+    want = nee_balance_from(ck.norm)
     assert ck.config.nee_balance == pytest.approx(want)
     assert (pretrained.model_dir / "learning_curve.png").stat().st_size > 1000
     prov = ck.provenance
