@@ -87,6 +87,8 @@ def module_times(model: Any, batch: int, days: int, block: int, repeats: int) ->
     """CPU seconds per module for ``batch`` pixels x ``days`` days in calls of ``block`` days."""
     import torch
 
+    from kgml_grid.fastgru import run_gru  # model.basis is the bare nn.GRU: as the model calls it
+
     g = torch.Generator().manual_seed(0)
     nf = model.config.n_features
     x = torch.randn((batch, days, nf), generator=g)
@@ -97,7 +99,7 @@ def module_times(model: Any, batch: int, days: int, block: int, repeats: int) ->
     bounds = [(t, min(t + block, days)) for t in range(0, days, block)]
     xs = [x[:, a:b].contiguous() for a, b in bounds]
     with torch.inference_mode():
-        basis = [model.basis(xi, h0["basis"])[0] for xi in xs]
+        basis = [run_gru(model.basis, xi, h0["basis"])[0] for xi in xs]
         bx = [torch.cat([b, xi], dim=-1) for b, xi in zip(basis, xs, strict=True)]
         ra = [model.ra(v, h0["ra"])[0] for v in bx]
         rh = [model.rh(v, h0["rh"])[0] for v in bx]
@@ -111,7 +113,7 @@ def module_times(model: Any, batch: int, days: int, block: int, repeats: int) ->
                 model.yield_head(b, ye[:, a:e], st0["yield_m"], st0["yield_z"], st0["yield_a"])
 
         parts = {
-            "basis": lambda: [model.basis(xi, h0["basis"]) for xi in xs],
+            "basis": lambda: [run_gru(model.basis, xi, h0["basis"]) for xi in xs],
             "concat [basis, x]": lambda: [torch.cat([b, xi], dim=-1) for b, xi in zip(basis, xs, strict=True)],
             "ra": lambda: [model.ra(v, h0["ra"]) for v in bx],
             "rh": lambda: [model.rh(v, h0["rh"]) for v in bx],

@@ -1,12 +1,14 @@
 """Fused GRU recurrence for CPU inference (issue 16, inference cost).
 
 A GRU layer on the CPU spends about as long on its gate arithmetic as on its matrix
-products: per day, ``torch.nn.GRU`` runs ten separate elementwise kernels over the
-batch (adds, two sigmoids, a tanh, the blend), each a pass of its own with its own
-dispatch. Here the input projection of a whole time block stays one matrix product, the
-hidden projection of each day stays one ``addmm`` (MKL), and the gate arithmetic of a day
-is **one** pass in a small C kernel, compiled once per machine with the system C compiler
-and vectorised by it (``-O3 -march=native -ffast-math``, glibc's vector ``expf``).
+products: per day, ``torch.nn.GRU`` runs a small matrix product and then ten separate
+elementwise kernels over the batch (adds, two sigmoids, a tanh, the blend), each a pass
+of its own through memory with its own dispatch. Here the input projection of a whole
+time block stays one matrix product (MKL), and the rest of the layer, all days, is **one**
+call of a small C kernel, compiled once per machine with the system C compiler
+(``-O3 -march=native``, GCC vector extensions: AVX-512, AVX2, SSE or NEON as the CPU has):
+for a few rows at a time it accumulates the day's hidden projection in registers and feeds
+it straight to the gates, and the rows' state stays in L1 from one day to the next.
 
 Per module and against ``nn.GRU`` in one run: ``benchmarks/results/inference_profile.md``;
 outputs within 1e-6 of ``nn.GRU``'s (tests/test_fastgru.py).
@@ -36,6 +38,7 @@ import contextlib
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -59,42 +62,155 @@ ENV_DISABLE = "KGML_GRID_FUSED_GRU"
 ENV_CACHE = "KGML_GRID_KERNEL_CACHE"
 
 _SOURCE = r"""
-#include <math.h>
+#include <string.h>
 
-/* One day of a GRU layer after its matrix products (PyTorch's gate order r, z, n).
-   gi: [B, 3H] rows gi_row apart (input projection, b_ih included)
-   gh: [B, 3H] contiguous (hidden projection, b_hh included)
-   h:  [B, H] rows h_row apart (state before the day)
-   out: [B, H] rows out_row apart (state after the day); may not alias h. */
-static inline float sigmoid_(float x) {
-    x = fminf(fmaxf(x, -80.0f), 80.0f); /* exp stays finite: -ffast-math assumes it */
-    return 1.0f / (1.0f + expf(-x));
+/* A whole GRU layer after its input projection, one call (PyTorch's gate order r, z, n;
+   linear_before_reset). For each block of R rows the state stays in L1 across the days
+   and the hidden projection h W_hh^T is accumulated in registers and fed straight to the
+   gates: no [B, 3H] round trip through memory, no per-day call from Python.
+   gi:  input projection incl. b_ih, element (t, b, g*H + j) at gi[t*gi_t + b*gi_b + g*H + j]
+   wt:  W_hh^T, [H, 3H] contiguous;  bhh: [3H]
+   h0:  state before day 0, row b at h0 + b*h0_b
+   out: state after day t, row b at out + t*out_t + b*out_b (may not alias gi or h0)
+   Plain IEEE arithmetic (no -ffast-math): exp is a Cephes-style polynomial. */
+
+#if defined(__AVX512F__)
+#define VEC 16
+#define RMAX 8
+#elif defined(__AVX__)
+#define VEC 8
+#define RMAX 4
+#else
+#define VEC 4
+#define RMAX 4
+#endif
+
+typedef float vf __attribute__((vector_size(VEC * 4)));
+typedef int vi __attribute__((vector_size(VEC * 4)));
+typedef float vfu __attribute__((vector_size(VEC * 4), aligned(4))); /* unaligned access */
+
+static inline vf ld(const float *p) { return *(const vfu *)p; }
+static inline void st(float *p, vf v) { *(vfu *)p = v; }
+static inline vf splat(float s) { vf v = {0}; return v + s; }
+static inline vf vclamp(vf x, float lo, float hi) {
+    vi m = x < lo;
+    x = (vf)((((vi)x) & ~m) | (((vi)splat(lo)) & m));
+    m = x > hi;
+    return (vf)((((vi)x) & ~m) | (((vi)splat(hi)) & m));
 }
+/* exp(x) for |x| <= 88 (Cephes expf: range reduction by ln 2 in two parts, degree-5
+   polynomial, 2^n through the exponent bits) */
+static inline vf vexp(vf x) {
+    vf m = x * 1.44269504088896341f + 12582912.0f; /* round(x / ln 2) in the low bits */
+    vi n = (vi)m - 0x4B400000;
+    vf fn = m - 12582912.0f;
+    vf f = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    vf p = splat(1.9875691500E-4f);
+    p = p * f + 1.3981999507E-3f;
+    p = p * f + 8.3334519073E-3f;
+    p = p * f + 4.1665795894E-2f;
+    p = p * f + 1.6666665459E-1f;
+    p = p * f + 5.0000001201E-1f;
+    vf y = p * (f * f) + f + 1.0f;
+    return (vf)((vi)y + (n << 23));
+}
+static inline float sexp(float x) {
+    float m = x * 1.44269504088896341f + 12582912.0f;
+    int mi, yi;
+    memcpy(&mi, &m, 4);
+    int n = mi - 0x4B400000;
+    float fn = m - 12582912.0f;
+    float f = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    float p = 1.9875691500E-4f;
+    p = p * f + 1.3981999507E-3f;
+    p = p * f + 8.3334519073E-3f;
+    p = p * f + 4.1665795894E-2f;
+    p = p * f + 1.6666665459E-1f;
+    p = p * f + 5.0000001201E-1f;
+    float y = p * (f * f) + f + 1.0f;
+    memcpy(&yi, &y, 4);
+    yi += n << 23;
+    memcpy(&y, &yi, 4);
+    return y;
+}
+static inline float sclamp(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
-void kgml_gru_gates(const float *restrict gi, long gi_row, const float *restrict gh,
-                    const float *restrict h, long h_row, float *restrict out, long out_row,
-                    long B, long H) {
-    for (long b = 0; b < B; ++b) {
-        const float *restrict gib = gi + b * gi_row;
-        const float *restrict ghb = gh + b * 3 * H;
-        const float *restrict hb = h + b * h_row;
-        float *restrict ob = out + b * out_row;
-        for (long j = 0; j < H; ++j) {
-            float r = sigmoid_(gib[j] + ghb[j]);
-            float z = sigmoid_(gib[H + j] + ghb[H + j]);
-            float a = gib[2 * H + j] + r * ghb[2 * H + j];
-            a = fminf(fmaxf(a, -40.0f), 40.0f);
-            float n = 1.0f - 2.0f / (1.0f + expf(2.0f * a)); /* tanh(a) */
-            ob[j] = n + z * (hb[j] - n);
+/* rows b0 .. b0+nr-1 of one day: hp[i] their state before, op[i] after, gp[i] their gi */
+static inline __attribute__((always_inline)) void rows_day(
+    int nr, const float *const *hp, float *const *op, const float *const *gp,
+    const float *wt, const float *bhh, long H) {
+    const long H3 = 3 * H, hv = H - H % VEC;
+    for (long j = 0; j < hv; j += VEC) {
+        vf ar[RMAX], az[RMAX], an[RMAX];
+        const vf br = ld(bhh + j), bz = ld(bhh + H + j), bn = ld(bhh + 2 * H + j);
+        for (int i = 0; i < nr; ++i) { ar[i] = br; az[i] = bz; an[i] = bn; }
+        for (long k = 0; k < H; ++k) {
+            const float *w = wt + k * H3 + j;
+            const vf wr = ld(w), wz = ld(w + H), wn = ld(w + 2 * H);
+            for (int i = 0; i < nr; ++i) {
+                const float hk = hp[i][k];
+                ar[i] += hk * wr; az[i] += hk * wz; an[i] += hk * wn;
+            }
+        }
+        for (int i = 0; i < nr; ++i) {
+            const float *g = gp[i] + j;
+            vf r = 1.0f / (1.0f + vexp(-vclamp(ld(g) + ar[i], -80.0f, 80.0f)));
+            vf z = 1.0f / (1.0f + vexp(-vclamp(ld(g + H) + az[i], -80.0f, 80.0f)));
+            vf a = vclamp(ld(g + 2 * H) + r * an[i], -40.0f, 40.0f);
+            vf nn = 1.0f - 2.0f / (1.0f + vexp(a + a));
+            st(op[i] + j, nn + z * (ld(hp[i] + j) - nn));
+        }
+    }
+    for (long j = hv; j < H; ++j) { /* columns past the last whole vector */
+        for (int i = 0; i < nr; ++i) {
+            float sr = bhh[j], sz = bhh[H + j], sn = bhh[2 * H + j];
+            for (long k = 0; k < H; ++k) {
+                const float hk = hp[i][k], *w = wt + k * H3 + j;
+                sr += hk * w[0]; sz += hk * w[H]; sn += hk * w[2 * H];
+            }
+            const float *g = gp[i] + j;
+            float r = 1.0f / (1.0f + sexp(-sclamp(g[0] + sr, -80.0f, 80.0f)));
+            float z = 1.0f / (1.0f + sexp(-sclamp(g[H] + sz, -80.0f, 80.0f)));
+            float a = sclamp(g[2 * H] + r * sn, -40.0f, 40.0f);
+            float nn = 1.0f - 2.0f / (1.0f + sexp(a + a));
+            op[i][j] = nn + z * (hp[i][j] - nn);
         }
     }
 }
+
+static inline __attribute__((always_inline)) void rows_all_days(
+    int nr, long b0, const float *gi, long gi_t, long gi_b, const float *wt,
+    const float *bhh, const float *h0, long h0_b, float *out, long out_t, long out_b,
+    long T, long H) {
+    const float *hp[RMAX], *gp[RMAX];
+    float *op[RMAX];
+    for (long t = 0; t < T; ++t) {
+        for (int i = 0; i < nr; ++i) {
+            long b = b0 + i;
+            hp[i] = t ? out + (t - 1) * out_t + b * out_b : h0 + b * h0_b;
+            op[i] = out + t * out_t + b * out_b;
+            gp[i] = gi + t * gi_t + b * gi_b;
+        }
+        rows_day(nr, hp, op, gp, wt, bhh, H);
+    }
+}
+
+int kgml_gru_vec_width(void) { return VEC; }
+
+void kgml_gru_layer(const float *gi, long gi_t, long gi_b, const float *wt, const float *bhh,
+                    const float *h0, long h0_b, float *out, long out_t, long out_b,
+                    long T, long B, long H) {
+    long b0 = 0;
+    for (; b0 + RMAX <= B; b0 += RMAX)
+        rows_all_days(RMAX, b0, gi, gi_t, gi_b, wt, bhh, h0, h0_b, out, out_t, out_b, T, H);
+    for (; b0 < B; ++b0)
+        rows_all_days(1, b0, gi, gi_t, gi_b, wt, bhh, h0, h0_b, out, out_t, out_b, T, H);
+}
 """
 
-# -ffast-math at compile time only: linked with it, gcc < 13 adds crtfastmath.o, whose
-# constructor turns on flush-to-zero for the whole process (subnormals become 0 in numpy
-# and torch too)
-_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC")
+# no -ffast-math: linked with it, gcc < 13 adds crtfastmath.o, whose constructor turns on
+# flush-to-zero for the whole process; the kernel's exp is written out instead
+_FLAGS = ("-O3", "-march=native", "-fPIC")
 _LINK = ("-shared",)
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -170,11 +286,10 @@ def load() -> Any | None:
                 if not path.is_file():
                     _build(cc, path)
                 lib = ctypes.CDLL(str(path))
-                fn = lib.kgml_gru_gates
+                fn = lib.kgml_gru_layer
                 fn.restype = None
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
-                               ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
-                               ctypes.c_long]  # fmt: skip
+                p_, l_ = ctypes.c_void_p, ctypes.c_long
+                fn.argtypes = [p_, l_, l_, p_, p_, p_, l_, p_, l_, l_, l_, l_, l_]
                 reason = f"compiled with {cc}"
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 fn, reason = None, f"building the kernel with {cc} failed: {e}"
@@ -239,11 +354,18 @@ def run_gru(
     """
     if not will_fuse(gru, x) or x.ndim != 3 or x.shape[1 if gru.batch_first else 0] == 0:
         return gru(x, h0)
-    # -ffast-math drops NaN semantics (the clamps turn NaN into a number): non-finite
-    # inputs go through nn.GRU, which propagates them as the engine's NaN checks expect
-    if not bool(torch.isfinite(x).all()) or (h0 is not None and not bool(torch.isfinite(h0).all())):
+    # the kernel's exp builds 2^n in the exponent bits, which can turn NaN into a number:
+    # non-finite inputs go through nn.GRU, which propagates them as the engine's NaN
+    # checks expect
+    if not _all_finite(x) or (h0 is not None and not _all_finite(h0)):
         return gru(x, h0)
     return _fused(gru, x, h0)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    # a sum is finite only if every term is (NaN and +-inf propagate; an overflow only
+    # sends a finite block to nn.GRU): ~30x cheaper than isfinite(t).all() on one thread
+    return math.isfinite(float(t.sum()))
 
 
 def _fused(
@@ -251,33 +373,33 @@ def _fused(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     fn = load()
     assert fn is not None  # will_fuse checked it
-    # time-major inside, as nn.GRU: each day's rows are contiguous, for the products too
-    xt = x.transpose(0, 1) if gru.batch_first else x
-    days, bsz, _ = xt.shape
+    # either layout as it comes: the kernel takes strides, so nothing is transposed
+    if gru.batch_first:
+        bsz, days = x.shape[:2]
+    else:
+        days, bsz = x.shape[:2]
     hid, layers = gru.hidden_size, gru.num_layers
     if h0 is None:
         h0 = x.new_zeros((layers, bsz, hid))
     elif h0.shape != (layers, bsz, hid):
         raise ValueError(f"h0 has shape {tuple(h0.shape)}, expected {(layers, bsz, hid)}")
     h0 = h0.to(torch.float32).contiguous()
-    gh = x.new_empty((bsz, 3 * hid))
-    gh_p, row = gh.data_ptr(), 3 * hid
-    inp = xt.reshape(days * bsz, -1)
+    # element strides of (day, row) in the [., ., 3H] projections and [., ., H] outputs
+    (g_t, g_b), (o_t, o_b) = (
+        ((3 * hid, days * 3 * hid), (hid, days * hid))
+        if gru.batch_first
+        else ((bsz * 3 * hid, 3 * hid), (bsz * hid, hid))
+    )
+    inp = x.reshape(bsz * days, -1)
     finals = []
     for layer in range(layers):
         w_ih, w_hh = getattr(gru, f"weight_ih_l{layer}"), getattr(gru, f"weight_hh_l{layer}")
         b_ih, b_hh = getattr(gru, f"bias_ih_l{layer}"), getattr(gru, f"bias_hh_l{layer}")
-        gi = torch.addmm(b_ih, inp, w_ih.t())  # the whole block at once: [T*B, 3H]
-        out = x.new_empty((days, bsz, hid))
-        gi_p, out_p = gi.data_ptr(), out.data_ptr()
-        step_gi, step_out = bsz * 3 * hid * 4, bsz * hid * 4  # bytes per day (float32)
-        w_hh_t = w_hh.t()
-        h, h_p = h0[layer], h0[layer].data_ptr()
-        for t in range(days):
-            torch.addmm(b_hh, h, w_hh_t, out=gh)
-            o_p = out_p + t * step_out
-            fn(gi_p + t * step_gi, row, gh_p, h_p, hid, o_p, hid, bsz, hid)
-            h, h_p = out[t], o_p
-        finals.append(h)
-        inp = out.view(days * bsz, hid)
-    return (out.transpose(0, 1) if gru.batch_first else out), torch.stack(finals)
+        gi = torch.addmm(b_ih, inp, w_ih.t())  # the whole block at once
+        w_hh_t = w_hh.t().contiguous()
+        out = x.new_empty((*x.shape[:2], hid))
+        fn(gi.data_ptr(), g_t, g_b, w_hh_t.data_ptr(), b_hh.data_ptr(), h0[layer].data_ptr(),
+           hid, out.data_ptr(), o_t, o_b, days, bsz, hid)  # fmt: skip
+        finals.append(out[:, -1] if gru.batch_first else out[-1])
+        inp = out.view(bsz * days, hid)
+    return out, torch.stack(finals)
