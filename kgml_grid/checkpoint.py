@@ -287,7 +287,9 @@ class Normalizer:
         """``(x - mean) / std`` along the last (feature) axis."""
         x = self._prep(x)
         mean, std = self._get("features", x)
-        return (x - mean) / std
+        out = x - mean
+        out /= std  # in place: one temporary the size of x, not two
+        return out
 
     def denormalize_features(self, x: ArrayT) -> ArrayT:
         """Inverse of :meth:`normalize_features`."""
@@ -305,7 +307,9 @@ class Normalizer:
         """Standardised model ``daily`` output ``[..., 4]`` -> gC m-2 d-1."""
         y = self._prep(y)
         mean, std = self._get("outputs", y)
-        return y * std + mean
+        out = y * std
+        out += mean
+        return out
 
     def normalize_yield(self, y: ArrayT) -> ArrayT:
         """Physical yield (gC m-2) -> standardised."""

@@ -87,6 +87,7 @@ _SOURCE = r"""
 
 typedef float vf __attribute__((vector_size(VEC * 4)));
 typedef int vi __attribute__((vector_size(VEC * 4)));
+typedef unsigned vu __attribute__((vector_size(VEC * 4)));
 typedef float vfu __attribute__((vector_size(VEC * 4), aligned(4))); /* unaligned access */
 
 static inline vf ld(const float *p) { return *(const vfu *)p; }
@@ -112,11 +113,12 @@ static inline vf vexp(vf x) {
     p = p * f + 1.6666665459E-1f;
     p = p * f + 5.0000001201E-1f;
     vf y = p * (f * f) + f + 1.0f;
-    return (vf)((vi)y + (n << 23));
+    return (vf)((vu)y + ((vu)n << 23)); /* unsigned: shifting a negative int is undefined */
 }
 static inline float sexp(float x) {
     float m = x * 1.44269504088896341f + 12582912.0f;
-    int mi, yi;
+    int mi;
+    unsigned yi;
     memcpy(&mi, &m, 4);
     int n = mi - 0x4B400000;
     float fn = m - 12582912.0f;
@@ -129,7 +131,7 @@ static inline float sexp(float x) {
     p = p * f + 5.0000001201E-1f;
     float y = p * (f * f) + f + 1.0f;
     memcpy(&yi, &y, 4);
-    yi += n << 23;
+    yi += (unsigned)n << 23;
     memcpy(&y, &yi, 4);
     return y;
 }

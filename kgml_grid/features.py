@@ -84,6 +84,8 @@ def causal_fill(
     if t == 0:
         return values.copy(), prev.copy()
     valid = ~np.isnan(values)
+    if valid.all():  # the usual case (gap-filled products): nothing to carry
+        return values.copy(), values[-1].copy()
     idx = np.where(valid, np.arange(t)[:, None], -1)
     np.maximum.accumulate(idx, axis=0, out=idx)
     cols = np.broadcast_to(np.arange(n), (t, n))

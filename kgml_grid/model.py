@@ -43,8 +43,9 @@ The yield accumulators are updated on every call, whether or not ``year_end`` is
 given (without it no season ends inside the chunk).
 
 On the CPU without autograd (inference, validation) the GRUs run through
-:func:`kgml_grid.fastgru.run_gru` (the gate arithmetic of a day fused into one pass;
-the same outputs to float32 rounding), elsewhere through ``nn.GRU``.
+:func:`kgml_grid.fastgru.run_gru` (after the input projection, a layer's days in one
+compiled call, the hidden projection fed to the gates in registers; the same outputs to
+float32 rounding), elsewhere through ``nn.GRU``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,18 @@ def us_ne1() -> Path:
     return US_NE1
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread in this module's process, as in each worker (robust on a busy
+    machine); modules that run the engine in-process opt in with ``usefixtures``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _no_stale_distributed_scheduler():
     """A closed distributed Client can leave ``scheduler: dask.distributed`` in Dask's

@@ -29,19 +29,10 @@ from kgml_grid.plan import DAILY_VARS, PlanError, make_plan
 sys.path.insert(0, str(Path(__file__).parent))
 from test_plan import make_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VARS = (*DAILY_VARS, "yield")
 START, END = "2010-01-01", "2011-12-31"  # two whole seasons: yields at both year ends
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread in this process, as in each worker (robust on a busy machine)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def window(world):

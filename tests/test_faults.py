@@ -50,19 +50,11 @@ from kgml_grid.records import log_files
 sys.path.insert(0, str(Path(__file__).parent))
 from test_plan import make_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VARS = (*DAILY_VARS, "yield")
 START, END, CHUNKS = "2010-01-01", "2010-12-31", "y=7,x=9,time=73"
 N_BLOCKS = 20
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def bbox(world) -> str:

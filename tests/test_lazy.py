@@ -16,21 +16,12 @@ from kgml_grid.plan import DAILY_VARS, make_plan
 sys.path.insert(0, str(Path(__file__).parent))
 from test_plan import make_checkpoint
 
-pytestmark = pytest.mark.slow  # a small upscaling per module (tens of seconds here)
+# a small upscaling per module (tens of seconds here)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 VARS = (*DAILY_VARS, "yield")
 START, END = "2010-01-01", "2011-12-31"
 CHUNKS = {"y": 8, "x": 8, "time": (200, 300, 230)}  # uneven: year ends inside chunks
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,10 @@ from kgml_grid.plan import PlanError, make_plan
 sys.path.insert(0, str(Path(__file__).parent))
 from test_plan import make_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 START, END = "2010-01-01", "2011-12-31"
 FLUX = outstore.FLUX_VARIABLES
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

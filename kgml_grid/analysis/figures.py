@@ -21,46 +21,77 @@ def _extent(da: xr.DataArray) -> tuple[float, float, float, float]:
     return (x[0] - dx / 2, x[-1] + dx / 2, y[-1] - dy / 2, y[0] + dy / 2)
 
 
+def _limits(values: np.ndarray, diverging: bool) -> tuple[float, float, str]:
+    """Colour limits from the 1-99th percentiles of the finite values (symmetric about 0
+    and RdBu_r when ``diverging``, else viridis)."""
+    finite = values[np.isfinite(values)]
+    if diverging:
+        lim = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
+        return -lim, lim, "RdBu_r"
+    lo = float(np.percentile(finite, 1)) if finite.size else 0.0
+    hi = float(np.percentile(finite, 99)) if finite.size else 1.0
+    return lo, hi, "viridis"
+
+
 def field_maps(
     panels: Sequence[tuple[str, xr.DataArray]],
     path: str | Path,
     *,
     units: str,
     title: str,
-    diverging: bool = False,
+    diverging: bool | Sequence[bool] = False,
+    shared_scale: bool = True,
     ncol: int = 3,
     dpi: int = 110,
 ) -> Path:
-    """One panel per ``(label, DataArray (y, x))``, a shared colour scale (viridis, or
-    RdBu_r centred on 0 when ``diverging``), NaN grey."""
+    """One panel per ``(label, DataArray (y, x))``, NaN grey.
+
+    Parameters
+    ----------
+    diverging : bool or one bool per panel
+        RdBu_r centred on 0 (a flux whose sign matters, such as NEE), else viridis.
+    shared_scale : bool
+        One colour scale and colour bar for all panels (panels of one quantity, to be
+        compared); False gives each panel its own (different quantities side by side,
+        such as Rh and NEE). A shared scale needs one ``diverging`` for all panels.
+    """
     from kgml_grid.maps import _plt
 
+    n = len(panels)
+    div = [bool(diverging)] * n if isinstance(diverging, bool) else [bool(d) for d in diverging]
+    if len(div) != n:
+        raise ValueError(f"field_maps: {len(div)} diverging flags for {n} panels")
+    if shared_scale and len(set(div)) > 1:
+        raise ValueError(
+            "field_maps: a shared colour scale needs one diverging setting for all panels, "
+            f"got {div}; pass shared_scale=False"
+        )
     plt = _plt()
     vals = [np.asarray(a.values, dtype="float64") for _, a in panels]
-    finite = np.concatenate([v[np.isfinite(v)] for v in vals]) if vals else np.array([])
-    if diverging:
-        lim = float(np.percentile(np.abs(finite), 99)) if finite.size else 1.0
-        vmin, vmax, cmap = -lim, lim, "RdBu_r"
+    if shared_scale:
+        allv = np.concatenate([v.ravel() for v in vals]) if vals else np.array([])
+        limits = [_limits(allv, bool(div and div[0]))] * n
     else:
-        vmin = float(np.percentile(finite, 1)) if finite.size else 0.0
-        vmax = float(np.percentile(finite, 99)) if finite.size else 1.0
-        cmap = "viridis"
-    cm = plt.get_cmap(cmap).with_extremes(bad=GREY)
-    n = len(panels)
+        limits = [_limits(v, d) for v, d in zip(vals, div, strict=True)]
     ncol = min(ncol, n)
     nrow = -(-n // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol + 1.2, 3.2 * nrow + 0.8), squeeze=False,
                              constrained_layout=True)  # fmt: skip
     im = None
-    for ax, (label, a), v in zip(axes.ravel(), panels, vals, strict=False):
+    for ax, (label, a), v, (vmin, vmax, cmap) in zip(
+        axes.ravel(), panels, vals, limits, strict=False
+    ):
+        cm = plt.get_cmap(cmap).with_extremes(bad=GREY)
         im = ax.imshow(v, extent=_extent(a), cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(f"{label} [{units}]", fontsize=8)
         ax.set_xlabel("x (km)", fontsize=7)
         ax.set_ylabel("y (km)", fontsize=7)
         ax.tick_params(labelsize=6)
+        if not shared_scale:
+            fig.colorbar(im, ax=ax, shrink=0.85).ax.tick_params(labelsize=6)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
-    if im is not None:
+    if shared_scale and im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85).set_label(units)
     fig.suptitle(f"{title} [{units}] (grey: no crop)", fontsize=10)
     fig.savefig(path, dpi=dpi)
