@@ -884,7 +884,8 @@ def memory_estimate(
       ``[T, W]`` x 4, soil ``[px]`` x 9, crop ``[Y, px]`` int8), the daily series
       gathered per crop pixel (``[T, n]`` each), the features ``[n, T, F]`` and the
       gap-filled copy of the series that :func:`~kgml_grid.features.assemble` makes;
-    - ``normalise``: features, ``x - mean`` and the normalised features (``3 n T F``);
+    - ``normalise``: features and the normalised copy (``2 n T F``; the division is in
+      place);
     - ``model``: normalised features, the model's outputs ``[n, T, 4]`` and one batch's
       activations (``batch_pixels x T`` pixel-days, :data:`ACTIVATION_RESIDENT` times
       the tensors: the batch bounds the model's memory, not the tile);
@@ -937,7 +938,7 @@ def memory_estimate(
     # each phase as (inputs, features, model, outputs)
     parts = {
         "read": (raw + 2 * 4 * n_daily * n * T, feats, 0, 0),
-        "normalise": (0, 3 * feats, 0, 0),
+        "normalise": (0, 2 * feats, 0, 0),
         "model": (0, feats, act, out_model),
         "outputs": (
             0,
