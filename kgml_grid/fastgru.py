@@ -197,8 +197,6 @@ static inline __attribute__((always_inline)) void rows_all_days(
     }
 }
 
-int kgml_gru_vec_width(void) { return VEC; }
-
 void kgml_gru_layer(const float *gi, long gi_t, long gi_b, const float *wt, const float *bhh,
                     const float *h0, long h0_b, float *out, long out_t, long out_b,
                     long T, long B, long H) {
